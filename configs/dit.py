@@ -1,0 +1,47 @@
+"""DiT on ImageNet 256x256 in the SD-VAE latent space (32x32x4), the setup of Peebles & Xie (2023).
+
+Shared by configs/dit_{s,b,l,xl}.py; the argument after ':' is the patch size (2, 4 or 8).
+AdamW 1e-4, no weight decay, batch 256, EMA 0.9999, horizontal flips, label dropout 0.1,
+linear schedule with 1000 steps; sampling with guidance 1.5.
+"""
+from configs.common import base_config
+from models.dit import DIT_VARIANTS
+
+
+def dit_config(variant, patch_size=None):
+  patch_size = 2 if patch_size in (None, '') else int(patch_size)
+  if patch_size not in (2, 4, 8):
+    raise ValueError(f'DiT-{variant} patch size must be 2, 4 or 8, got {patch_size} (configs/dit_*.py:<patch>)')
+  c = base_config()
+  c.data.source = 'latents'
+  c.data.path = 'data/imagenet256_latents'
+  c.data.image_size = 32
+  c.data.channels = 4
+  c.data.num_classes = 1000
+  c.data.random_flip = True
+
+  c.model.name = 'dit'
+  c.model.patch_size = patch_size
+  for key, value in DIT_VARIANTS[variant].items():
+    c.model[key] = value
+  c.model.mlp_ratio = 4.0
+  c.model.attention_impl = 'cudnn'
+
+  c.optim.learning_rate = 1e-4
+  c.optim.weight_decay = 0.0
+  c.optim.grad_clip = 0.0
+  c.optim.ema_decay = 0.9999
+
+  c.train.num_steps = 400_000
+  c.train.batch_size = 256
+  c.train.compute_dtype = 'bfloat16'
+  c.train.log_every = 100
+  c.train.checkpoint_every = 10_000
+  c.train.sample_every = 20_000
+
+  c.sample.sampler = 'ddpm'
+  c.sample.num_steps = 250
+  c.sample.guidance_scale = 1.5
+  c.sample.num_samples = 50_000
+  c.sample.batch_size = 256
+  return c

@@ -1,0 +1,6 @@
+"""DiT-B on ImageNet 256 latents: python main.py --config=configs/dit_b.py:2 --workdir=runs/dit_b_2"""
+from configs.dit import dit_config
+
+
+def get_config(arg=None):
+  return dit_config('B', arg)

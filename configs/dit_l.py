@@ -1,0 +1,6 @@
+"""DiT-L on ImageNet 256 latents: python main.py --config=configs/dit_l.py:2 --workdir=runs/dit_l_2"""
+from configs.dit import dit_config
+
+
+def get_config(arg=None):
+  return dit_config('L', arg)

@@ -1,0 +1,6 @@
+"""DiT-XL on ImageNet 256 latents: python main.py --config=configs/dit_xl.py:2 --workdir=runs/dit_xl_2"""
+from configs.dit import dit_config
+
+
+def get_config(arg=None):
+  return dit_config('XL', arg)

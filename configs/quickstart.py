@@ -1,0 +1,47 @@
+"""Quickstart: a 0.6M-parameter class-conditional U-Net on the embedded 8x8 digits, a few minutes on 2 CPU cores.
+
+python main.py --config=configs/quickstart.py --workdir=runs/quickstart
+"""
+import ml_collections
+
+from configs.common import base_config
+
+
+def get_config(arg=None):
+  del arg
+  c = base_config()
+  c.data.source = 'digits'
+  c.data.image_size = 8
+  c.data.channels = 1
+  c.data.num_classes = 10
+
+  c.model.name = 'unet'
+  c.model.base_channels = 32
+  c.model.channel_mult = (1, 2)
+  c.model.num_res_blocks = 1
+  c.model.attn_resolutions = (4,)
+  c.model.dropout = 0.0
+  c.model.num_heads = 1
+  c.model.num_groups = 8
+  c.model.scale_shift_norm = True
+
+  c.optim.learning_rate = 2e-3
+  c.optim.warmup_steps = 100
+  c.optim.ema_decay = 0.999
+  c.optim.ema_warmup = True
+
+  c.train.num_steps = 1500
+  c.train.batch_size = 128
+  c.train.log_every = 100
+  c.train.checkpoint_every = 500
+  c.train.sample_every = 500
+  c.train.sample_grid = 100
+
+  c.sample.sampler = 'ddim'
+  c.sample.num_steps = 50
+  c.sample.guidance_scale = 2.0
+  c.sample.num_samples = 1000
+  c.sample.batch_size = 500
+
+  c.evals.digits = ml_collections.ConfigDict({'every_steps': 0, 'num_samples': 1000, 'seed': 12345})
+  return c

@@ -1,0 +1,1 @@
+"""Diffusion math as small pure functions: schedules, objectives, samplers, guidance."""

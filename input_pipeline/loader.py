@@ -1,0 +1,83 @@
+"""Batches as a pure function of (seed, step): exact resume and multi-host slicing for free.
+
+Example j of step s is position p = s * global_batch + j of an endless stream that visits the
+dataset in a fresh permutation every epoch; host h of P reads positions [h B/P, (h+1) B/P) of
+each step. Random flips are drawn from (seed, step) for the whole global batch. A background thread prepares the
+next `prefetch` host batches.
+"""
+import queue
+import threading
+
+import numpy as np
+
+
+class StepBatcher:
+
+  def __init__(self, source, global_batch, seed, random_flip=False, process_index=0, process_count=1):
+    if global_batch % process_count:
+      raise ValueError(f'config.train.batch_size={global_batch} is not divisible by {process_count} hosts')
+    self.source, self.global_batch, self.seed = source, global_batch, seed
+    self.random_flip, self.n = random_flip, len(source)
+    self.local_batch = global_batch // process_count
+    self.offset = process_index * self.local_batch
+    self._perm_epoch, self._perm = None, None
+
+  def _permutation(self, epoch):
+    if epoch != self._perm_epoch:
+      self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+      self._perm_epoch = epoch
+    return self._perm
+
+  def indices(self, step):
+    """Dataset indices of this host's part of step `step`."""
+    positions = step * self.global_batch + self.offset + np.arange(self.local_batch, dtype=np.int64)
+    epochs, within = np.divmod(positions, self.n)
+    out = np.empty(self.local_batch, np.int64)
+    for epoch in np.unique(epochs):
+      sel = epochs == epoch
+      out[sel] = self._permutation(int(epoch))[within[sel]]
+    return out
+
+  def batch(self, step):
+    batch = self.source.get(self.indices(step))
+    if self.random_flip:
+      flips = np.random.default_rng([self.seed, step, 1]).random(self.global_batch) < 0.5
+      flip = flips[self.offset:self.offset + self.local_batch]
+      batch['image'] = np.where(flip[:, None, None, None], batch['image'][:, :, ::-1], batch['image'])
+    return batch
+
+
+def prefetch_batches(batcher, start_step, num_steps, prefetch=2):
+  """Yields (step, host batch) for steps [start_step, num_steps), prepared `prefetch` ahead in a thread."""
+  if prefetch <= 0:
+    for step in range(start_step, num_steps):
+      yield step, batcher.batch(step)
+    return
+  q = queue.Queue(maxsize=prefetch)
+  stop = threading.Event()
+
+  def work():
+    try:
+      for step in range(start_step, num_steps):
+        item = (step, batcher.batch(step))
+        while not stop.is_set():
+          try:
+            q.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+        if stop.is_set():
+          return
+    except Exception as e:  # surfaced in the consumer's thread
+      q.put(e)
+    q.put(None)
+
+  thread = threading.Thread(target=work, daemon=True, name='input-prefetch')
+  thread.start()
+  try:
+    while (item := q.get()) is not None:
+      if isinstance(item, Exception):
+        raise item
+      yield item
+  finally:
+    stop.set()

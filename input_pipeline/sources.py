@@ -1,0 +1,141 @@
+"""Random-access data sources: `len(source)` and `source.get(indices) -> {'image', 'label'}`.
+
+Images come out float32 NHWC in [-1, 1] (latents as stored), labels int32. Random access by index
+is what lets the loader compute any step's batch from (seed, step) alone, so resuming needs no
+iterator state and every host can read its own slice.
+"""
+import os
+
+import numpy as np
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.gif')
+
+
+def _resize_images(images_uint8, size):
+  """[N, H, W, C] uint8 -> [N, size, size, C] uint8, ADM-style: box-downscale, then bicubic, centre crop."""
+  from PIL import Image
+  out = []
+  for img in images_uint8:
+    pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+    out.append(_center_crop_resize(pil, size))
+  return np.stack(out)
+
+
+def _center_crop_resize(pil_image, size):
+  from PIL import Image
+  while min(pil_image.size) >= 2 * size:
+    pil_image = pil_image.resize(tuple(s // 2 for s in pil_image.size), resample=Image.BOX)
+  scale = size / min(pil_image.size)
+  pil_image = pil_image.resize(tuple(round(s * scale) for s in pil_image.size), resample=Image.BICUBIC)
+  arr = np.asarray(pil_image)
+  top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+  arr = arr[top:top + size, left:left + size]
+  return arr[..., None] if arr.ndim == 2 else arr
+
+
+def to_unit_range(images_uint8):
+  return images_uint8.astype(np.float32) / 127.5 - 1.0
+
+
+class ArraySource:
+  """Images and labels held in memory."""
+
+  def __init__(self, images, labels):
+    self.images, self.labels = images, labels.astype(np.int32)
+
+  def __len__(self):
+    return len(self.labels)
+
+  def get(self, indices):
+    return {'image': self.images[indices], 'label': self.labels[indices]}
+
+
+def digits_source(image_size=8, channels=1):
+  """scikit-learn's 1,797 8x8 handwritten digits (values 0..16), ships with the package; offline."""
+  from sklearn.datasets import load_digits
+  if channels not in (1, 3):
+    raise ValueError(f'config.data.channels={channels}: the digits dataset has 1 channel (or 3, replicated)')
+  digits = load_digits()
+  images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  if image_size != 8:
+    images = _resize_images(images, image_size)
+  if channels == 3:
+    images = np.repeat(images, 3, axis=-1)
+  return ArraySource(to_unit_range(images), digits.target)
+
+
+class ImageFolderSource:
+  """root/<class name>/<image files>; classes sorted by name get labels 0, 1, ...; decoded on demand."""
+
+  def __init__(self, root, image_size, channels=3):
+    if not os.path.isdir(root):
+      raise FileNotFoundError(f'config.data.path={root!r} is not a directory; point it at a folder with one '
+                              'subfolder of images per class')
+    self.classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    self.files, labels = [], []
+    for label, name in enumerate(self.classes):
+      for f in sorted(os.listdir(os.path.join(root, name))):
+        if f.lower().endswith(IMAGE_EXTENSIONS):
+          self.files.append(os.path.join(root, name, f))
+          labels.append(label)
+    if not self.files:
+      raise ValueError(f'config.data.path={root!r} holds no images in class subfolders '
+                       f'(looked for {", ".join(IMAGE_EXTENSIONS)} files in <path>/<class>/)')
+    self.labels = np.asarray(labels, np.int32)
+    self.image_size, self.mode = image_size, 'L' if channels == 1 else 'RGB'
+
+  def __len__(self):
+    return len(self.files)
+
+  def load_uint8(self, index):
+    from PIL import Image
+    with Image.open(self.files[index]) as img:
+      return _center_crop_resize(img.convert(self.mode), self.image_size)
+
+  def get(self, indices):
+    images = np.stack([self.load_uint8(i) for i in indices])
+    return {'image': to_unit_range(images), 'label': self.labels[indices]}
+
+
+class TfdsSource:
+  """A TFDS dataset read by index through `tfds.data_source` (TensorFlow-free, ArrayRecord files)."""
+
+  def __init__(self, name, split, image_size):
+    try:
+      import tensorflow_datasets as tfds
+    except ImportError as e:
+      raise ImportError(f"config.data.source='tfds' needs tensorflow-datasets: pip install tensorflow-datasets "
+                        f"(and tensorflow to prepare {name!r} once)") from e
+    try:
+      self.data = tfds.data_source(name, split=split)
+    except Exception as e:
+      raise RuntimeError(f'could not open TFDS dataset {name!r} split {split!r} for random access ({e}). '
+                         f'Prepare it once in ArrayRecord format: tfds build {name} --file_format=array_record '
+                         '(ImageNet needs its archives in the manual_dir first; see the TFDS catalog)') from e
+    self.image_size = image_size
+    self.labels = None
+
+  def __len__(self):
+    return len(self.data)
+
+  def get(self, indices):
+    from PIL import Image
+    records = [self.data[int(i)] for i in indices]
+    images = np.stack([_center_crop_resize(Image.fromarray(np.asarray(r['image']).squeeze()), self.image_size)
+                       for r in records])
+    return {'image': to_unit_range(images), 'label': np.asarray([r['label'] for r in records], np.int32)}
+
+
+def create_source(data_config):
+  """The source `config.data.source` names."""
+  kind = data_config.source
+  if kind == 'digits':
+    return digits_source(data_config.image_size, data_config.channels)
+  if kind == 'image_folder':
+    return ImageFolderSource(data_config.path, data_config.image_size, data_config.channels)
+  if kind == 'tfds':
+    return TfdsSource(data_config.name, data_config.split, data_config.image_size)
+  if kind == 'latents':
+    from input_pipeline.latents import LatentSource
+    return LatentSource(data_config.path, data_config.image_size, data_config.channels)
+  raise ValueError(f'config.data.source={kind!r} is not one of digits, image_folder, tfds, latents')

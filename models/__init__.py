@@ -1,0 +1,27 @@
+"""Model registry: `config.model.name` picks the class, the other `config.model` fields are its arguments."""
+import jax.numpy as jnp
+
+from models.dit import DiT
+from models.unet import UNet
+
+MODELS = {'dit': DiT, 'unet': UNet}
+
+
+def build_model(config):
+  """The Flax module for `config` (data shape and classes from config.data, the rest from config.model)."""
+  name = config.model.name
+  if name not in MODELS:
+    raise ValueError(f'config.model.name={name!r} is not a known model; choose one of {", ".join(MODELS)}')
+  cls = MODELS[name]
+  kwargs = {k: v for k, v in config.model.items() if k != 'name'}
+  fields = set(cls.__dataclass_fields__) - {'parent', 'name'}
+  unknown = set(kwargs) - fields
+  if unknown:
+    raise ValueError(f'config.model has fields {sorted(unknown)} that model {name!r} does not take; '
+                     f'it takes {sorted(fields - {"image_size", "channels", "num_classes", "dtype", "remat"})}')
+  for key, value in kwargs.items():
+    if isinstance(value, (list, tuple)):
+      kwargs[key] = tuple(value)
+  return cls(image_size=config.data.image_size, channels=config.data.channels,
+             num_classes=config.data.num_classes, dtype=jnp.dtype(config.train.compute_dtype),
+             remat=config.train.remat, **kwargs)

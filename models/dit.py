@@ -1,0 +1,115 @@
+"""DiT: Scalable Diffusion Models with Transformers (Peebles & Xie, 2023).
+
+Reads like the paper: patchify the (latent) image, add fixed 2-D sin-cos position embeddings,
+run N transformer blocks conditioned by adaLN-Zero on the sum of the timestep and class
+embeddings, then a final adaLN layer and a linear map back to patches.
+"""
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from models.layers import LabelEmbedder, MultiHeadSelfAttention, TimestepEmbedder
+
+# Table 1 of the paper: depth, hidden size, heads.
+DIT_VARIANTS = {
+    'S': dict(depth=12, hidden_size=384, num_heads=6),
+    'B': dict(depth=12, hidden_size=768, num_heads=12),
+    'L': dict(depth=24, hidden_size=1024, num_heads=16),
+    'XL': dict(depth=28, hidden_size=1152, num_heads=16),
+}
+
+
+def sincos_pos_embed_2d(dim, grid_size):
+  """Fixed [grid*grid, dim] embedding: half the channels encode the column, half the row (MAE/DiT)."""
+  def one_axis(d, pos):
+    omega = 1.0 / 10_000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+    out = np.einsum('m,d->md', pos.reshape(-1), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+  grid_w, grid_h = np.meshgrid(np.arange(grid_size, dtype=np.float64), np.arange(grid_size, dtype=np.float64))
+  emb = np.concatenate([one_axis(dim // 2, grid_w), one_axis(dim // 2, grid_h)], axis=1)
+  return emb.astype(np.float32)
+
+
+def modulate(x, shift, scale):
+  return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class DiTBlock(nn.Module):
+  hidden_size: int
+  num_heads: int
+  mlp_ratio: float = 4.0
+  dtype: jnp.dtype = jnp.float32
+  attention_impl: str | None = None
+
+  @nn.compact
+  def __call__(self, x, c):
+    mod = nn.Dense(6 * self.hidden_size, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                   name='adaLN_modulation')(nn.silu(c))
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
+    norm = lambda name: nn.LayerNorm(use_bias=False, use_scale=False, epsilon=1e-6, dtype=self.dtype, name=name)
+    h = modulate(norm('norm1')(x), shift_msa, scale_msa)
+    x = x + gate_msa[:, None] * MultiHeadSelfAttention(self.num_heads, self.dtype, self.attention_impl,
+                                                       name='attn')(h)
+    h = modulate(norm('norm2')(x), shift_mlp, scale_mlp)
+    init = nn.initializers.xavier_uniform()
+    h = nn.Dense(int(self.hidden_size * self.mlp_ratio), kernel_init=init, dtype=self.dtype, name='mlp_fc1')(h)
+    h = nn.gelu(h, approximate=True)
+    h = nn.Dense(self.hidden_size, kernel_init=init, dtype=self.dtype, name='mlp_fc2')(h)
+    return x + gate_mlp[:, None] * h
+
+
+class FinalLayer(nn.Module):
+  hidden_size: int
+  patch_size: int
+  out_channels: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, c):
+    mod = nn.Dense(2 * self.hidden_size, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                   name='adaLN_modulation')(nn.silu(c))
+    shift, scale = jnp.split(mod, 2, axis=-1)
+    x = modulate(nn.LayerNorm(use_bias=False, use_scale=False, epsilon=1e-6, dtype=self.dtype,
+                              name='norm_final')(x), shift, scale)
+    return nn.Dense(self.patch_size ** 2 * self.out_channels, kernel_init=nn.initializers.zeros,
+                    dtype=self.dtype, name='linear')(x)
+
+
+class DiT(nn.Module):
+  """Class-conditional DiT on NHWC inputs; `y == num_classes` is the null label.
+
+  `num_classes=0` makes it unconditional. The output has the input's channels (no learned sigma).
+  """
+  image_size: int
+  channels: int
+  num_classes: int
+  patch_size: int = 2
+  depth: int = 12
+  hidden_size: int = 768
+  num_heads: int = 12
+  mlp_ratio: float = 4.0
+  dtype: jnp.dtype = jnp.float32
+  attention_impl: str | None = None
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, x, t, y=None, train=False):
+    b, h, w, ch = x.shape
+    p = self.patch_size
+    if h % p or w % p:
+      raise ValueError(f'image side {h}x{w} is not divisible by patch size {p}')
+    x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
+                kernel_init=nn.initializers.xavier_uniform(), name='x_embedder')(x.astype(self.dtype))
+    gh, gw = x.shape[1], x.shape[2]
+    x = x.reshape(b, gh * gw, self.hidden_size)
+    x = x + jnp.asarray(sincos_pos_embed_2d(self.hidden_size, gh), self.dtype)[None]
+    c = TimestepEmbedder(self.hidden_size, dtype=self.dtype, name='t_embedder')(t)
+    if self.num_classes > 0:
+      c = c + LabelEmbedder(self.num_classes, self.hidden_size, dtype=self.dtype, name='y_embedder')(y)
+    block = nn.remat(DiTBlock) if self.remat else DiTBlock
+    for i in range(self.depth):
+      x = block(self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype, self.attention_impl,
+                name=f'blocks_{i}')(x, c)
+    x = FinalLayer(self.hidden_size, p, self.channels, self.dtype, name='final_layer')(x, c)
+    x = x.reshape(b, gh, gw, p, p, self.channels).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, gh * p, gw * p, self.channels).astype(jnp.float32)

@@ -1,0 +1,75 @@
+"""Layers shared by the DiT and the U-Net: time embeddings, class embeddings and attention."""
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def timestep_embedding(t, dim, max_period=10_000):
+  """Sinusoidal embedding of (possibly fractional) timesteps t [B] -> [B, dim], cos first (DiT/ADM)."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = t.astype(jnp.float32)[:, None] * freqs[None]
+  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+class TimestepEmbedder(nn.Module):
+  """Sinusoidal features followed by a two-layer SiLU MLP."""
+  hidden_size: int
+  frequency_size: int = 256
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, t):
+    x = timestep_embedding(t, self.frequency_size).astype(self.dtype)
+    init = nn.initializers.normal(0.02)
+    x = nn.Dense(self.hidden_size, kernel_init=init, dtype=self.dtype, name='mlp_0')(x)
+    x = nn.silu(x)
+    return nn.Dense(self.hidden_size, kernel_init=init, dtype=self.dtype, name='mlp_2')(x)
+
+
+class LabelEmbedder(nn.Module):
+  """Class embedding table with one extra row, index num_classes, for the null (unconditional) label."""
+  num_classes: int
+  hidden_size: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, y):
+    table = nn.Embed(self.num_classes + 1, self.hidden_size, embedding_init=nn.initializers.normal(0.02),
+                     dtype=self.dtype, name='embedding_table')
+    return table(y)
+
+
+def attention(q, k, v, implementation=None):
+  """Multi-head attention on [B, L, H, D] tensors through jax.nn.dot_product_attention.
+
+  implementation: None lets XLA choose; 'cudnn' asks for the cuDNN flash kernel and falls back
+  to XLA where the backend, dtype or shape does not support it.
+  """
+  if implementation == 'cudnn':
+    try:
+      return jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
+    except Exception:  # unsupported backend, dtype or head size: the XLA path computes the same
+      pass
+  return jax.nn.dot_product_attention(q, k, v)
+
+
+class MultiHeadSelfAttention(nn.Module):
+  """Fused qkv projection, attention, output projection, on [B, L, C] tokens."""
+  num_heads: int
+  dtype: jnp.dtype = jnp.float32
+  attention_impl: str | None = None
+  kernel_init: nn.initializers.Initializer = nn.initializers.xavier_uniform()
+
+  @nn.compact
+  def __call__(self, x):
+    b, l, c = x.shape
+    qkv = nn.Dense(3 * c, kernel_init=self.kernel_init, dtype=self.dtype, name='qkv')(x)
+    q, k, v = jnp.split(qkv.reshape(b, l, 3, self.num_heads, c // self.num_heads), 3, axis=2)
+    out = attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], self.attention_impl)
+    return nn.Dense(c, kernel_init=self.kernel_init, dtype=self.dtype, name='proj')(out.reshape(b, l, c))

@@ -1,0 +1,149 @@
+"""Generation from a model: the jitted sampling function, image conversion, grids and the sample job."""
+import logging
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+import sharding as sharding_lib
+from diffusion.guidance import classifier_free_guidance
+from diffusion.samplers import run_sampler
+from diffusion.schedules import alphas_cumprod_for
+
+
+def balanced_labels(num_samples, num_classes):
+  """0, 1, ..., C-1, 0, 1, ...: every class equally often (up to one)."""
+  return (np.arange(num_samples) % max(num_classes, 1)).astype(np.int32)
+
+
+def initial_noise(seed, start_index, count, shape):
+  """Noise of sample i depends only on (seed, i): the same samples whatever the batch or device count."""
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(
+      jnp.arange(start_index, start_index + count))
+  return jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(keys)
+
+
+def make_generate_fn(config, model, mesh):
+  """jitted generate(params, labels, noise, rng, guidance_scale) -> samples in the data space.
+
+  Guidance is on when the model is class-conditional; its scale is a traced argument, so
+  sweeping it reuses one compilation.
+  """
+  alphas_cumprod = alphas_cumprod_for(config)
+  num_classes, objective = config.data.num_classes, config.diffusion.objective
+  batch_sharding = sharding_lib.batch_sharding(mesh)
+
+  def generate(params, labels, noise, rng, guidance_scale):
+    def apply(x, t, cond):
+      return model.apply({'params': params}, x, t, **cond)
+    cond = {'y': labels}
+    if num_classes > 0:
+      model_fn = classifier_free_guidance(apply, cond, {'y': jnp.full_like(labels, num_classes)}, guidance_scale)
+    else:
+      model_fn = lambda x, t: apply(x, t, cond)
+    return run_sampler(config.sample, objective, alphas_cumprod, model_fn, noise, rng)
+
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(generate, in_shardings=(None, batch_sharding, batch_sharding, replicated, replicated),
+                 out_shardings=batch_sharding)
+
+
+def to_uint8(images):
+  """[-1, 1] floats -> uint8 [0, 255]; a single channel becomes 3 for viewing and Inception."""
+  images = np.asarray(images, np.float32)
+  out = np.clip(np.round((images + 1) * 127.5), 0, 255).astype(np.uint8)
+  return out
+
+
+def generate_samples(config, generate_fn, params, mesh, num_samples, seed, labels=None, batch_size=None,
+                     guidance_scale=None, progress=False):
+  """num_samples images (uint8 NHWC) and their labels, in batches of at most batch_size."""
+  num_devices = mesh.devices.size
+  batch_size = min(batch_size or config.sample.batch_size, num_samples)
+  batch_size = -(-batch_size // num_devices) * num_devices  # a multiple of the mesh size
+  labels = balanced_labels(num_samples, config.data.num_classes) if labels is None else labels
+  scale = config.sample.guidance_scale if guidance_scale is None else guidance_scale
+  shape = (config.data.image_size, config.data.image_size, config.data.channels)
+  decode = latent_decoder(config)
+  out = []
+  starts = range(0, num_samples, batch_size)
+  if progress:
+    from tqdm import tqdm
+    starts = tqdm(starts, desc='sampling', unit='batch')
+  for start in starts:
+    count = min(batch_size, num_samples - start)
+    pad = batch_size - count
+    batch_labels = np.pad(labels[start:start + count], (0, pad))
+    noise = initial_noise(seed, start, batch_size, shape)
+    rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1_000_000_007 + start)
+    x = generate_fn(params, jnp.asarray(batch_labels), noise, rng, jnp.float32(scale))
+    out.append(decode(np.asarray(x)[:count]))
+  return np.concatenate(out), labels[:num_samples]
+
+
+def latent_decoder(config):
+  """Maps sampler outputs to [-1, 1] pixels -> uint8; latent models decode through the VAE first."""
+  if config.data.source != 'latents':
+    return to_uint8
+  from input_pipeline.latents import make_latent_decoder
+  decode = make_latent_decoder(config)
+  return lambda z: to_uint8(decode(z))
+
+
+def image_grid(images, columns=None):
+  """[N, H, W, C] uint8 -> one [rows*H, columns*W, 3] uint8 image with 2-pixel gaps."""
+  n, h, w, c = images.shape
+  if c == 1:
+    images = np.repeat(images, 3, axis=-1)
+  columns = columns or int(math.ceil(math.sqrt(n)))
+  rows = int(math.ceil(n / columns))
+  grid = np.full((rows * (h + 2) + 2, columns * (w + 2) + 2, 3), 255, np.uint8)
+  for i, img in enumerate(images):
+    r, col = divmod(i, columns)
+    grid[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + col * (w + 2):2 + col * (w + 2) + w] = img
+  return grid
+
+
+def write_png(path, image, min_side=256):
+  """Writes an RGB uint8 image, upscaled by an integer factor (nearest) so small samples are visible."""
+  from PIL import Image
+  factor = max(1, min_side // min(image.shape[:2]))
+  img = Image.fromarray(image)
+  if factor > 1:
+    img = img.resize((image.shape[1] * factor, image.shape[0] * factor), Image.NEAREST)
+  tmp = path + '.tmp.png'
+  img.save(tmp)
+  os.replace(tmp, path)
+
+
+def write_npz(path, images, labels):
+  """ADM evaluator layout: arr_0 uint8 NHWC, arr_1 labels. Written to a temporary file, then renamed."""
+  tmp = path + '.tmp.npz'
+  np.savez(tmp, arr_0=images, arr_1=labels)
+  os.replace(tmp, path)
+
+
+def run_sample_job(config, workdir, overwrite=False):
+  """--mode=sample: the latest checkpoint's (EMA) parameters -> npz of samples + PNG grid."""
+  from train import restore_for_inference  # the model and state come from the training code
+  out_path = os.path.join(workdir, config.sample.output)
+  grid_path = os.path.splitext(out_path)[0] + '_grid.png'
+  for path in (out_path, grid_path):
+    if os.path.exists(path) and not overwrite:
+      raise FileExistsError(f'{path} exists; pass --overwrite to replace it, or set '
+                            '--config.sample.output=<another name>.npz')
+  model, params, step, mesh = restore_for_inference(config, workdir, use_ema=config.sample.use_ema)
+  generate_fn = make_generate_fn(config, model, mesh)
+  logging.info('sampling %d images with %s, %d steps, guidance %.2f, from step %d',
+               config.sample.num_samples, config.sample.sampler, config.sample.num_steps,
+               config.sample.guidance_scale, step)
+  images, labels = generate_samples(config, generate_fn, params, mesh, config.sample.num_samples,
+                                    config.sample.seed, progress=True)
+  if jax.process_index() == 0:
+    write_npz(out_path, images, labels)
+    write_png(grid_path, image_grid(images[:min(len(images), 100)]))
+    logging.info('wrote %s (%s) and %s', out_path, images.shape, grid_path)
+  return out_path

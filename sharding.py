@@ -1,0 +1,73 @@
+"""The device mesh and where every array lives on it.
+
+Two axes: 'data' (batch split, parameters replicated) and 'fsdp' (batch split too, and the
+parameters and optimizer state sharded, ZeRO-3 style). A parameter is sharded over 'fsdp' along
+its largest dimension divisible by the axis size, if it has at least `min_shard_size` elements;
+everything else is replicated. XLA inserts the all-gathers and reduce-scatters.
+"""
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXES = ('data', 'fsdp')
+
+
+def mesh_shape(mesh_config, num_devices):
+  """Resolves -1 entries of (data, fsdp) so that their product is num_devices."""
+  sizes = [mesh_config.data, mesh_config.fsdp]
+  if sizes.count(-1) > 1:
+    raise ValueError('only one of config.mesh.data and config.mesh.fsdp may be -1')
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if -1 in sizes:
+    if num_devices % known:
+      raise ValueError(f'{num_devices} devices cannot be split into a mesh with config.mesh sizes {sizes}')
+    sizes[sizes.index(-1)] = num_devices // known
+  if int(np.prod(sizes)) != num_devices:
+    raise ValueError(f'config.mesh data={sizes[0]} x fsdp={sizes[1]} needs {int(np.prod(sizes))} devices, '
+                     f'but {num_devices} are present; use -1 for one axis to take the rest')
+  return tuple(sizes)
+
+
+def create_mesh(mesh_config, devices=None):
+  devices = jax.devices() if devices is None else devices
+  shape = mesh_shape(mesh_config, len(devices))
+  try:
+    grid = mesh_utils.create_device_mesh(shape, devices=devices)
+  except (AssertionError, ValueError, NotImplementedError):  # e.g. fake CPU devices with no topology
+    grid = np.asarray(devices).reshape(shape)
+  return Mesh(grid, DATA_AXES)
+
+
+def batch_sharding(mesh):
+  """Leading (batch) dimension split over both axes."""
+  return NamedSharding(mesh, P(DATA_AXES))
+
+
+def replicated(mesh):
+  return NamedSharding(mesh, P())
+
+
+def param_partition_spec(shape, fsdp_size, min_shard_size=2 ** 14):
+  if fsdp_size == 1 or int(np.prod(shape, dtype=np.int64)) < min_shard_size:
+    return P()
+  for axis in np.argsort(shape)[::-1]:
+    if shape[axis] % fsdp_size == 0:
+      spec = [None] * len(shape)
+      spec[axis] = 'fsdp'
+      return P(*spec)
+  return P()
+
+
+def tree_shardings(mesh, abstract_tree):
+  """NamedShardings for a pytree of arrays/ShapeDtypeStructs, by `param_partition_spec`."""
+  fsdp = mesh.shape['fsdp']
+  return jax.tree.map(lambda x: NamedSharding(mesh, param_partition_spec(x.shape, fsdp)), abstract_tree)
+
+
+def host_batch_to_global(batch, mesh):
+  """This host's numpy slice of the global batch -> global jax.Arrays split over the data axes."""
+  sharding = batch_sharding(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(batch, sharding)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)

@@ -1,0 +1,261 @@
+"""The training loop: sharded jitted steps, EMA, checkpoints, metrics, sample grids and evaluators.
+
+`train_step` is a pure function of (state, batch); everything it needs from the config is bound
+before jitting. The loop around it resumes from the newest checkpoint in the workdir, stops
+cleanly on SIGTERM/SIGINT, refuses non-finite updates and writes TensorBoard events.
+"""
+import functools
+import json
+import logging
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import sharding as sharding_lib
+from checkpoints import CheckpointStore, model_signature
+from diffusion.objectives import drop_labels, mse_per_example, noised_batch
+from diffusion.schedules import alphas_cumprod_for
+from evaluation import create_evaluator
+from input_pipeline import StepBatcher, create_source, prefetch_batches
+from models import build_model
+from sample import generate_samples, image_grid, make_generate_fn, write_png
+from train_state import count_params, create_optimizer, create_state, learning_rate_schedule, state_shardings
+from writers import create_writer
+
+
+class NonFiniteError(RuntimeError):
+  pass
+
+
+def ema_decay(optim_config, step):
+  decay = optim_config.ema_decay
+  if optim_config.ema_warmup:
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jnp.asarray(decay, jnp.float32)
+
+
+def train_step(state, batch, *, model, tx, alphas_cumprod, config):
+  """One update: noise the batch, regress the target, AdamW, EMA; a non-finite loss or gradient
+  leaves params, EMA and optimizer state unchanged and is counted."""
+  rng = jax.random.fold_in(state.rng, state.step)
+  label_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
+  labels = batch['label']
+  if config.data.num_classes > 0:
+    labels = drop_labels(label_rng, labels, config.diffusion.label_dropout, config.data.num_classes)
+
+  def loss_fn(params):
+    x_t, t, target = noised_batch(noise_rng, batch['image'], alphas_cumprod, config.diffusion)
+    out = model.apply({'params': params}, x_t, t, labels, train=True, rngs={'dropout': dropout_rng})
+    return mse_per_example(out, target).mean()
+
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  grad_norm = optax.global_norm(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  decay = ema_decay(config.optim, state.step)
+  ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
+
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = state.replace(
+      step=state.step + 1, params=keep(params, state.params), ema_params=keep(ema, state.ema_params),
+      opt_state=keep(opt_state, state.opt_state),
+      nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32),
+      first_nonfinite_step=jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step,
+                                     state.first_nonfinite_step))
+  metrics = {'loss': loss, 'grad_norm': grad_norm, 'learning_rate': learning_rate_schedule(config.optim)(state.step)}
+  return new_state, metrics
+
+
+def make_train_step(config, model, tx, mesh, shardings):
+  step_fn = functools.partial(train_step, model=model, tx=tx, alphas_cumprod=jnp.asarray(alphas_cumprod_for(config)),
+                              config=config)
+  return jax.jit(step_fn, in_shardings=(shardings, sharding_lib.batch_sharding(mesh)),
+                 out_shardings=(shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
+
+
+class PreemptionFlag:
+  """First SIGTERM/SIGINT: finish the step, checkpoint, exit 0. A second one: exit at once."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    if self.requested:
+      logging.error('second %s: exiting now without saving', signal.Signals(signum).name)
+      os._exit(128 + signum)
+    self.requested = True
+    logging.warning('%s received: finishing this step and saving a checkpoint; send it again to exit now',
+                    signal.Signals(signum).name)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def check_finite(state, config):
+  """Raises NonFiniteError in 'stop' mode if any update was non-finite (no such update was applied)."""
+  first = int(state.first_nonfinite_step)
+  if first >= 0 and config.train.nonfinite == 'stop':
+    raise NonFiniteError(
+        f'non-finite loss or gradient at step {first} (no update from it was applied; the last checkpoint is '
+        'from before it). Lower the learning rate, enable gradient clipping, or set '
+        "--config.train.nonfinite=skip to drop such updates and count them.")
+
+
+def append_jsonl(path, record):
+  with open(path, 'a') as f:
+    f.write(json.dumps(record) + '\n')
+
+
+def run_evaluators(config, evaluators, step, generate_fn, params, mesh, writer, workdir, final=False):
+  """Runs the evaluators due at `step`; a failing evaluator is logged and training goes on."""
+  results = {}
+  for name, (evaluator, ev_config) in evaluators.items():
+    every = ev_config.get('every_steps', 0)
+    if not (final or (every and step % every == 0)):
+      continue
+    try:
+      t0 = time.time()
+      images, labels = generate_samples(config, generate_fn, params, mesh, ev_config.get('num_samples', 1000),
+                                        ev_config.get('seed', 12345))
+      metrics = {f'eval/{k}': v for k, v in evaluator(images, labels).items()}
+      metrics[f'eval/{name}_seconds'] = time.time() - t0
+      results.update(metrics)
+    except Exception as e:  # an evaluator must never take the run down
+      logging.exception('evaluator %s failed at step %d: %s', name, step, e)
+  if results and jax.process_index() == 0:
+    writer.write_scalars(step, results)
+    append_jsonl(os.path.join(workdir, 'eval_metrics.jsonl'), {'step': step, **results})
+  return results
+
+
+def write_sample_grid(config, generate_fn, params, mesh, writer, workdir, step):
+  images, _ = generate_samples(config, generate_fn, params, mesh, config.train.sample_grid, seed=0)
+  grid = image_grid(images)
+  if jax.process_index() == 0:
+    os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
+    path = os.path.join(workdir, 'samples', f'step_{step:08d}.png')
+    write_png(path, grid)
+    writer.write_images(step, {'samples': grid})
+    logging.info('wrote %s', path)
+
+
+def setup(config, workdir):
+  """Model, optimizer, mesh, shardings, checkpoint store; refuses a workdir of another model."""
+  model = build_model(config)
+  tx = create_optimizer(config.optim)
+  mesh = sharding_lib.create_mesh(config.mesh)
+  abstract, shardings = state_shardings(config, model, tx, mesh)
+  store = CheckpointStore(workdir, config.train.keep_checkpoints)
+  store.check_signature(model_signature(config))
+  return model, tx, mesh, abstract, shardings, store
+
+
+def restore_for_inference(config, workdir, use_ema=True):
+  """(model, params, step, mesh) from the newest checkpoint in workdir, for sampling and evaluation."""
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise FileNotFoundError(f'no checkpoints in {workdir}/checkpoints; train first with --mode=train '
+                            f'--workdir={workdir}')
+  model, tx, mesh, abstract, _, store = setup(config, workdir)
+  state, step = store.restore_latest(abstract)
+  if state is None:
+    raise FileNotFoundError(f'{workdir}/checkpoints holds no checkpoint; train first with --mode=train')
+  return model, state.ema_params if use_ema else state.params, step, mesh
+
+
+def train_and_evaluate(config, workdir):
+  """Trains until config.train.num_steps, resuming from the newest checkpoint in workdir."""
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  model, tx, mesh, abstract, shardings, store = setup(config, workdir)
+  source = create_source(config.data)
+  evaluators = {name: (create_evaluator(name, config, ev), ev) for name, ev in config.evals.items()}
+
+  state, start_step = store.restore_latest(abstract)
+  if start_step is not None and start_step >= config.train.num_steps:
+    logging.info('%s already holds the checkpoint of step %d >= config.train.num_steps=%d; nothing to train '
+                 '(raise --config.train.num_steps to continue)', store.directory, start_step,
+                 config.train.num_steps)
+    store.close()
+    return state
+  if state is None:
+    state, start_step = create_state(config, model, tx, mesh), 0
+    logging.info('starting from scratch: %s with %.2fM parameters on a %s mesh', config.model.name,
+                 count_params(state.params) / 1e6, dict(mesh.shape))
+  else:
+    logging.info('resumed from the checkpoint of step %d in %s', start_step, store.directory)
+  if is_main:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  step_fn = make_train_step(config, model, tx, mesh, shardings)
+  generate_fn = make_generate_fn(config, model, mesh)
+  batcher = StepBatcher(source, config.train.batch_size, config.seed, config.data.random_flip,
+                        jax.process_index(), jax.process_count())
+  writer = create_writer(os.path.join(workdir, 'tensorboard'), is_main)
+  num_steps = config.train.num_steps
+  pending, last_log, last_saved = [], time.time(), start_step
+  from tqdm import tqdm
+  bar = tqdm(total=num_steps, initial=start_step, unit='step', disable=not is_main, dynamic_ncols=True)
+
+  def save(step):
+    nonlocal last_saved
+    check_finite(state, config)
+    if step != last_saved or not store.steps():
+      store.save(step, state, model_signature(config))
+      last_saved = step
+
+  try:
+    with PreemptionFlag() as preemption:
+      for step, host_batch in prefetch_batches(batcher, start_step, num_steps, config.data.prefetch):
+        batch = sharding_lib.host_batch_to_global(host_batch, mesh)
+        state, metrics = step_fn(state, batch)
+        pending.append(metrics)
+        done = step + 1
+        bar.update(1)
+        if done % config.train.log_every == 0 or done == num_steps:
+          summary = {k: float(np.mean(v)) for k, v in jax.device_get(jax.tree.map(
+              lambda *xs: jnp.stack(xs), *pending)).items()}
+          now = time.time()
+          summary['steps_per_second'] = len(pending) / (now - last_log)
+          summary['nonfinite_updates'] = int(state.nonfinite_count)
+          pending, last_log = [], now
+          writer.write_scalars(done, summary)
+          bar.set_postfix(loss=f"{summary['loss']:.4f}")
+          check_finite(state, config)
+        if config.train.sample_every and done % config.train.sample_every == 0:
+          write_sample_grid(config, generate_fn, state.ema_params, mesh, writer, workdir, done)
+        run_evaluators(config, evaluators, done, generate_fn, state.ema_params, mesh, writer, workdir)
+        if done % config.train.checkpoint_every == 0:
+          save(done)
+        if preemption.requested:
+          save(done)
+          logging.warning('stopped at step %d after a signal; checkpoint saved, rerun the same command to resume',
+                          done)
+          return state
+      final_step = int(state.step)
+      save(final_step)
+      if not (config.train.sample_every and final_step % config.train.sample_every == 0):
+        write_sample_grid(config, generate_fn, state.ema_params, mesh, writer, workdir, final_step)
+      if evaluators:
+        run_evaluators(config, {k: v for k, v in evaluators.items()
+                                if not (v[1].get('every_steps', 0) and final_step % v[1].every_steps == 0)},
+                       final_step, generate_fn, state.ema_params, mesh, writer, workdir, final=True)
+      return state
+  finally:
+    bar.close()
+    writer.flush()
+    writer.close()
+    store.close()

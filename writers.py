@@ -1,0 +1,97 @@
+"""Metric writers: TensorBoard event files and the console, behind one small interface.
+
+clu's writers (clu.metric_writers) import TensorFlow, which the GPU image and a plain install lack,
+so TensorBoard events are written with tensorboardX (pure Python) unless TensorFlow is importable,
+in which case clu's default writer is used.
+"""
+import importlib.util
+import logging
+
+import numpy as np
+
+
+class ConsoleWriter:
+
+  def write_scalars(self, step, scalars):
+    logging.info('[%d] %s', step, ', '.join(f'{k}={v:.6g}' for k, v in sorted(scalars.items())))
+
+  def write_images(self, step, images):
+    pass
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+class TensorboardXWriter:
+
+  def __init__(self, logdir):
+    from tensorboardX import SummaryWriter
+    self.writer = SummaryWriter(logdir)
+
+  def write_scalars(self, step, scalars):
+    for k, v in scalars.items():
+      self.writer.add_scalar(k, float(v), step)
+
+  def write_images(self, step, images):
+    for k, v in images.items():  # v: [H, W, C] uint8
+      self.writer.add_image(k, np.asarray(v), step, dataformats='HWC')
+
+  def flush(self):
+    self.writer.flush()
+
+  def close(self):
+    self.writer.close()
+
+
+class MultiWriter:
+
+  def __init__(self, writers):
+    self.writers = writers
+
+  def write_scalars(self, step, scalars):
+    for w in self.writers:
+      w.write_scalars(step, scalars)
+
+  def write_images(self, step, images):
+    for w in self.writers:
+      w.write_images(step, images)
+
+  def flush(self):
+    for w in self.writers:
+      w.flush()
+
+  def close(self):
+    for w in self.writers:
+      w.close()
+
+
+class CluWriter:
+  """clu's default writer (TensorBoard through TensorFlow, plus logging)."""
+
+  def __init__(self, logdir, just_logging):
+    from clu import metric_writers
+    self.writer = metric_writers.create_default_writer(logdir, just_logging=just_logging)
+
+  def write_scalars(self, step, scalars):
+    self.writer.write_scalars(step, scalars)
+
+  def write_images(self, step, images):
+    self.writer.write_images(step, {k: np.asarray(v)[None] for k, v in images.items()})
+
+  def flush(self):
+    self.writer.flush()
+
+  def close(self):
+    self.writer.close()
+
+
+def create_writer(logdir, is_main_process=True):
+  """Events + console on the main process, console only elsewhere."""
+  if importlib.util.find_spec('tensorflow') is not None:
+    return CluWriter(logdir, just_logging=not is_main_process)
+  if not is_main_process:
+    return ConsoleWriter()
+  return MultiWriter([TensorboardXWriter(logdir), ConsoleWriter()])
