@@ -1,0 +1,179 @@
+"""CLIP score, the torchmetrics convention: max(mean over pairs of 100 * cos(image emb, text emb), 0).
+
+torchmetrics (`torchmetrics.multimodal.CLIPScore`, default model openai/clip-vit-large-patch14) computes
+100 * cosine per pair, averages, and clips the *average* at 0 (not each pair, as its docstring formula
+suggests; Hessel et al.'s CLIP-S clips each pair and weights by 2.5). `clip_score_per_pair` gives the
+unclipped per-pair scores so either convention can be had.
+
+Image preprocessing follows Hugging Face `CLIPImageProcessor` (its PIL backend, exactly): uint8 RGB ->
+resize so the shorter side is 224 with PIL bicubic (longer side int(224 * long / short)), round back to uint8
+as PIL does, center crop 224 with the top-left corner at ((h - 224) // 2, (w - 224) // 2), scale by 1/255,
+normalize with the OpenAI CLIP mean and std (tested equal to CLIPImageProcessorPil, max difference 0).
+PIL on the host is kept for that exactness: `jax.image.resize(x, shape, 'bicubic', antialias=True)` uses the
+same Keys kernel (a = -0.5) with the same antialiasing, but PIL resamples in fixed point, so even rounded to
+uint8 the two differ by up to 1 level (mean 0.14-0.21 levels measured on three size pairs), and jax does
+not round. HF's torchvision backend (antialiased bicubic on uint8; the default `CLIPImageProcessor` in
+transformers 5) should be within about a level of PIL too (not measured: no CPU torchvision here).
+OpenAI's own `clip.load` preprocess rounds the crop offset instead of flooring it (one pixel apart for odd
+margins).
+
+Text: CLIP BPE, 77 tokens with start/end; captions longer than 75 tokens are truncated keeping the end
+token (open_clip). torchmetrics instead cuts the ids at 77 and so loses the end token for such captions.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from models.clip import CLIPModel, l2_normalize
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+# --- closed-form score -------------------------------------------------------------------------------------
+
+def clip_score_per_pair(image_embeds, text_embeds):
+  """100 * cosine similarity of row i of each [N, D] array, unclipped, float64 [N]."""
+  a, b = np.asarray(image_embeds, np.float64), np.asarray(text_embeds, np.float64)
+  if a.shape != b.shape or a.ndim != 2:
+    raise ValueError(f'need two [N, D] arrays of one shape, got {a.shape} and {b.shape}')
+  a = a / np.linalg.norm(a, axis=-1, keepdims=True)
+  b = b / np.linalg.norm(b, axis=-1, keepdims=True)
+  return 100 * (a * b).sum(-1)
+
+
+def aggregate_clip_score(per_pair_scores):
+  """torchmetrics' reduction: the mean of the per-pair scores, clipped at 0."""
+  scores = np.asarray(per_pair_scores, np.float64)
+  if scores.size == 0:
+    raise ValueError('no scores to average')
+  return float(max(scores.mean(), 0.0))
+
+
+def clip_score_from_embeddings(image_embeds, text_embeds):
+  return aggregate_clip_score(clip_score_per_pair(image_embeds, text_embeds))
+
+
+# --- image preprocessing (host, PIL) ----------------------------------------------------------------------
+
+def to_uint8_image(image):
+  """HWC RGB uint8 from uint8, or from float in [0, 1] (rounded); grayscale and RGBA are converted."""
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    if not np.issubdtype(image.dtype, np.floating):
+      raise TypeError(f'images must be uint8 or float in [0, 1], got {image.dtype}')
+    image = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+    raise ValueError(f'expected an HWC image with 1, 3 or 4 channels, got shape {image.shape}')
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, axis=-1)
+  return image[..., :3]
+
+
+def resized_shape(height, width, shortest_side):
+  """(h, w) with the shorter side = `shortest_side`, the longer int(shortest_side * long / short) (as HF)."""
+  if width <= height:
+    return int(shortest_side * height / width), shortest_side
+  return shortest_side, int(shortest_side * width / height)
+
+
+def center_crop(image, size):
+  height, width = image.shape[:2]
+  if height < size or width < size:
+    raise ValueError(f'image {image.shape} is smaller than the crop {size}')
+  top, left = (height - size) // 2, (width - size) // 2
+  return image[top:top + size, left:left + size]
+
+
+def preprocess_image(image, image_size=224):
+  """One HWC image -> float32 [image_size, image_size, 3], CLIP-normalized."""
+  image = to_uint8_image(image)
+  height, width = resized_shape(*image.shape[:2], image_size)
+  resized = np.asarray(Image.fromarray(image).resize((width, height), resample=Image.BICUBIC))
+  pixels = center_crop(resized, image_size).astype(np.float32) / 255.0
+  return (pixels - np.float32(CLIP_MEAN)) / np.float32(CLIP_STD)
+
+
+def preprocess_images(images, image_size=224):
+  """A batch (array [N, H, W, C] or list of HWC images of any sizes) -> float32 [N, S, S, 3]."""
+  return np.stack([preprocess_image(image, image_size) for image in images])
+
+
+# --- embeddings, jitted once per (model, batch shape) ----------------------------------------------------
+
+@functools.partial(jax.jit, static_argnums=0)
+def image_embeddings(model, params, pixel_values):
+  """L2-normalized float32 image embeddings of preprocessed NHWC pixels."""
+  return l2_normalize(model.apply({'params': params}, pixel_values, method=CLIPModel.get_image_features))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def text_embeddings(model, params, input_ids):
+  """L2-normalized float32 text embeddings of token ids [N, 77]."""
+  return l2_normalize(model.apply({'params': params}, input_ids, method=CLIPModel.get_text_features))
+
+
+def _padded_batches(array, batch_size):
+  """Yields (batch padded with zeros to batch_size, number of real rows)."""
+  for start in range(0, len(array), batch_size):
+    chunk = array[start:start + batch_size]
+    pad = batch_size - len(chunk)
+    if pad:
+      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+    yield chunk, batch_size - pad
+
+
+def _batched(fn, model, params, array, batch_size):
+  outputs = [np.asarray(fn(model, params, jnp.asarray(chunk)))[:n] for chunk, n in _padded_batches(array, batch_size)]
+  return np.concatenate(outputs)
+
+
+class CLIPScorer:
+  """CLIP model + params + tokenizer; every batch is padded to `batch_size`, so each tower compiles once."""
+
+  def __init__(self, config, params, tokenizer, batch_size=64, dtype=jnp.float32):
+    self.model = CLIPModel(config, dtype)
+    self.params = params
+    self.tokenizer = tokenizer
+    self.batch_size = batch_size
+
+  @classmethod
+  def from_files(cls, weights_path, vocab_path, batch_size=64, dtype=jnp.float32):
+    """From a `.msgpack` written by evaluation.clip_convert and a `bpe_simple_vocab_16e6.txt.gz`."""
+    from evaluation.clip_convert import load_converted  # pylint: disable=g-import-not-at-top
+    from evaluation.clip_tokenizer import CLIPTokenizer  # pylint: disable=g-import-not-at-top
+    config, params = load_converted(weights_path)
+    return cls(config, params, CLIPTokenizer.from_file(vocab_path), batch_size, dtype)
+
+  @property
+  def image_size(self):
+    return self.model.config.vision.image_size
+
+  def embed_pixels(self, pixel_values):
+    """Normalized embeddings [N, D] of preprocessed float32 [N, S, S, 3] pixels."""
+    return _batched(image_embeddings, self.model, self.params, np.asarray(pixel_values, np.float32),
+                    self.batch_size)
+
+  def embed_images(self, images):
+    return self.embed_pixels(preprocess_images(images, self.image_size))
+
+  def embed_token_ids(self, input_ids):
+    return _batched(text_embeddings, self.model, self.params, np.asarray(input_ids, np.int32), self.batch_size)
+
+  def embed_texts(self, texts):
+    return self.embed_token_ids(self.tokenizer.tokenize(texts, self.model.config.text.max_length))
+
+  def per_pair(self, images, texts):
+    """Unclipped 100 * cos per (image, caption) pair, float64 [N]."""
+    if len(images) != len(texts):
+      raise ValueError(f'{len(images)} images but {len(texts)} captions')
+    return clip_score_per_pair(self.embed_images(images), self.embed_texts(texts))
+
+  def __call__(self, images, texts):
+    """The CLIP score of the pairs, torchmetrics convention."""
+    return aggregate_clip_score(self.per_pair(images, texts))
