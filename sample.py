@@ -12,11 +12,7 @@ import sharding as sharding_lib
 from diffusion.guidance import classifier_free_guidance
 from diffusion.samplers import run_sampler
 from diffusion.schedules import alphas_cumprod_for
-
-
-def balanced_labels(num_samples, num_classes):
-  """0, 1, ..., C-1, 0, 1, ...: every class equally often (up to one)."""
-  return (np.arange(num_samples) % max(num_classes, 1)).astype(np.int32)
+from models.conditioning import default_conditions, null_condition
 
 
 def initial_noise(seed, start_index, count, shape):
@@ -27,24 +23,25 @@ def initial_noise(seed, start_index, count, shape):
 
 
 def make_generate_fn(config, model, mesh):
-  """jitted generate(params, labels, noise, rng, guidance_scale) -> samples in the data space.
+  """jitted generate(params, cond, noise, rng, guidance_scale) -> samples in the data space.
 
-  Guidance is on when the model is class-conditional; its scale is a traced argument, so
-  sweeping it reuses one compilation.
+  Guidance is on when the model is conditional; its scale is a traced argument, so sweeping it
+  reuses one compilation. config.sample.guidance_interval = (lo, hi) limits it to those network times.
   """
   alphas_cumprod = alphas_cumprod_for(config)
-  num_classes, objective = config.data.num_classes, config.diffusion.objective
+  objective = config.diffusion.objective
+  interval = tuple(config.sample.get('guidance_interval', ())) or None
   batch_sharding = sharding_lib.batch_sharding(mesh)
 
-  def generate(params, labels, noise, rng, guidance_scale):
-    def apply(x, t, cond):
-      return model.apply({'params': params}, x, t, **cond)
-    cond = {'y': labels}
-    if num_classes > 0:
-      model_fn = classifier_free_guidance(apply, cond, {'y': jnp.full_like(labels, num_classes)}, guidance_scale)
+  def generate(params, cond, noise, rng, guidance_scale):
+    def apply(x, t, c):
+      return model.apply({'params': params}, x, t, **c)
+    if cond:
+      model_fn = classifier_free_guidance(apply, cond, null_condition(cond, config), guidance_scale, interval)
     else:
       model_fn = lambda x, t: apply(x, t, cond)
-    return run_sampler(config.sample, objective, alphas_cumprod, model_fn, noise, rng)
+    return run_sampler(config.sample, objective, alphas_cumprod, model_fn, noise, rng,
+                       config.diffusion.get('preconditioning', 'none'), config.diffusion.get('sigma_data', 0.5))
 
   replicated = NamedSharding(mesh, P())
   return jax.jit(generate, in_shardings=(None, batch_sharding, batch_sharding, replicated, replicated),
@@ -58,13 +55,16 @@ def to_uint8(images):
   return out
 
 
-def generate_samples(config, generate_fn, params, mesh, num_samples, seed, labels=None, batch_size=None,
+def generate_samples(config, generate_fn, params, mesh, num_samples, seed, cond=None, batch_size=None,
                      guidance_scale=None, progress=False):
-  """num_samples images (uint8 NHWC) and their labels, in batches of at most batch_size."""
+  """num_samples images (uint8 NHWC) and their conditions (numpy dict), in batches of at most batch_size.
+
+  cond defaults to every class equally often (models.conditioning.default_conditions).
+  """
   num_devices = mesh.devices.size
   batch_size = min(batch_size or config.sample.batch_size, num_samples)
   batch_size = -(-batch_size // num_devices) * num_devices  # a multiple of the mesh size
-  labels = balanced_labels(num_samples, config.data.num_classes) if labels is None else labels
+  cond = default_conditions(num_samples, config) if cond is None else cond
   scale = config.sample.guidance_scale if guidance_scale is None else guidance_scale
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
   decode = latent_decoder(config)
@@ -76,12 +76,12 @@ def generate_samples(config, generate_fn, params, mesh, num_samples, seed, label
   for start in starts:
     count = min(batch_size, num_samples - start)
     pad = batch_size - count
-    batch_labels = np.pad(labels[start:start + count], (0, pad))
+    batch_cond = {k: np.pad(v[start:start + count], [(0, pad)] + [(0, 0)] * (v.ndim - 1)) for k, v in cond.items()}
     noise = initial_noise(seed, start, batch_size, shape)
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1_000_000_007 + start)
-    x = generate_fn(params, jnp.asarray(batch_labels), noise, rng, jnp.float32(scale))
+    x = generate_fn(params, batch_cond, noise, rng, jnp.float32(scale))
     out.append(decode(np.asarray(x)[:count]))
-  return np.concatenate(out), labels[:num_samples]
+  return np.concatenate(out), {k: v[:num_samples] for k, v in cond.items()}
 
 
 def latent_decoder(config):
@@ -140,10 +140,10 @@ def run_sample_job(config, workdir, overwrite=False):
   logging.info('sampling %d images with %s, %d steps, guidance %.2f, from step %d',
                config.sample.num_samples, config.sample.sampler, config.sample.num_steps,
                config.sample.guidance_scale, step)
-  images, labels = generate_samples(config, generate_fn, params, mesh, config.sample.num_samples,
-                                    config.sample.seed, progress=True)
+  images, cond = generate_samples(config, generate_fn, params, mesh, config.sample.num_samples,
+                                  config.sample.seed, progress=True)
   if jax.process_index() == 0:
-    write_npz(out_path, images, labels)
+    write_npz(out_path, images, cond.get('y', np.zeros(len(images), np.int32)))
     write_png(grid_path, image_grid(images[:min(len(images), 100)]))
     logging.info('wrote %s (%s) and %s', out_path, images.shape, grid_path)
   return out_path

@@ -5,7 +5,6 @@ before jitting. The loop around it resumes from the newest checkpoint in the wor
 cleanly on SIGTERM/SIGINT, refuses non-finite updates and writes TensorBoard events.
 """
 import functools
-import json
 import logging
 import os
 import signal
@@ -18,11 +17,12 @@ import optax
 
 import sharding as sharding_lib
 from checkpoints import CheckpointStore, model_signature
-from diffusion.objectives import drop_labels, mse_per_example, noised_batch
+from diffusion.objectives import mse_per_example, noised_batch
 from diffusion.schedules import alphas_cumprod_for
 from evaluation import create_evaluator
 from input_pipeline import StepBatcher, create_source, prefetch_batches
 from models import build_model
+from models.conditioning import condition_from_batch, drop_condition
 from sample import generate_samples, image_grid, make_generate_fn, write_png
 from train_state import count_params, create_optimizer, create_state, learning_rate_schedule, state_shardings
 from writers import create_writer
@@ -44,13 +44,11 @@ def train_step(state, batch, *, model, tx, alphas_cumprod, config):
   leaves params, EMA and optimizer state unchanged and is counted."""
   rng = jax.random.fold_in(state.rng, state.step)
   label_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
-  labels = batch['label']
-  if config.data.num_classes > 0:
-    labels = drop_labels(label_rng, labels, config.diffusion.label_dropout, config.data.num_classes)
+  cond = drop_condition(label_rng, condition_from_batch(batch, config), config.diffusion.label_dropout, config)
 
   def loss_fn(params):
     x_t, t, target = noised_batch(noise_rng, batch['image'], alphas_cumprod, config.diffusion)
-    out = model.apply({'params': params}, x_t, t, labels, train=True, rngs={'dropout': dropout_rng})
+    out = model.apply({'params': params}, x_t, t, **cond, train=True, rngs={'dropout': dropout_rng})
     return mse_per_example(out, target).mean()
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -114,11 +112,6 @@ def check_finite(state, config):
         "--config.train.nonfinite=skip to drop such updates and count them.")
 
 
-def append_jsonl(path, record):
-  with open(path, 'a') as f:
-    f.write(json.dumps(record) + '\n')
-
-
 def run_evaluators(config, evaluators, step, generate_fn, params, mesh, writer, workdir, final=False):
   """Runs the evaluators due at `step`; a failing evaluator is logged and training goes on."""
   results = {}
@@ -128,16 +121,15 @@ def run_evaluators(config, evaluators, step, generate_fn, params, mesh, writer, 
       continue
     try:
       t0 = time.time()
-      images, labels = generate_samples(config, generate_fn, params, mesh, ev_config.get('num_samples', 1000),
-                                        ev_config.get('seed', 12345))
-      metrics = {f'eval/{k}': v for k, v in evaluator(images, labels).items()}
+      images, cond = generate_samples(config, generate_fn, params, mesh, ev_config.get('num_samples', 1000),
+                                      ev_config.get('seed', 12345))
+      metrics = {f'eval/{k}': v for k, v in evaluator(images, cond).items()}
       metrics[f'eval/{name}_seconds'] = time.time() - t0
       results.update(metrics)
     except Exception as e:  # an evaluator must never take the run down
       logging.exception('evaluator %s failed at step %d: %s', name, step, e)
-  if results and jax.process_index() == 0:
+  if results:
     writer.write_scalars(step, results)
-    append_jsonl(os.path.join(workdir, 'eval_metrics.jsonl'), {'step': step, **results})
   return results
 
 
@@ -204,7 +196,7 @@ def train_and_evaluate(config, workdir):
   generate_fn = make_generate_fn(config, model, mesh)
   batcher = StepBatcher(source, config.train.batch_size, config.seed, config.data.random_flip,
                         jax.process_index(), jax.process_count())
-  writer = create_writer(os.path.join(workdir, 'tensorboard'), is_main)
+  writer = create_writer(workdir, is_main)
   num_steps = config.train.num_steps
   pending, last_log, last_saved = [], time.time(), start_step
   from tqdm import tqdm

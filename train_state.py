@@ -8,6 +8,7 @@ import optax
 
 import sharding as sharding_lib
 from checkpoints import abstract_with_shardings
+from models.conditioning import dummy_condition
 
 
 @flax.struct.dataclass
@@ -38,14 +39,15 @@ def create_optimizer(optim_config):
 
 
 def dummy_inputs(config, batch_size=1):
+  """(x, t, cond) of the model's input shapes."""
   shape = (batch_size, config.data.image_size, config.data.image_size, config.data.channels)
-  return jnp.zeros(shape, jnp.float32), jnp.zeros((batch_size,), jnp.float32), jnp.zeros((batch_size,), jnp.int32)
+  return jnp.zeros(shape, jnp.float32), jnp.zeros((batch_size,), jnp.float32), dummy_condition(config, batch_size)
 
 
 def init_state(config, model, tx, seed):
-  x, t, y = dummy_inputs(config)
+  x, t, cond = dummy_inputs(config)
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
-  params = model.init(init_rng, x, t, y)['params']
+  params = model.init(init_rng, x, t, **cond)['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=jax.tree.map(jnp.copy, params),
                     opt_state=tx.init(params), rng=state_rng, nonfinite_count=jnp.zeros((), jnp.int32),
                     first_nonfinite_step=jnp.full((), -1, jnp.int32))

@@ -5,7 +5,9 @@ so TensorBoard events are written with tensorboardX (pure Python) unless TensorF
 in which case clu's default writer is used.
 """
 import importlib.util
+import json
 import logging
+import os
 
 import numpy as np
 
@@ -14,6 +16,26 @@ class ConsoleWriter:
 
   def write_scalars(self, step, scalars):
     logging.info('[%d] %s', step, ', '.join(f'{k}={v:.6g}' for k, v in sorted(scalars.items())))
+
+  def write_images(self, step, images):
+    pass
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+class JsonlWriter:
+  """Scalars appended as one JSON object per line ({'step': ..., name: value}), easy to collect."""
+
+  def __init__(self, path):
+    self.path = path
+
+  def write_scalars(self, step, scalars):
+    with open(self.path, 'a') as f:
+      f.write(json.dumps({'step': int(step), **{k: float(v) for k, v in scalars.items()}}) + '\n')
 
   def write_images(self, step, images):
     pass
@@ -88,10 +110,13 @@ class CluWriter:
     self.writer.close()
 
 
-def create_writer(logdir, is_main_process=True):
-  """Events + console on the main process, console only elsewhere."""
-  if importlib.util.find_spec('tensorflow') is not None:
-    return CluWriter(logdir, just_logging=not is_main_process)
+def create_writer(workdir, is_main_process=True):
+  """TensorBoard events in workdir/tensorboard, scalars in workdir/metrics.jsonl and the console on the
+  main process; the console only elsewhere."""
   if not is_main_process:
     return ConsoleWriter()
-  return MultiWriter([TensorboardXWriter(logdir), ConsoleWriter()])
+  logdir = os.path.join(workdir, 'tensorboard')
+  jsonl = JsonlWriter(os.path.join(workdir, 'metrics.jsonl'))
+  if importlib.util.find_spec('tensorflow') is not None:
+    return MultiWriter([CluWriter(logdir, just_logging=False), jsonl])
+  return MultiWriter([TensorboardXWriter(logdir), ConsoleWriter(), jsonl])

@@ -8,6 +8,8 @@ sigma_t = sqrt(1 - a_t). The network predicts eps, x_0 or v = alpha_t eps - sigm
 import jax
 import jax.numpy as jnp
 
+from diffusion.schedules import sigma_at_timestep
+
 FLOW_TIME_SCALE = 1000.0  # flow time t in [0, 1] -> network time input, on the scale of discrete timesteps
 
 
@@ -45,10 +47,47 @@ def predict_x0_eps(objective, output, x_t, alpha, sigma):
   raise ValueError(f'objective {objective!r} is not a VP prediction (eps, x0, v)')
 
 
-def drop_labels(rng, labels, rate, num_classes):
-  """Replaces each label by the null class (index num_classes) with probability `rate`."""
-  drop = jax.random.bernoulli(rng, rate, labels.shape)
-  return jnp.where(drop, num_classes, labels)
+def denoise(model_fn, objective, x_t, t, alpha, sigma, clip_denoised=False):
+  """One network call at network time t (a scalar, for the whole batch) read as (x_0, eps) at the
+  noise level (alpha, sigma); with clip_denoised, x_0 is clipped to [-1, 1] and eps recomputed."""
+  out = model_fn(x_t, jnp.full((x_t.shape[0],), t, jnp.float32))
+  x0, eps = predict_x0_eps(objective, out, x_t, alpha, sigma)
+  if clip_denoised:
+    x0 = jnp.clip(x0, -1, 1)
+    eps = (x_t - alpha * x0) / sigma
+  return x0, eps
+
+
+# EDM preconditioning (Karras et al., 2022, Table 1) on a VP-discrete schedule. In the VE view
+# x = x_t / alpha_t = x_0 + sigma eps, sigma = sigma_t / alpha_t, the denoiser is
+#   D(x; sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, t)
+# with F the network. F's time input stays the discrete timestep t (VP's c_noise, Table 1 column
+# "VP"), and training keeps the uniform timestep distribution (EDM's log-normal sigma is not used).
+# F is regressed on (x_0 - c_skip x) / c_out with unit weight: EDM's weight 1/c_out^2 on D's error.
+# The denoiser D predicts x_0, so preconditioning 'edm' goes with objective 'x0'.
+
+def edm_scalings(sigma, sigma_data):
+  """(c_skip, c_out, c_in) of EDM Table 1 at VE noise level sigma."""
+  total = sigma ** 2 + sigma_data ** 2
+  return sigma_data ** 2 / total, sigma * sigma_data / jnp.sqrt(total), 1 / jnp.sqrt(total)
+
+
+def edm_network_input_and_target(x0, noise, sigma, sigma_data):
+  """Training pair of the preconditioned network: (c_in x, (x_0 - c_skip x) / c_out), x = x_0 + sigma noise."""
+  x = x0 + sigma * noise
+  c_skip, c_out, c_in = edm_scalings(sigma, sigma_data)
+  return c_in * x, (x0 - c_skip * x) / c_out
+
+
+def edm_denoiser(network_fn, alphas_cumprod, sigma_data):
+  """network_fn(c_in x, t) -> F  =>  model_fn(x_t, t) -> D(x_t / alpha_t; sigma_t / alpha_t), an x_0
+  estimate; the samplers read it with objective 'x0'. t may be fractional (log-sigma interpolation)."""
+  def model_fn(x_t, t):
+    sigma = broadcast_to(sigma_at_timestep(alphas_cumprod, t), x_t)
+    x = x_t * jnp.sqrt(1 + sigma ** 2)
+    c_skip, c_out, c_in = edm_scalings(sigma, sigma_data)
+    return c_skip * x + c_out * network_fn(c_in * x, t)
+  return model_fn
 
 
 def sample_flow_time(rng, batch_size, sampling):
@@ -71,6 +110,9 @@ def noised_batch(rng, x0, alphas_cumprod, diffusion_config):
     return x_t, t * FLOW_TIME_SCALE, regression_target('flow', x0, noise, None, None)
   t = jax.random.randint(t_rng, (x0.shape[0],), 0, len(alphas_cumprod))
   alpha, sigma = (broadcast_to(v, x0) for v in alpha_sigma(alphas_cumprod, t))
+  if diffusion_config.get('preconditioning', 'none') == 'edm':
+    net_input, target = edm_network_input_and_target(x0, noise, sigma / alpha, diffusion_config.sigma_data)
+    return net_input, t.astype(jnp.float32), target
   x_t = alpha * x0 + sigma * noise
   return x_t, t.astype(jnp.float32), regression_target(diffusion_config.objective, x0, noise, alpha, sigma)
 

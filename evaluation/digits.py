@@ -51,13 +51,14 @@ def digits_metrics(images_uint8, labels):
 
 
 class DigitsEvaluator:
-  """Evaluator for models trained on data.source='digits' (any resolution, 1 or 3 channels)."""
-  needs_labels = True
+  """Evaluator for class-conditional models of data.source='digits' (any resolution, 1 or 3 channels)."""
 
   def __init__(self, config, eval_config):
     if config.data.source != 'digits':
       raise ValueError("evaluator 'digits' scores samples of the embedded digits dataset; "
                        f"config.data.source is {config.data.source!r}")
+    if config.data.num_classes != 10:
+      raise ValueError("evaluator 'digits' needs the 10 digit labels (config.data.num_classes=10)")
 
-  def __call__(self, images_uint8, labels):
-    return digits_metrics(images_uint8, labels)
+  def __call__(self, images_uint8, cond):
+    return digits_metrics(images_uint8, cond['y'])

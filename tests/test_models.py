@@ -1,0 +1,83 @@
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs.dit import dit_config
+from configs.unet_cifar10 import get_config as unet_cifar10_config
+from models import build_model
+from models.dit import sincos_pos_embed_2d
+from train_state import count_params, dummy_inputs
+
+
+def abstract_param_count(config):
+  model = build_model(config)
+  x, t, cond = dummy_inputs(config)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, t, **cond))
+  return count_params(shapes['params'])
+
+
+@pytest.mark.parametrize('variant,expected', [('S', 33e6), ('B', 130e6), ('L', 458e6), ('XL', 675e6)])
+def test_dit_parameter_counts_match_the_paper(variant, expected):
+  # DiT paper Table 4 (patch 2, 256x256 images as 32x32x4 latents, 1000 classes).
+  count = abstract_param_count(dit_config(variant, 2))
+  assert abs(count - expected) / expected < 0.01, count
+
+
+def test_ddpm_cifar10_unet_has_35_7m_parameters():
+  count = abstract_param_count(unet_cifar10_config())
+  assert abs(count - 35.7e6) / 35.7e6 < 0.01, count
+
+
+def test_unknown_model_name_and_field_fail_loudly():
+  c = unet_cifar10_config()
+  c.model.name = 'resnet'
+  with pytest.raises(ValueError, match="config.model.name='resnet'"):
+    build_model(c)
+  c = unet_cifar10_config()
+  c.model.depth = 3
+  with pytest.raises(ValueError, match='depth'):
+    build_model(c)
+
+
+def test_sincos_position_embedding_matches_closed_form():
+  emb = sincos_pos_embed_2d(8, 4)  # 16 positions, 4 channels per axis
+  assert emb.shape == (16, 8)
+  # position (row 1, col 2) is index 6: first half encodes the column, second half the row
+  col, row = 2.0, 1.0
+  omega = 1 / 10_000 ** (np.arange(2) / 2)
+  expected = np.concatenate([np.sin(col * omega), np.cos(col * omega), np.sin(row * omega), np.cos(row * omega)])
+  np.testing.assert_allclose(emb[6], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize('name', ['dit', 'unet'])
+def test_forward_shapes_and_null_label(name):
+  c = ml_collections.ConfigDict(unet_cifar10_config().to_dict())
+  c.data.image_size, c.data.channels, c.data.num_classes = 8, 3, 5
+  if name == 'dit':
+    c.model = ml_collections.ConfigDict(dict(name='dit', patch_size=2, depth=2, hidden_size=32, num_heads=4))
+  else:
+    c.model.update(base_channels=16, channel_mult=(1, 2), attn_resolutions=(4,), num_groups=8)
+  model = build_model(c)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
+  t = jnp.array([3.0, 500.0])
+  params = model.init(jax.random.PRNGKey(1), x, t, jnp.array([0, 1]))['params']
+  # Perturb all parameters so zero-initialised output layers do not hide the conditioning.
+  params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
+  out_a = model.apply({'params': params}, x, t, jnp.array([0, 1]))
+  out_null = model.apply({'params': params}, x, t, jnp.array([5, 5]))  # index num_classes = null label
+  assert out_a.shape == x.shape and out_a.dtype == jnp.float32
+  assert float(jnp.abs(out_a - out_null).max()) > 1e-4  # the label changes the output
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  c = unet_cifar10_config()
+  c.train.compute_dtype = 'bfloat16'
+  c.data.image_size = 8
+  c.model.update(base_channels=16, channel_mult=(1,), attn_resolutions=(8,), num_groups=8)
+  model = build_model(c)
+  x, t, cond = dummy_inputs(c)
+  params = model.init(jax.random.PRNGKey(0), x, t, **cond)['params']
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+  assert model.apply({'params': params}, x, t, **cond).dtype == jnp.float32

@@ -1,0 +1,26 @@
+"""Tiny configs shared by the tests: seconds per step on a 2-core CPU."""
+from configs.quickstart import get_config
+
+
+def tiny_unet_config(**overrides):
+  c = get_config()
+  c.model.base_channels = 8
+  c.model.channel_mult = (1, 2)
+  c.model.num_res_blocks = 1
+  c.model.attn_resolutions = (4,)
+  c.model.num_groups = 4
+  c.train.batch_size = 16
+  c.train.num_steps = 4
+  c.train.log_every = 2
+  c.train.checkpoint_every = 2
+  c.train.sample_every = 0
+  c.train.sample_grid = 8
+  c.sample.num_steps = 4
+  c.sample.num_samples = 8
+  c.sample.batch_size = 8
+  c.data.prefetch = 0
+  c.evals = {}
+  for key, value in overrides.items():
+    section, field = key.split('__')
+    c[section][field] = value
+  return c
