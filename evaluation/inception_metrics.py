@@ -1,0 +1,215 @@
+"""Metrics on FID Inception outputs: feature extraction, FID, Inception Score, precision/recall.
+
+Reference statistics use the ADM evaluator's npz layout: `arr_0` uint8 NHWC images and/or `mu`,
+`sigma` (pool3 mean and covariance). Precision/recall follow Kynkäänniemi et al. 2019 (k-NN
+manifolds on pool3 features, k = 3), computed in row chunks so 50k x 50k never materialises.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from evaluation import frechet
+from evaluation import inception
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _inception_forward(model, variables, images):
+  outputs = model.apply(variables, images)
+  return outputs.pool3, outputs.logits_unbiased
+
+
+def _padded_batches(images, batch_size):
+  """Yield (batch of exactly batch_size rows, number of real rows); the last one is zero-padded."""
+  for start in range(0, len(images), batch_size):
+    batch = np.asarray(images[start:start + batch_size])
+    valid = len(batch)
+    if valid < batch_size:
+      batch = np.concatenate([batch, np.zeros((batch_size - valid, *batch.shape[1:]), batch.dtype)])
+    yield batch, valid
+
+
+def extract_features(variables, images, batch_size=200, model=None, sharding=None):
+  """Pool3 features [N, 2048] and unbiased logits [N, 1008] (float32 numpy) of images in [0, 255].
+
+  images: [N, H, W, 3] uint8 or float array (a numpy memmap works). One compilation per
+  (batch_size, H, W, dtype): the last batch is padded. `sharding` optionally places each image
+  batch (e.g. NamedSharding(mesh, P('data'))), with batch_size divisible by its device count.
+  """
+  model = model or inception.FIDInceptionV3()
+  if len(images) == 0:
+    raise ValueError('no images to extract features from')
+  pool3, logits = [], []
+  for batch, valid in _padded_batches(images, batch_size):
+    if sharding is not None:
+      batch = jax.device_put(batch, sharding)
+    batch_pool3, batch_logits = _inception_forward(model, variables, batch)
+    pool3.append(batch_pool3[:valid])
+    logits.append(batch_logits[:valid])
+  return (np.concatenate(jax.device_get(pool3)).astype(np.float32),
+          np.concatenate(jax.device_get(logits)).astype(np.float32))
+
+
+def inception_score(logits, splits=10):
+  """(mean, std) over `splits` chunks of exp(E_x KL(p(y|x) || p(y))), p = softmax(logits).
+
+  Pass the unbiased logits (pool3 @ fc kernel over the 1008 classes), as the original TF code
+  (improved-GAN, ADM evaluator) does. Chunks are [i N // splits, (i + 1) N // splits).
+  """
+  logits = np.asarray(logits, np.float64)
+  log_p = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+  n = len(log_p)
+  if n < splits:
+    raise ValueError(f'need at least splits={splits} samples, got {n}')
+  scores = []
+  for i in range(splits):
+    part = log_p[i * n // splits:(i + 1) * n // splits]
+    p = np.exp(part)
+    log_marginal = np.log(p.mean(axis=0))
+    kl = (p * (part - log_marginal)).sum(axis=1).mean()
+    scores.append(np.exp(kl))
+  return float(np.mean(scores)), float(np.std(scores))
+
+
+def _squared_distances(rows, data):
+  """[R, N] squared Euclidean distances, float32 with full-precision matmul, clipped at 0."""
+  cross = jnp.dot(rows, data.T, precision=jax.lax.Precision.HIGHEST)
+  sq = jnp.sum(rows * rows, axis=1)[:, None] - 2 * cross + jnp.sum(data * data, axis=1)[None]
+  return jnp.maximum(sq, 0.0)
+
+
+@functools.partial(jax.jit, static_argnames='k')
+def _kth_neighbour_sq_distance(rows, data, k):
+  """Squared distance to the k-th nearest point of `data`, the row itself (distance 0) being 0th."""
+  neg_nearest, _ = jax.lax.top_k(-_squared_distances(rows, data), k + 1)
+  return -neg_nearest[:, k]
+
+
+@jax.jit
+def _inside_any_ball(rows, centres, sq_radii):
+  return jnp.any(_squared_distances(rows, centres) <= sq_radii[None], axis=1)
+
+
+def _map_row_chunks(fn, rows, chunk_size):
+  """Apply fn to fixed-size (padded) chunks of rows and concatenate the valid outputs."""
+  outputs = [fn(chunk)[:valid] for chunk, valid in _padded_batches(rows, chunk_size)]
+  return np.concatenate(jax.device_get(outputs))
+
+
+def manifold_sq_radii(features, k=3, chunk_size=1000):
+  """Squared k-NN radius of every point within its own set (Kynkäänniemi et al.)."""
+  features = jnp.asarray(features, jnp.float32)
+  if len(features) <= k:
+    raise ValueError(f'need more than k={k} points, got {len(features)}')
+  return _map_row_chunks(lambda rows: _kth_neighbour_sq_distance(rows, features, k=k),
+                         np.asarray(features), chunk_size)
+
+
+def fraction_inside_manifold(points, centres, sq_radii, chunk_size=1000):
+  """Fraction of points within the k-NN ball of at least one centre."""
+  centres, sq_radii = jnp.asarray(centres, jnp.float32), jnp.asarray(sq_radii, jnp.float32)
+  inside = _map_row_chunks(lambda rows: _inside_any_ball(rows, centres, sq_radii),
+                           np.asarray(points, np.float32), chunk_size)
+  return float(inside.mean())
+
+
+def precision_recall(real_features, fake_features, k=3, chunk_size=1000):
+  """(precision, recall): the fraction of fakes inside the real k-NN manifold and vice versa.
+
+  Memory is O(chunk_size x N) per step, so 50k x 2048 feature sets are fine.
+  """
+  real_sq_radii = manifold_sq_radii(real_features, k, chunk_size)
+  fake_sq_radii = manifold_sq_radii(fake_features, k, chunk_size)
+  precision = fraction_inside_manifold(fake_features, real_features, real_sq_radii, chunk_size)
+  recall = fraction_inside_manifold(real_features, fake_features, fake_sq_radii, chunk_size)
+  return precision, recall
+
+
+def save_reference_npz(path, mu, sigma, images=None):
+  """Write reference statistics in the ADM evaluator layout (`mu`, `sigma`, optional `arr_0`)."""
+  arrays = {'mu': np.asarray(mu, np.float64), 'sigma': np.asarray(sigma, np.float64)}
+  if images is not None:
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f'arr_0 must be uint8 NHWC RGB images, got {images.dtype} {images.shape}')
+    arrays['arr_0'] = images
+  np.savez(path, **arrays)
+
+
+def write_reference_npz(path, variables, images, batch_size=200, keep_images=False, model=None):
+  """Compute pool3 statistics of uint8 NHWC images and save them (with the images if asked)."""
+  pool3, _ = extract_features(variables, images, batch_size, model)
+  mu, sigma = frechet.feature_statistics(pool3)
+  save_reference_npz(path, mu, sigma, images if keep_images else None)
+  return mu, sigma
+
+
+def _npz_keys(path):
+  with np.load(path) as data:
+    return set(data.files)
+
+
+def load_reference(path, variables=None, batch_size=200, model=None, need_features=False):
+  """Reference {'mu', 'sigma'} (plus 'pool3' when computed) from an ADM-style npz.
+
+  Stored `mu`/`sigma` take precedence (and `arr_0` is then not read unless need_features); pool3
+  features are computed from `arr_0` with `variables` when there are no stored statistics or
+  need_features=True (precision/recall needs the real features).
+  """
+  with np.load(path) as data:
+    keys = set(data.files)
+    stored = {'mu': data['mu'], 'sigma': data['sigma']} if {'mu', 'sigma'} <= keys else None
+    if stored is not None and not need_features:
+      return stored
+    if 'arr_0' not in keys:
+      wanted = "'arr_0' (uint8 NHWC images)" if need_features else "'mu' and 'sigma', or 'arr_0'"
+      raise ValueError(f'{path}: need {wanted}; the file has {sorted(keys)}')
+    if variables is None:
+      raise ValueError(f'{path}: computing features from arr_0 needs the Inception variables')
+    images = data['arr_0']
+  pool3, _ = extract_features(variables, images, batch_size, model)
+  if stored is None:
+    mu, sigma = frechet.feature_statistics(pool3)
+    stored = {'mu': mu, 'sigma': sigma}
+  return {**stored, 'pool3': pool3}
+
+
+def evaluate_samples(variables, images, reference_path, batch_size=200, with_precision_recall=True,
+                     k=3, is_splits=10, model=None):
+  """FID, Inception Score and (when the reference has `arr_0`) precision/recall of samples.
+
+  images: [N, H, W, 3] uint8 (or float in [0, 255]) samples; reference_path: ADM-style npz.
+  """
+  want_pr = with_precision_recall and 'arr_0' in _npz_keys(reference_path)
+  reference = load_reference(reference_path, variables, batch_size, model, need_features=want_pr)
+  pool3, logits = extract_features(variables, images, batch_size, model)
+  mu, sigma = frechet.feature_statistics(pool3)
+  is_mean, is_std = inception_score(logits, is_splits)
+  metrics = {'fid': frechet.frechet_distance(mu, sigma, reference['mu'], reference['sigma']),
+             'inception_score': is_mean, 'inception_score_std': is_std}
+  if want_pr:
+    metrics['precision'], metrics['recall'] = precision_recall(reference['pool3'], pool3, k)
+  return metrics
+
+
+class InceptionEvaluator:
+  """`config.evals.<name>` evaluator: FID / IS / precision-recall against an ADM-style npz.
+
+  eval_config: inception_weights (converted .msgpack, or the .pth with torch), reference_npz,
+  optional batch_size (200), precision_recall (True), k (3), is_splits (10).
+  """
+  needs_labels = False
+
+  def __init__(self, config, eval_config):
+    del config
+    from evaluation import inception_convert  # pylint: disable=import-outside-toplevel
+    self.variables = inception_convert.load_inception_params(eval_config.inception_weights)
+    self.reference_npz = eval_config.reference_npz
+    self.options = dict(batch_size=eval_config.get('batch_size', 200),
+                        with_precision_recall=eval_config.get('precision_recall', True),
+                        k=eval_config.get('k', 3), is_splits=eval_config.get('is_splits', 10))
+
+  def __call__(self, images_uint8, labels=None):
+    del labels
+    return evaluate_samples(self.variables, images_uint8, self.reference_npz, **self.options)
