@@ -177,3 +177,47 @@ class CLIPScorer:
   def __call__(self, images, texts):
     """The CLIP score of the pairs, torchmetrics convention."""
     return aggregate_clip_score(self.per_pair(images, texts))
+
+
+# --- the config.evals evaluator ----------------------------------------------------------------------------
+
+def prompts_from_cond(cond, num_images):
+  """The captions in cond['prompts'] as a list of str (bytes are decoded as UTF-8), one per image."""
+  if 'prompts' not in cond:
+    raise ValueError("evaluator 'clip_score' needs the caption of every sample in cond['prompts'] (a numpy str "
+                     f"array); the conditions hold only {sorted(cond)}")
+  prompts = [p.decode('utf-8') if isinstance(p, bytes) else str(p) for p in np.asarray(cond['prompts']).tolist()]
+  if len(prompts) != num_images:
+    raise ValueError(f"cond['prompts'] holds {len(prompts)} captions for {num_images} images")
+  return prompts
+
+
+class CLIPScoreEvaluator:
+  """`config.evals.clip_score`: the CLIP score (torchmetrics convention) of text-conditional samples.
+
+  Contract with text-conditional sampling: the conditions passed with the images hold `cond['prompts']`, a
+  numpy str array [N] whose i-th entry is the caption sample i was generated from (an npz of samples stores
+  it as `prompts` beside `arr_0`). The captions are tokenized with this evaluator's own CLIP tokenizer, so it
+  does not matter how the diffusion model's text encoder tokenized them.
+
+  eval_config: clip_weights (a .msgpack from `python -m evaluation.clip_convert`, e.g. of
+  openai/clip-vit-large-patch14), vocab (bpe_simple_vocab_16e6.txt.gz), optional batch_size (64).
+  Both files are read when the evaluator is built, so a missing one fails at the start of a run.
+  """
+
+  def __init__(self, config, eval_config):
+    del config
+    for field in ('clip_weights', 'vocab'):
+      if not eval_config.get(field):
+        raise ValueError(f'config.evals.clip_score.{field} is not set')
+    self.scorer = CLIPScorer.from_files(eval_config.clip_weights, eval_config.vocab,
+                                        batch_size=eval_config.get('batch_size', 64))
+    vocab_size, table_size = self.scorer.tokenizer.vocab_size, self.scorer.model.config.text.vocab_size
+    if vocab_size > table_size:
+      raise ValueError(f'{eval_config.vocab} has {vocab_size} tokens but {eval_config.clip_weights} embeds only '
+                       f'{table_size}: the vocabulary and the CLIP weights do not belong together')
+
+  def __call__(self, images_uint8, cond):
+    prompts = prompts_from_cond(cond, len(images_uint8))
+    per_pair = self.scorer.per_pair(images_uint8, prompts)
+    return {'clip_score': aggregate_clip_score(per_pair), 'clip_score_per_pair_std': float(np.std(per_pair))}

@@ -61,4 +61,7 @@ class DigitsEvaluator:
       raise ValueError("evaluator 'digits' needs the 10 digit labels (config.data.num_classes=10)")
 
   def __call__(self, images_uint8, cond):
+    if 'y' not in cond:
+      raise ValueError("evaluator 'digits' needs the labels the samples were drawn for (cond['y']; arr_1 of "
+                       'an npz of samples)')
     return digits_metrics(images_uint8, cond['y'])

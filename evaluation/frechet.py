@@ -38,3 +38,33 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
 
 def frechet_distance_from_features(features1, features2):
   return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))
+
+
+class RunningFeatureStatistics:
+  """Mean and unbiased covariance of feature rows added a batch at a time (datasets too big for memory).
+
+  Sums are float64 and taken about the first batch's mean, so the covariance does not lose digits to a
+  large common offset; the result equals `feature_statistics` of all rows to rounding.
+  """
+
+  def __init__(self):
+    self.count, self.shift, self.total, self.outer = 0, None, None, None
+
+  def add(self, features):
+    x = np.asarray(features, np.float64)
+    if x.ndim != 2:
+      raise ValueError(f'need a [N, D] feature array, got shape {x.shape}')
+    if self.shift is None:
+      self.shift = x.mean(axis=0)
+      self.total, self.outer = np.zeros(x.shape[1]), np.zeros((x.shape[1], x.shape[1]))
+    x = x - self.shift
+    self.count += len(x)
+    self.total += x.sum(axis=0)
+    self.outer += x.T @ x
+
+  def mean_and_covariance(self):
+    if self.count < 2:
+      raise ValueError(f'need at least 2 feature rows, got {self.count}')
+    mean = self.total / self.count
+    covariance = (self.outer - self.count * np.outer(mean, mean)) / (self.count - 1)
+    return self.shift + mean, covariance

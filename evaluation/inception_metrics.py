@@ -5,6 +5,8 @@ Reference statistics use the ADM evaluator's npz layout: `arr_0` uint8 NHWC imag
 manifolds on pool3 features, k = 3), computed in row chunks so 50k x 50k never materialises.
 """
 import functools
+import logging
+import os
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +18,8 @@ from evaluation import inception
 
 @functools.partial(jax.jit, static_argnums=0)
 def _inception_forward(model, variables, images):
+  if images.shape[-1] == 1:  # greyscale, as the digits: the same value in R, G and B
+    images = jnp.repeat(images, 3, axis=-1)
   outputs = model.apply(variables, images)
   return outputs.pool3, outputs.logits_unbiased
 
@@ -33,7 +37,8 @@ def _padded_batches(images, batch_size):
 def extract_features(variables, images, batch_size=200, model=None, sharding=None):
   """Pool3 features [N, 2048] and unbiased logits [N, 1008] (float32 numpy) of images in [0, 255].
 
-  images: [N, H, W, 3] uint8 or float array (a numpy memmap works). One compilation per
+  images: [N, H, W, 3] (or greyscale [N, H, W, 1]) uint8 or float array (a numpy memmap works); any
+  size, resized to 299 inside the network. One compilation per
   (batch_size, H, W, dtype): the last batch is padded. `sharding` optionally places each image
   batch (e.g. NamedSharding(mesh, P('data'))), with batch_size divisible by its device count.
   """
@@ -175,6 +180,21 @@ def load_reference(path, variables=None, batch_size=200, model=None, need_featur
   return {**stored, 'pool3': pool3}
 
 
+def metrics_against_reference(variables, images, reference, batch_size=200, k=3, is_splits=10, model=None):
+  """FID and Inception Score of samples, and precision/recall when `reference` holds 'pool3' features.
+
+  reference: what `load_reference` returns ({'mu', 'sigma'} and optionally 'pool3').
+  """
+  pool3, logits = extract_features(variables, images, batch_size, model)
+  mu, sigma = frechet.feature_statistics(pool3)
+  is_mean, is_std = inception_score(logits, is_splits)
+  metrics = {'fid': frechet.frechet_distance(mu, sigma, reference['mu'], reference['sigma']),
+             'inception_score': is_mean, 'inception_score_std': is_std}
+  if 'pool3' in reference:
+    metrics['precision'], metrics['recall'] = precision_recall(reference['pool3'], pool3, k)
+  return metrics
+
+
 def evaluate_samples(variables, images, reference_path, batch_size=200, with_precision_recall=True,
                      k=3, is_splits=10, model=None):
   """FID, Inception Score and (when the reference has `arr_0`) precision/recall of samples.
@@ -183,33 +203,57 @@ def evaluate_samples(variables, images, reference_path, batch_size=200, with_pre
   """
   want_pr = with_precision_recall and 'arr_0' in _npz_keys(reference_path)
   reference = load_reference(reference_path, variables, batch_size, model, need_features=want_pr)
-  pool3, logits = extract_features(variables, images, batch_size, model)
-  mu, sigma = frechet.feature_statistics(pool3)
-  is_mean, is_std = inception_score(logits, is_splits)
-  metrics = {'fid': frechet.frechet_distance(mu, sigma, reference['mu'], reference['sigma']),
-             'inception_score': is_mean, 'inception_score_std': is_std}
-  if want_pr:
-    metrics['precision'], metrics['recall'] = precision_recall(reference['pool3'], pool3, k)
-  return metrics
+  return metrics_against_reference(variables, images, reference, batch_size, k, is_splits, model)
+
+
+def check_reference_npz(path):
+  """Raises a clear error unless `path` is an ADM-style npz with `mu`/`sigma` or `arr_0`; returns its keys."""
+  if not path or not os.path.isfile(path):
+    raise FileNotFoundError(
+        f'FID reference statistics {path!r} not found. Compute them from the training data with '
+        f'`python main.py --mode=fid_stats --config=<config> --workdir=<dir> --output={path or "<ref>.npz"}` '
+        '(or from an image folder / npz with --images=...), or use an ADM reference batch (VIRTUAL_*.npz).')
+  keys = _npz_keys(path)
+  if not ({'mu', 'sigma'} <= keys or 'arr_0' in keys):
+    raise ValueError(f"{path}: not FID reference statistics (need 'mu' and 'sigma', or 'arr_0'); "
+                     f'the file has {sorted(keys)}')
+  return keys
 
 
 class InceptionEvaluator:
-  """`config.evals.<name>` evaluator: FID / IS / precision-recall against an ADM-style npz.
+  """`config.evals.inception`: FID / IS / precision-recall against an ADM-style reference npz.
 
-  eval_config: inception_weights (converted .msgpack, or the .pth with torch), reference_npz,
-  optional batch_size (200), precision_recall (True), k (3), is_splits (10).
+  eval_config: inception_weights (converted .msgpack, or the .pth with torch), reference_npz, optional
+  batch_size (200), precision_recall (True; needs `arr_0` images in the reference), k (3), is_splits (10).
+  Both files are checked when the evaluator is built; the reference is read (and its features computed,
+  for precision/recall) on the first call and kept. Greyscale samples are replicated to RGB.
   """
-  needs_labels = False
 
   def __init__(self, config, eval_config):
     del config
     from evaluation import inception_convert  # pylint: disable=import-outside-toplevel
+    for field in ('inception_weights', 'reference_npz'):
+      if not eval_config.get(field):
+        raise ValueError(f'config.evals.inception.{field} is not set')
     self.variables = inception_convert.load_inception_params(eval_config.inception_weights)
     self.reference_npz = eval_config.reference_npz
-    self.options = dict(batch_size=eval_config.get('batch_size', 200),
-                        with_precision_recall=eval_config.get('precision_recall', True),
-                        k=eval_config.get('k', 3), is_splits=eval_config.get('is_splits', 10))
+    keys = check_reference_npz(self.reference_npz)
+    self.with_precision_recall = eval_config.get('precision_recall', True) and 'arr_0' in keys
+    if eval_config.get('precision_recall', True) and not self.with_precision_recall:
+      logging.warning('%s holds no arr_0 images: precision/recall skipped (fid_stats --keep_images stores them)',
+                      self.reference_npz)
+    self.batch_size = eval_config.get('batch_size', 200)
+    self.k, self.is_splits = eval_config.get('k', 3), eval_config.get('is_splits', 10)
+    self._reference = None
 
-  def __call__(self, images_uint8, labels=None):
-    del labels
-    return evaluate_samples(self.variables, images_uint8, self.reference_npz, **self.options)
+  def reference(self):
+    if self._reference is None:
+      self._reference = load_reference(self.reference_npz, self.variables, self.batch_size,
+                                       need_features=self.with_precision_recall)
+    return self._reference
+
+  def __call__(self, images_uint8, cond=None):
+    del cond
+    batch_size = min(self.batch_size, len(images_uint8))  # no padding of a few samples to a large batch
+    return metrics_against_reference(self.variables, images_uint8, self.reference(), batch_size,
+                                     self.k, self.is_splits)

@@ -1,0 +1,304 @@
+"""The jobs behind `main.py --mode=eval` and `main.py --mode=fid_stats`.
+
+eval: samples -> every evaluator in config.evals (whatever their every_steps) -> <workdir>/eval/<name>.json,
+TensorBoard and <workdir>/metrics.jsonl. The samples are an ADM-layout npz (`arr_0` uint8 NHWC, `arr_1`
+labels, optionally `prompts` captions), or are drawn fresh from the newest checkpoint with config.sample's
+settings (sampler, steps, guidance, num_samples, seed), exactly as `--mode=sample` would draw them.
+
+fid_stats: images -> pool3 mean and covariance of the FID Inception -> an ADM-layout reference npz (`mu`,
+`sigma`, optionally `arr_0`) for the 'inception' evaluator. The images are the config's dataset, read by
+index from its input_pipeline source (not the shuffled, flipped training stream), or an image folder or
+an npz (`--images=`), at config.data.image_size (for latent models: config.data.pixels, the images the
+latents were encoded from, at their pixel size).
+
+Both jobs refuse to replace an existing output unless asked (--overwrite), and check every weight file
+before the long part starts.
+"""
+import datetime
+import json
+import logging
+import os
+import time
+
+import numpy as np
+
+EVAL_DIR = 'eval'
+SUBSET_SEED = 0
+READ_CHUNK = 1000  # images read from a source (and kept in host memory) at a time
+
+
+# --- shared ------------------------------------------------------------------------------------------------
+
+def refuse_existing(path, overwrite, hint):
+  if os.path.exists(path) and not overwrite:
+    raise FileExistsError(f'{path} exists; pass --overwrite to replace it, or {hint}')
+
+
+def check_images(images, where):
+  """Raises unless `images` is uint8 [N, H, W, C] with C = 1 or 3 and N > 0."""
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3) or not len(images):
+    raise ValueError(f'{where}: need uint8 images [N, H, W, 1 or 3], got {images.dtype} {images.shape}')
+
+
+def subset_indices(total, num_images):
+  """Which of `total` items to use: all (num_images <= 0 or >= total), else a fixed random subset, sorted."""
+  if num_images <= 0 or num_images >= total:
+    return np.arange(total)
+  return np.sort(np.random.default_rng(SUBSET_SEED).choice(total, num_images, replace=False))
+
+
+def is_main_process():
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.process_index() == 0
+
+
+# --- eval --------------------------------------------------------------------------------------------------
+
+def create_evaluators(config):
+  """{name: evaluator} for every entry of config.evals; missing weight or reference files fail here."""
+  from evaluation import create_evaluator  # pylint: disable=import-outside-toplevel
+  if not config.evals:
+    raise ValueError('config.evals is empty, so there is nothing to evaluate: add an evaluator to the config, '
+                     "e.g. c.evals.digits = ml_collections.ConfigDict({'num_samples': 1000}) (docs/evaluation.md)")
+  return {name: create_evaluator(name, config, eval_config) for name, eval_config in config.evals.items()}
+
+
+def load_samples_npz(path):
+  """(images, cond) from an ADM-layout npz: `arr_0` uint8 NHWC; `arr_1` labels -> cond['y'] and a str array
+  `prompts` -> cond['prompts'] when present."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path!r}: no such npz file (--mode=sample writes one)')
+  with np.load(path) as data:
+    if 'arr_0' not in data.files:
+      raise ValueError(f"{path}: no 'arr_0' (uint8 NHWC images); the file has {sorted(data.files)}")
+    images = data['arr_0']
+    cond = {}
+    if 'arr_1' in data.files:
+      cond['y'] = data['arr_1'].astype(np.int32)
+    if 'prompts' in data.files:
+      cond['prompts'] = data['prompts']
+  check_images(images, path)
+  for key, value in cond.items():
+    if len(value) != len(images):
+      raise ValueError(f"{path}: {len(images)} images but {len(value)} entries in cond['{key}']")
+  return images, cond
+
+
+def eval_result_path(workdir, name):
+  return os.path.join(workdir, EVAL_DIR, f'{name}.json')
+
+
+def samples_from_checkpoint(config, model, params, mesh):
+  """config.sample.num_samples images drawn as `--mode=sample` draws them, and their conditions."""
+  from sample import generate_samples, make_generate_fn  # pylint: disable=import-outside-toplevel
+  generate_fn = make_generate_fn(config, model, mesh)
+  return generate_samples(config, generate_fn, params, mesh, config.sample.num_samples, config.sample.seed,
+                          progress=True)
+
+
+def evaluate_all(evaluators, images, cond):
+  """(flat {metric: float}, {evaluator name: seconds}); two evaluators giving one metric name is an error."""
+  metrics, seconds = {}, {}
+  for name, evaluator in evaluators.items():
+    start = time.time()
+    result = evaluator(images, cond)
+    seconds[name] = time.time() - start
+    clash = set(result) & set(metrics)
+    if clash:
+      raise ValueError(f'evaluator {name!r} reports {sorted(clash)}, which another evaluator reported too')
+    metrics.update({key: float(value) for key, value in result.items()})
+    logging.info('%s: %s (%.1f s)', name, ', '.join(f'{k}={v:.6g}' for k, v in sorted(result.items())),
+                 seconds[name])
+  return metrics, seconds
+
+
+def write_json(path, record):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(record, f, indent=2, sort_keys=True)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def write_eval_scalars(workdir, step, metrics, seconds):
+  """`eval/<metric>` and `eval/<evaluator>_seconds` at `step`, the tags training uses, to TensorBoard and
+  metrics.jsonl."""
+  from writers import create_writer  # pylint: disable=import-outside-toplevel
+  writer = create_writer(workdir)
+  try:
+    writer.write_scalars(step, {**{f'eval/{k}': v for k, v in metrics.items()},
+                                **{f'eval/{k}_seconds': v for k, v in seconds.items()}})
+    writer.flush()
+  finally:
+    writer.close()
+
+
+def run_eval_job(config, workdir, samples=None, name=None, overwrite=False):
+  """--mode=eval: evaluates `samples` (an npz) or fresh samples of the newest checkpoint; returns the record.
+
+  The result goes to <workdir>/eval/<name>.json, name defaulting to the npz's file name without extension,
+  or to step_<checkpoint step> for fresh samples; scalars are written at the checkpoint's step (0 for an npz).
+  """
+  hint = '--eval_name=<another name>'
+  if samples:
+    name = name or os.path.splitext(os.path.basename(samples))[0]
+  if name:
+    refuse_existing(eval_result_path(workdir, name), overwrite, hint)
+  evaluators = create_evaluators(config)
+  if samples:
+    images, cond = load_samples_npz(samples)
+    step, origin = 0, {'samples': os.path.abspath(samples)}
+  else:
+    from train import restore_for_inference  # pylint: disable=import-outside-toplevel
+    model, params, step, mesh = restore_for_inference(config, workdir, use_ema=config.sample.use_ema)
+    name = name or f'step_{step:08d}'
+    refuse_existing(eval_result_path(workdir, name), overwrite, hint)
+    logging.info('sampling %d images with %s, %d steps, guidance %.2f, from the checkpoint of step %d',
+                 config.sample.num_samples, config.sample.sampler, config.sample.num_steps,
+                 config.sample.guidance_scale, step)
+    images, cond = samples_from_checkpoint(config, model, params, mesh)
+    origin = {'checkpoint_step': int(step), 'sample_config': config.sample.to_dict()}
+  metrics, seconds = evaluate_all(evaluators, images, cond)
+  record = {'name': name, 'metrics': metrics, 'seconds': seconds, 'num_samples': int(len(images)),
+            'image_shape': list(images.shape[1:]), 'evals': config.evals.to_dict(),
+            'written': datetime.datetime.now().isoformat(timespec='seconds'), **origin}
+  if is_main_process():
+    path = eval_result_path(workdir, name)
+    write_json(path, record)
+    write_eval_scalars(workdir, step, metrics, seconds)
+    logging.info('wrote %s', path)
+  return record
+
+
+# --- fid_stats: where the reference images come from ---------------------------------------------------------
+
+def pixel_data_config(data_config):
+  """The data config whose images the samples are comparable to: data.pixels for a latent dataset (the
+  images --mode=encode encoded), data itself otherwise."""
+  if data_config.source != 'latents':
+    return data_config
+  pixels = data_config.get('pixels')
+  if pixels is None or not pixels.get('source'):
+    raise ValueError("config.data.source='latents' holds VAE latents, not images, and config.data.pixels.source "
+                     'is not set: compute the reference statistics from the images with --images=<folder or npz>')
+  return pixels
+
+
+def dataset_image_chunks(data_config, num_images=0):
+  """uint8 NHWC chunks of the config's dataset in index order (a fixed subset if num_images > 0)."""
+  from input_pipeline import create_source  # pylint: disable=import-outside-toplevel
+  from sample import to_uint8  # pylint: disable=import-outside-toplevel
+  data_config = pixel_data_config(data_config)
+  source = create_source(data_config)
+  indices = subset_indices(len(source), num_images)
+  description = f'data source {data_config.source!r} ({len(indices)} of {len(source)} images)'
+  return (to_uint8(source.get(indices[i:i + READ_CHUNK])['image'])
+          for i in range(0, len(indices), READ_CHUNK)), len(indices), description
+
+
+def npz_image_chunks(path, num_images=0):
+  """uint8 NHWC chunks of `arr_0` of an npz."""
+  images, _ = load_samples_npz(path)
+  indices = subset_indices(len(images), num_images)
+  description = f'{path} ({len(indices)} of {len(images)} images)'
+  return (images[indices[i:i + READ_CHUNK]] for i in range(0, len(indices), READ_CHUNK)), len(indices), description
+
+
+def image_files(root):
+  """Every image file under root (recursively), sorted."""
+  from input_pipeline.sources import IMAGE_EXTENSIONS  # pylint: disable=import-outside-toplevel
+  files = sorted(os.path.join(d, f) for d, _, names in os.walk(root) for f in names
+                 if f.lower().endswith(IMAGE_EXTENSIONS))
+  if not files:
+    raise ValueError(f'--images={root!r} holds no image files ({", ".join(IMAGE_EXTENSIONS)})')
+  return files
+
+
+def read_rgb(path, image_size):
+  """One image file as uint8 RGB, centre-cropped and resized to image_size as the training data is."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from input_pipeline.sources import _center_crop_resize  # pylint: disable=import-outside-toplevel
+  with Image.open(path) as image:
+    return _center_crop_resize(image.convert('RGB'), image_size)
+
+
+def folder_image_chunks(root, image_size, num_images=0):
+  """uint8 NHWC RGB chunks of the images in a folder (any layout), at image_size."""
+  files = image_files(root)
+  indices = subset_indices(len(files), num_images)
+  description = f'{root} ({len(indices)} of {len(files)} images, at {image_size}x{image_size})'
+  return (np.stack([read_rgb(files[j], image_size) for j in indices[i:i + READ_CHUNK]])
+          for i in range(0, len(indices), READ_CHUNK)), len(indices), description
+
+
+def reference_image_chunks(config, images=None, num_images=0):
+  """(chunk iterator, number of images, description) for --images (folder or .npz) or the dataset."""
+  if not images:
+    return dataset_image_chunks(config.data, num_images)
+  if os.path.isdir(images):
+    return folder_image_chunks(images, pixel_data_config(config.data).image_size, num_images)
+  if images.endswith('.npz'):
+    return npz_image_chunks(images, num_images)
+  raise FileNotFoundError(f'--images={images!r} is neither a folder of images nor an .npz file')
+
+
+# --- fid_stats: the job ------------------------------------------------------------------------------------
+
+def as_rgb(images):
+  return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+
+
+def reference_statistics(variables, chunks, total, batch_size, keep_images=False):
+  """(mu, sigma, images or None) of the pool3 features of every chunk of uint8 images."""
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  from evaluation.frechet import RunningFeatureStatistics  # pylint: disable=import-outside-toplevel
+  from evaluation.inception_metrics import extract_features  # pylint: disable=import-outside-toplevel
+  statistics, kept = RunningFeatureStatistics(), []
+  with tqdm(total=total, desc='FID features', unit='img', disable=not is_main_process()) as bar:
+    for chunk in chunks:
+      pool3, _ = extract_features(variables, chunk, batch_size)
+      statistics.add(pool3)
+      if keep_images:
+        kept.append(as_rgb(chunk))
+      bar.update(len(chunk))
+  mu, sigma = statistics.mean_and_covariance()
+  return mu, sigma, np.concatenate(kept) if keep_images else None
+
+
+def fid_stats_settings(config, output=None, inception_weights=None):
+  """(output path, weights path, batch size): flags first, then config.evals.inception."""
+  inception_config = config.evals.get('inception') or {}
+  output = output or inception_config.get('reference_npz')
+  weights = inception_weights or inception_config.get('inception_weights')
+  if not output:
+    raise ValueError('where should the statistics go? Pass --output=<path>.npz (or set '
+                     'config.evals.inception.reference_npz)')
+  if not output.endswith('.npz'):
+    raise ValueError(f'--output={output!r} must end in .npz (the ADM reference layout)')
+  if not weights:
+    raise ValueError('pass --inception_weights=<converted .msgpack> (or set config.evals.inception.'
+                     'inception_weights); docs/evaluation.md says how to convert them')
+  return output, weights, inception_config.get('batch_size', 200)
+
+
+def run_fid_stats_job(config, workdir, output=None, images=None, inception_weights=None, num_images=0,
+                      keep_images=False, overwrite=False):
+  """--mode=fid_stats: writes the ADM-layout reference npz; returns (path, mu, sigma)."""
+  del workdir  # the output path is explicit: statistics are shared between runs
+  from evaluation import inception_convert, inception_metrics  # pylint: disable=import-outside-toplevel
+  output, weights, batch_size = fid_stats_settings(config, output, inception_weights)
+  refuse_existing(output, overwrite, 'choose another --output')
+  variables = inception_convert.load_inception_params(weights)
+  chunks, total, description = reference_image_chunks(config, images, num_images)
+  logging.info('FID reference statistics of %s with %s, batch %d', description, weights, batch_size)
+  start = time.time()
+  mu, sigma, kept = reference_statistics(variables, chunks, total, min(batch_size, total), keep_images)
+  if is_main_process():
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    tmp = output[:-len('.npz')] + '.tmp.npz'
+    inception_metrics.save_reference_npz(tmp, mu, sigma, kept)
+    os.replace(tmp, output)
+    logging.info('wrote %s: mu, sigma%s of %d images in %.0f s', output, ', arr_0' if keep_images else '',
+                 total, time.time() - start)
+  return output, mu, sigma
