@@ -59,10 +59,11 @@ def param_partition_spec(shape, fsdp_size, min_shard_size=2 ** 14):
   return P()
 
 
-def tree_shardings(mesh, abstract_tree):
+def tree_shardings(mesh, abstract_tree, min_shard_size=2 ** 14):
   """NamedShardings for a pytree of arrays/ShapeDtypeStructs, by `param_partition_spec`."""
   fsdp = mesh.shape['fsdp']
-  return jax.tree.map(lambda x: NamedSharding(mesh, param_partition_spec(x.shape, fsdp)), abstract_tree)
+  return jax.tree.map(lambda x: NamedSharding(mesh, param_partition_spec(x.shape, fsdp, min_shard_size)),
+                      abstract_tree)
 
 
 def host_batch_to_global(batch, mesh):

@@ -1,4 +1,5 @@
-"""The training step and loop: sharding equivalence, loss that falls, exact resume, refusals."""
+"""The training step and loop: sharding equivalence, loss that falls, outputs, mesh changes."""
+import functools
 import os
 
 import jax
@@ -29,14 +30,25 @@ def one_step(config, devices):
   return jax.device_get(state.params), float(metrics['loss'])
 
 
+def equivalence_config():
+  c = tiny_unet_config()
+  c.model.channel_mult = (1,)
+  c.model.attn_resolutions = (8,)
+  c.model.dropout = 0.1  # dropout masks must not depend on the sharding either
+  return c
+
+
+@functools.lru_cache(maxsize=1)
+def one_device_result():
+  return one_step(equivalence_config(), (jax.devices()[:1], (1, 1)))
+
+
 @pytest.mark.parametrize('mesh', [(-1, 1), (1, 8), (2, 4)])
 def test_step_on_8_devices_equals_1_device(mesh):
   devices = jax.devices()
   assert len(devices) == 8, 'tests/conftest.py asks XLA for 8 fake CPU devices'
-  c = tiny_unet_config()
-  c.model.dropout = 0.1  # dropout masks must not depend on the sharding either
-  params_1, loss_1 = one_step(c, (devices[:1], (1, 1)))
-  params_8, loss_8 = one_step(c, (devices, mesh))
+  params_1, loss_1 = one_device_result()
+  params_8, loss_8 = one_step(equivalence_config(), (devices, mesh))
   assert loss_1 == pytest.approx(loss_8, rel=1e-5)
   for a, b in zip(jax.tree.leaves(params_1), jax.tree.leaves(params_8)):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
@@ -78,7 +90,7 @@ def read_event_tags(workdir):
 
 
 def test_loss_falls_and_outputs_are_written(tmp_path):
-  c = tiny_unet_config(train__num_steps=60, train__log_every=20, train__checkpoint_every=30)
+  c = tiny_unet_config(train__num_steps=60, train__log_every=20, train__checkpoint_every=30, train__sample_grid=8)
   c.optim.learning_rate = 3e-3
   train.train_and_evaluate(c, str(tmp_path))
   losses = [v for _, v in read_metrics(tmp_path, 'loss')]
@@ -86,3 +98,28 @@ def test_loss_falls_and_outputs_are_written(tmp_path):
   assert {'loss', 'grad_norm', 'learning_rate', 'steps_per_second', 'samples'} <= read_event_tags(tmp_path)
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['30', '60']
   assert os.path.exists(tmp_path / 'samples' / 'step_00000060.png')
+
+
+def test_checkpoint_restores_under_another_mesh(tmp_path):
+  from checkpoints import CheckpointStore
+  c = tiny_unet_config(train__num_steps=2, train__checkpoint_every=2)
+  c.mesh.data, c.mesh.fsdp = 8, 1
+  train.train_and_evaluate(c, str(tmp_path))
+  restored = {}
+  for shape in [(8, 1), (2, 4), (1, 8)]:
+    c.mesh.data, c.mesh.fsdp = shape
+    mesh = sharding_lib.create_mesh(c.mesh)
+    model, tx = build_model(c), create_optimizer(c.optim)
+    abstract, shardings = state_shardings(c, model, tx, mesh)
+    store = CheckpointStore(str(tmp_path))
+    state, step = store.restore_latest(abstract)
+    store.close()
+    assert step == 2
+    restored[shape] = jax.device_get(state)
+    if shape[1] > 1:  # parameters really are split over fsdp
+      kernel = state.params['up_0_res_0']['conv1']['kernel']
+      assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, None, 'fsdp', None) or \
+          kernel.sharding.spec == jax.sharding.PartitionSpec(None, None, None, 'fsdp')
+  for shape in [(2, 4), (1, 8)]:
+    for a, b in zip(jax.tree.leaves(restored[(8, 1)]), jax.tree.leaves(restored[shape])):
+      np.testing.assert_array_equal(a, b)

@@ -14,12 +14,13 @@ def tiny_unet_config(**overrides):
   c.train.log_every = 2
   c.train.checkpoint_every = 2
   c.train.sample_every = 0
-  c.train.sample_grid = 8
+  c.train.sample_grid = 0
   c.sample.num_steps = 4
   c.sample.num_samples = 8
   c.sample.batch_size = 8
   c.data.prefetch = 0
   c.evals = {}
+  c.mesh.min_shard_size = 0  # shard every divisible parameter under fsdp, however small
   for key, value in overrides.items():
     section, field = key.split('__')
     c[section][field] = value

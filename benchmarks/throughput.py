@@ -1,0 +1,139 @@
+"""Training and guided-sampling throughput: img/s, MFU and peak device memory.
+
+  python -m benchmarks.throughput --model=dit_b --batch=256              # DiT-B/2 train step
+  python -m benchmarks.throughput --model=dit_xl --batch=256 --remat     # XL/2 with per-block remat
+  python -m benchmarks.throughput --model=dit_b --batch=256 --mode=guided # forward with guidance (2x batch)
+  python -m benchmarks.throughput --model=unet --batch=128
+
+Synthetic on-device batches (the input pipeline is measured separately), steady state only:
+compilation excluded, `block_until_ready` after each window, the median of --windows windows.
+MFU = achieved model FLOP/s / peak (989 TFLOP/s, H100 SXM dense bf16, unless --peak_tflops):
+a train step costs 3x the forward FLOPs; DiT forwards use the paper's Gflops (Table 4, as
+multiply-adds, x2), other models XLA's cost analysis of the forward.
+"""
+import statistics
+import time
+
+from absl import app, flags
+
+flags.DEFINE_enum('model', 'dit_b', ['dit_s', 'dit_b', 'dit_l', 'dit_xl', 'unet'], 'Model config.')
+flags.DEFINE_integer('patch', 2, 'DiT patch size.')
+flags.DEFINE_integer('batch', 256, 'Global batch size (images per step; guided mode runs 2x through the network).')
+flags.DEFINE_enum('mode', 'train', ['train', 'guided'], 'Train step, or one guided denoiser forward.')
+flags.DEFINE_enum('dtype', 'bfloat16', ['bfloat16', 'float32'], 'Compute dtype (params stay float32).')
+flags.DEFINE_enum('attention', 'cudnn', ['cudnn', 'xla'], 'Attention implementation (cudnn falls back to xla).')
+flags.DEFINE_bool('remat', False, 'Rematerialise each block in the backward pass.')
+flags.DEFINE_integer('steps', 10, 'Steps per timing window.')
+flags.DEFINE_integer('windows', 5, 'Timing windows; the median is reported.')
+flags.DEFINE_float('peak_tflops', 989.0, 'Peak dense bf16 TFLOP/s of the device, for MFU.')
+FLAGS = flags.FLAGS
+
+# DiT paper Table 4: forward Gflops (multiply-adds) at 256x256 for patch 2 / 4 / 8.
+DIT_GMACS = {'dit_s': {2: 6.06, 4: 1.41, 8: 0.36}, 'dit_b': {2: 23.01, 4: 5.56, 8: 1.42},
+             'dit_l': {2: 80.71, 4: 19.70, 8: 5.01}, 'dit_xl': {2: 118.64, 4: 29.05, 8: 7.39}}
+
+
+def build_config():
+  if FLAGS.model == 'unet':
+    from configs.unet_cifar10 import get_config
+    config = get_config()
+  else:
+    from configs.dit import dit_config
+    config = dit_config(FLAGS.model.split('_')[1].upper(), FLAGS.patch)
+    config.model.attention_impl = None if FLAGS.attention == 'xla' else 'cudnn'
+  config.data.source = 'digits'  # no dataset is read; keeps validation happy without paths
+  config.train.compute_dtype = FLAGS.dtype
+  config.train.remat = FLAGS.remat
+  config.train.batch_size = FLAGS.batch
+  return config
+
+
+def forward_flops_per_image(config, model, params):
+  import jax
+  from train_state import dummy_inputs
+  if FLAGS.model in DIT_GMACS and config.data.image_size == 32:
+    return 2e9 * DIT_GMACS[FLAGS.model][FLAGS.patch]
+  x, t, cond = dummy_inputs(config, 1)
+  compiled = jax.jit(lambda p: model.apply({'params': p}, x, t, **cond)).lower(params).compile()
+  analysis = compiled.cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  return float(analysis['flops'])
+
+
+def time_windows(run, steps, windows):
+  import jax
+  jax.block_until_ready(run())  # compile + warm up
+  jax.block_until_ready(run())
+  times = []
+  for _ in range(windows):
+    start = time.perf_counter()
+    for _ in range(steps):
+      out = run()
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - start) / steps)
+  return statistics.median(times)
+
+
+def peak_memory_bytes():
+  import jax
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get('peak_bytes_in_use')
+
+
+def main(_):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  import sharding as sharding_lib
+  import train
+  from diffusion.guidance import classifier_free_guidance
+  from models import build_model
+  from models.conditioning import null_condition
+  from train_state import count_params, create_optimizer, create_state, state_shardings
+
+  config = build_config()
+  model, tx = build_model(config), create_optimizer(config.optim)
+  mesh = sharding_lib.create_mesh(config.mesh)
+  _, shardings = state_shardings(config, model, tx, mesh)
+  state = create_state(config, model, tx, mesh)
+  size, ch, b = config.data.image_size, config.data.channels, FLAGS.batch
+  rng = np.random.default_rng(0)
+  batch = sharding_lib.host_batch_to_global(
+      {'image': rng.standard_normal((b, size, size, ch), np.float32),
+       'label': rng.integers(0, config.data.num_classes, b).astype(np.int32)}, mesh)
+  flops = forward_flops_per_image(config, model, state.params)
+
+  if FLAGS.mode == 'train':
+    step_fn = train.make_train_step(config, model, tx, mesh, shardings)
+    holder = {'state': state}
+
+    def run():
+      holder['state'], metrics = step_fn(holder['state'], batch)
+      return metrics['loss']
+    flops_per_image = 3 * flops
+  else:
+    x, t = batch['image'], jnp.full((b,), 500.0)
+    cond = {'y': batch['label']}
+
+    @jax.jit
+    def guided(params, x, t, cond):
+      apply = lambda x, t, c: model.apply({'params': params}, x, t, **c)
+      return classifier_free_guidance(apply, cond, null_condition(cond, config), 1.5)(x, t)
+    run = lambda: guided(state.ema_params, x, t, cond)
+    flops_per_image = 2 * flops  # conditional + unconditional forward per output image
+
+  seconds = time_windows(run, FLAGS.steps, FLAGS.windows)
+  images_per_second = b / seconds
+  mfu = images_per_second * flops_per_image / (FLAGS.peak_tflops * 1e12)
+  peak = peak_memory_bytes()
+  print(f'device={jax.devices()[0].device_kind} x{jax.device_count()} model={FLAGS.model}'
+        f'{"/" + str(FLAGS.patch) if FLAGS.model != "unet" else ""} params={count_params(state.params) / 1e6:.1f}M '
+        f'mode={FLAGS.mode} batch={b} dtype={FLAGS.dtype} attention={FLAGS.attention} remat={FLAGS.remat}')
+  print(f'img/s={images_per_second:.1f} step_ms={seconds * 1e3:.2f} '
+        f'GFLOP/img={flops_per_image / 1e9:.1f} MFU={100 * mfu:.1f}% '
+        f'peak_mem={"n/a" if peak is None else f"{peak / 2**30:.2f}GiB"}')
+
+
+if __name__ == '__main__':
+  app.run(main)

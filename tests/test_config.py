@@ -1,0 +1,78 @@
+"""Configs: every file loads and validates; a wrong field or value stops main.py at start, naming it."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs.common import validate_config
+from configs.dit import dit_config
+from configs.quickstart import get_config as quickstart_config
+from configs.unet_cifar10 import get_config as unet_cifar10_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_main(*args, **kwargs):
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  return subprocess.run([sys.executable, 'main.py', *args], cwd=ROOT, capture_output=True, text=True, env=env,
+                        timeout=300, **kwargs)
+
+
+@pytest.mark.parametrize('variant', ['S', 'B', 'L', 'XL'])
+@pytest.mark.parametrize('patch', ['2', '4', '8'])
+def test_dit_configs_validate(variant, patch):
+  c = validate_config(dit_config(variant, patch))
+  assert c.model.patch_size == int(patch) and c.data.channels == 4 and c.train.batch_size == 256
+  assert c.optim.learning_rate == 1e-4 and c.optim.weight_decay == 0 and c.optim.ema_decay == 0.9999
+
+
+def test_bad_patch_size():
+  with pytest.raises(ValueError, match='patch size must be 2, 4 or 8'):
+    dit_config('B', '3')
+
+
+def test_other_configs_validate():
+  validate_config(quickstart_config())
+  validate_config(unet_cifar10_config())
+
+
+@pytest.mark.parametrize('path,value,message', [
+    ('diffusion.schedule', 'cosin', "config.diffusion.schedule='cosin' is not valid"),
+    ('sample.sampler', 'plms', "config.sample.sampler='plms' is not valid"),
+    ('train.batch_size', 0, 'config.train.batch_size=0 must be positive'),
+    ('optim.ema_decay', 1.5, 'config.optim.ema_decay=1.5'),
+    ('model.name', 'vit', "config.model.name='vit' is not valid"),
+])
+def test_invalid_values_are_named(path, value, message):
+  c = quickstart_config()
+  section, field = path.split('.')
+  c[section][field] = value
+  with pytest.raises(ValueError, match=message.replace('(', r'\(').replace('[', r'\[')):
+    validate_config(c)
+
+
+def test_flow_objective_needs_a_flow_sampler():
+  c = quickstart_config()
+  c.diffusion.objective = 'flow'
+  with pytest.raises(ValueError, match="does not apply to config.diffusion.objective='flow'"):
+    validate_config(c)
+
+
+def test_main_rejects_unknown_field_and_bad_value(tmp_path):
+  result = run_main('--config=configs/quickstart.py', f'--workdir={tmp_path}/w', '--config.train.batch_sise=3')
+  assert result.returncode != 0
+  assert 'batch_sise' in result.stderr
+  result = run_main('--config=configs/quickstart.py', f'--workdir={tmp_path}/w', '--config.diffusion.schedule=cosin')
+  assert result.returncode != 0
+  assert "config.diffusion.schedule='cosin' is not valid" in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert not os.path.exists(tmp_path / 'w')  # nothing written
+
+
+def test_main_names_a_missing_image_folder(tmp_path):
+  result = run_main('--config=configs/quickstart.py', f'--workdir={tmp_path}/w', '--config.data.source=image_folder',
+                    f'--config.data.path={tmp_path}/nowhere')
+  assert result.returncode != 0
+  assert f"config.data.path='{tmp_path}/nowhere' is not a directory" in result.stderr
+  assert not os.path.exists(tmp_path / 'w')

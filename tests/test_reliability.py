@@ -1,0 +1,210 @@
+"""Preemption, exact resume, crash safety, the non-finite guard and refusals that keep results safe."""
+import errno
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import train
+from checkpoints import CheckpointStore
+from models import build_model
+from sample import run_sample_job
+from tests.tiny import tiny_unet_config
+from train_state import create_optimizer, state_shardings
+import sharding as sharding_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def restore(config, workdir):
+  """The newest restorable TrainState in workdir, as numpy, and its step."""
+  model, tx = build_model(config), create_optimizer(config.optim)
+  mesh = sharding_lib.create_mesh(config.mesh)
+  abstract, _ = state_shardings(config, model, tx, mesh)
+  store = CheckpointStore(workdir)
+  state, step = store.restore_latest(abstract)
+  store.close()
+  return jax.device_get(state), step
+
+
+def assert_states_identical(a, b):
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y)
+
+
+def losses(workdir):
+  records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  return {r['step']: r['loss'] for r in records if 'loss' in r}
+
+
+def test_resume_is_bit_exact(tmp_path):
+  c = tiny_unet_config(train__num_steps=6, train__checkpoint_every=3, train__log_every=1)
+  train.train_and_evaluate(c, str(tmp_path / 'straight'))
+  c.train.num_steps = 3
+  train.train_and_evaluate(c, str(tmp_path / 'resumed'))
+  c.train.num_steps = 6
+  train.train_and_evaluate(c, str(tmp_path / 'resumed'))
+  a, step_a = restore(c, str(tmp_path / 'straight'))
+  b, step_b = restore(c, str(tmp_path / 'resumed'))
+  assert step_a == step_b == 6
+  assert_states_identical(a, b)  # params, EMA, optimizer state, step, RNG
+  assert losses(tmp_path / 'straight') == losses(tmp_path / 'resumed')
+
+
+def run_main(workdir, *overrides, wait=True):
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # one device
+  cmd = [sys.executable, 'main.py', '--config=tests/tiny_config.py', f'--workdir={workdir}', *overrides]
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  if wait:
+    out, err = proc.communicate(timeout=400)
+    return proc.returncode, err
+  return proc
+
+
+def wait_for(predicate, timeout=300, interval=0.02):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if predicate():
+      return True
+    time.sleep(interval)
+  return False
+
+
+def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(tmp_path):
+  interrupted = tmp_path / 'interrupted'
+  proc = run_main(interrupted, '--config.train.num_steps=100000', '--config.train.checkpoint_every=100000',
+                  '--config.train.log_every=1', wait=False)
+  metrics = interrupted / 'metrics.jsonl'
+  assert wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-2000:]
+  assert 'checkpoint saved, rerun the same command to resume' in err
+  stopped_at = max(int(s) for s in os.listdir(interrupted / 'checkpoints'))
+  assert stopped_at >= 3
+  total = stopped_at + 3
+  code, err = run_main(interrupted, f'--config.train.num_steps={total}', '--config.train.log_every=1')
+  assert code == 0 and f'resumed from the checkpoint of step {stopped_at}' in err
+  code, _ = run_main(tmp_path / 'straight', f'--config.train.num_steps={total}', '--config.train.log_every=1')
+  assert code == 0
+  c = tiny_unet_config()
+  a, _ = restore(c, str(tmp_path / 'straight'))
+  b, step = restore(c, str(interrupted))
+  assert step == total
+  assert_states_identical(a, b)
+  assert losses(tmp_path / 'straight') == losses(interrupted)
+
+
+def test_sigkill_during_a_save_keeps_the_previous_checkpoint(tmp_path):
+  workdir = tmp_path / 'w'
+  proc = run_main(workdir, '--config.train.num_steps=100000', '--config.train.checkpoint_every=1',
+                  '--config.train.keep_checkpoints=100', wait=False)
+  ckpts = workdir / 'checkpoints'
+  in_save = lambda: ckpts.exists() and any('tmp' in d for d in os.listdir(ckpts)) and \
+      any(d.isdigit() for d in os.listdir(ckpts))
+  caught = wait_for(in_save, interval=0.002)
+  proc.kill()
+  proc.communicate()
+  assert caught, 'never saw a checkpoint being written'
+  finished = sorted(int(d) for d in os.listdir(ckpts) if d.isdigit())
+  c = tiny_unet_config()
+  _, step = restore(c, str(workdir))
+  assert step == finished[-1]
+
+
+def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
+  c = tiny_unet_config(train__num_steps=4, train__checkpoint_every=2)
+  train.train_and_evaluate(c, str(tmp_path))
+  for root, _, files in os.walk(tmp_path / 'checkpoints' / '4' / 'state'):
+    for f in files:
+      with open(os.path.join(root, f), 'wb') as fh:
+        fh.write(b'garbage')
+  with caplog.at_level(logging.WARNING):
+    _, step = restore(c, str(tmp_path))
+  assert step == 2
+  assert 'checkpoint of step 4' in caplog.text and 'trying the previous one' in caplog.text
+
+
+class NaNAtStep3(train.StepBatcher):
+
+  def batch(self, step):
+    b = super().batch(step)
+    if step == 3:
+      b['image'] = np.full_like(b['image'], np.nan)
+    return b
+
+
+def test_nonfinite_stop_names_the_step_and_keeps_good_checkpoints(tmp_path, monkeypatch):
+  monkeypatch.setattr(train, 'StepBatcher', NaNAtStep3)
+  c = tiny_unet_config(train__num_steps=6, train__checkpoint_every=2, train__log_every=1)
+  with pytest.raises(train.NonFiniteError, match='non-finite loss or gradient at step 3'):
+    train.train_and_evaluate(c, str(tmp_path))
+  state, step = restore(c, str(tmp_path))
+  assert step == 2 and all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
+def test_nonfinite_skip_drops_and_counts_the_update(tmp_path, monkeypatch):
+  monkeypatch.setattr(train, 'StepBatcher', NaNAtStep3)
+  c = tiny_unet_config(train__num_steps=6, train__checkpoint_every=6, train__log_every=1)
+  c.train.nonfinite = 'skip'
+  train.train_and_evaluate(c, str(tmp_path))
+  state, step = restore(c, str(tmp_path))
+  assert step == 6 and int(state.nonfinite_count) == 1 and int(state.first_nonfinite_step) == 3
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
+def test_full_disk_fails_clearly_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+  c = tiny_unet_config(train__num_steps=4, train__checkpoint_every=2)
+  original = CheckpointStore.save
+
+  def failing_save(self, step, state, signature):
+    if step == 4:
+      raise_enospc = lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, 'No space left on device'))
+      monkeypatch.setattr(self.manager, 'save', raise_enospc)
+    return original(self, step, state, signature)
+
+  monkeypatch.setattr(CheckpointStore, 'save', failing_save)
+  with pytest.raises(RuntimeError, match='the disk is full; the checkpoint of step 2 is intact'):
+    train.train_and_evaluate(c, str(tmp_path))
+  monkeypatch.setattr(CheckpointStore, 'save', original)
+  _, step = restore(c, str(tmp_path))
+  assert step == 2
+
+
+def snapshot(directory):
+  return {os.path.join(r, f): (os.path.getsize(os.path.join(r, f)), os.path.getmtime(os.path.join(r, f)))
+          for r, _, files in os.walk(directory) for f in files}
+
+
+def test_workdir_of_another_model_is_refused_untouched(tmp_path):
+  c = tiny_unet_config(train__num_steps=2, train__checkpoint_every=2)
+  train.train_and_evaluate(c, str(tmp_path))
+  before = snapshot(tmp_path / 'checkpoints')
+  c.model.base_channels = 16
+  with pytest.raises(ValueError, match='holds checkpoints of a different model.*model.base_channels: checkpoint '
+                                       'has 8, config has 16'):
+    train.train_and_evaluate(c, str(tmp_path))
+  assert snapshot(tmp_path / 'checkpoints') == before
+
+
+def test_sample_job_refuses_to_overwrite(tmp_path):
+  c = tiny_unet_config(train__num_steps=2, train__checkpoint_every=2)
+  train.train_and_evaluate(c, str(tmp_path))
+  path = run_sample_job(c, str(tmp_path))
+  data = np.load(path)
+  assert data['arr_0'].shape == (8, 8, 8, 1) and data['arr_0'].dtype == np.uint8
+  np.testing.assert_array_equal(data['arr_1'], np.arange(8) % 10)
+  before = snapshot(tmp_path)
+  with pytest.raises(FileExistsError, match='pass --overwrite'):
+    run_sample_job(c, str(tmp_path))
+  assert snapshot(tmp_path) == before
+  run_sample_job(c, str(tmp_path), overwrite=True)
