@@ -1,26 +1,24 @@
-"""Samplers for discrete-time VP diffusion, each one `jax.lax` loop.
+"""Samplers for discrete-time VP diffusion and flow matching, and `run_sampler`, which picks one.
 
 A sampler sees only `model_fn(x, t) -> network output` (t a [B] float array of network times,
 guidance already folded in), the schedule and the objective that says how to read the output.
-`run_sampler` dispatches on `config.sample.sampler`.
+Each is one `jax.lax` loop: DDPM and DDIM here, DPM-Solver++(2M) in dpm_solver.py, Euler/Heun on
+Karras noise levels in karras.py, Euler/Heun for flow matching in flow_samplers.py.
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion.objectives import predict_x0_eps
+from diffusion.dpm_solver import dpm_solver_2m_sample, dpm_solver_timesteps
+from diffusion.flow_samplers import flow_sample
+from diffusion.karras import karras_sample
+from diffusion.objectives import denoise, edm_denoiser
 from diffusion.schedules import timestep_spacing
 
 
 def _read_output(objective, model_fn, x, t, a_t, clip_denoised):
   """Network output at integer time t -> (x0, eps), with x0 optionally clipped and eps recomputed."""
-  alpha, sigma = jnp.sqrt(a_t), jnp.sqrt(1 - a_t)
-  out = model_fn(x, jnp.full((x.shape[0],), t, jnp.float32))
-  x0, eps = predict_x0_eps(objective, out, x, alpha, sigma)
-  if clip_denoised:
-    x0 = jnp.clip(x0, -1, 1)
-    eps = (x - alpha * x0) / sigma
-  return x0, eps
+  return denoise(model_fn, objective, x, t, jnp.sqrt(a_t), jnp.sqrt(1 - a_t), clip_denoised)
 
 
 def _schedule_pairs(alphas_cumprod, timesteps):
@@ -72,16 +70,39 @@ def ddpm_sample(model_fn, x, alphas_cumprod, timesteps, objective='eps', rng=Non
   return jax.lax.fori_loop(0, n, step, x)
 
 
-def run_sampler(sample_config, objective, alphas_cumprod, model_fn, noise, rng):
-  """Runs the sampler `sample_config.sampler` from initial noise; returns x_0 estimates."""
-  name = sample_config.sampler
+def run_sampler(sample_config, objective, alphas_cumprod, model_fn, noise, rng, preconditioning='none',
+                sigma_data=0.5):
+  """Runs the sampler `sample_config.sampler` from initial noise; returns x_0 estimates.
+
+  VP objectives (eps, x0, v): 'ddpm', 'ddim', 'dpm++2m' on `sample_config.spacing` timesteps;
+  'heun' and 'euler' on Karras noise levels (rho = sample_config.karras_rho). Objective 'flow':
+  'euler' and 'heun' on uniform flow times, shifted by sample_config.flow_shift.
+  preconditioning='edm' reads model_fn as EDM's preconditioned network F (objectives.edm_denoiser).
+  """
+  name, num_steps = sample_config.sampler, sample_config.num_steps
+  clip = sample_config.clip_denoised
+  if preconditioning == 'edm':
+    model_fn, objective = edm_denoiser(model_fn, alphas_cumprod, sigma_data), 'x0'
+  elif preconditioning != 'none':
+    raise ValueError(f"preconditioning {preconditioning!r} is not one of 'none', 'edm'")
   if objective == 'flow':
-    raise ValueError(f"sampler {name!r}: flow-matching samplers are not available yet")
-  timesteps = timestep_spacing(len(alphas_cumprod), sample_config.num_steps, sample_config.spacing)
+    if name not in ('euler', 'heun'):
+      raise ValueError(f"sampler {name!r} does not apply to objective 'flow'; choose 'euler' or 'heun'")
+    return flow_sample(model_fn, noise, num_steps, order=1 if name == 'euler' else 2,
+                       shift=sample_config.get('flow_shift', 1.0))
+  num_timesteps = len(alphas_cumprod)
   if name == 'ddim':
-    return ddim_sample(model_fn, noise, alphas_cumprod, timesteps, objective, sample_config.eta, rng,
-                       sample_config.clip_denoised)
+    timesteps = timestep_spacing(num_timesteps, num_steps, sample_config.spacing)
+    return ddim_sample(model_fn, noise, alphas_cumprod, timesteps, objective, sample_config.eta, rng, clip)
   if name == 'ddpm':
+    timesteps = timestep_spacing(num_timesteps, num_steps, sample_config.spacing)
     return ddpm_sample(model_fn, noise, alphas_cumprod, timesteps, objective, rng,
-                       sample_config.ddpm_variance, sample_config.clip_denoised)
+                       sample_config.ddpm_variance, clip)
+  if name == 'dpm++2m':
+    timesteps = dpm_solver_timesteps(num_timesteps, num_steps, sample_config.spacing)
+    return dpm_solver_2m_sample(model_fn, noise, alphas_cumprod, timesteps, objective, clip)
+  if name in ('heun', 'euler'):
+    return karras_sample(model_fn, noise, alphas_cumprod, num_steps, objective,
+                         rho=sample_config.get('karras_rho', 7.0), order=2 if name == 'heun' else 1,
+                         clip_denoised=clip)
   raise ValueError(f'config.sample.sampler={name!r} is not available')

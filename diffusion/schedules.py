@@ -4,6 +4,7 @@ Everything derives from alphas_cumprod (written a_t): x_t = sqrt(a_t) x_0 + sqrt
 """
 import math
 
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -64,3 +65,21 @@ def timestep_spacing(num_timesteps, num_steps, spacing='leading'):
   else:
     raise ValueError(f'timestep spacing {spacing!r} is not one of leading, trailing, linspace')
   return steps[::-1].astype(np.int32).copy()
+
+
+def sigma_at_timestep(alphas_cumprod, t):
+  """VE noise level at (fractional) timesteps t: log-sigma interpolated linearly between integer
+  timesteps, as k-diffusion's DiscreteSchedule does; exact at integer t. numpy t gives float64 numpy
+  (for constants computed before tracing), a jax array (traced or not) gives float32 jax."""
+  log_sigmas = np.log(sigmas_from_alphas_cumprod(alphas_cumprod))
+  grid = np.arange(len(log_sigmas), dtype=np.float64)
+  if isinstance(t, (np.ndarray, np.number, int, float)):
+    return np.exp(np.interp(t, grid, log_sigmas))
+  return jnp.exp(jnp.interp(t, jnp.asarray(grid, jnp.float32), jnp.asarray(log_sigmas, jnp.float32)))
+
+
+def timestep_at_sigma(alphas_cumprod, sigma):
+  """The inverse of sigma_at_timestep: fractional timesteps (numpy float64) of VE noise levels,
+  clamped to [0, T - 1] for sigmas outside the schedule's range."""
+  log_sigmas = np.log(sigmas_from_alphas_cumprod(alphas_cumprod))
+  return np.interp(np.log(np.asarray(sigma, np.float64)), log_sigmas, np.arange(len(log_sigmas), dtype=np.float64))
