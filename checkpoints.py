@@ -16,8 +16,14 @@ import orbax.checkpoint as ocp
 
 def model_signature(config):
   """What must match between a checkpoint and the config that restores it."""
-  return {'model': config.model.to_dict(), 'image_size': config.data.image_size,
-          'channels': config.data.channels, 'num_classes': config.data.num_classes}
+  signature = {'model': config.model.to_dict(), 'image_size': config.data.image_size,
+               'channels': config.data.channels, 'num_classes': config.data.num_classes}
+  text = config.get('text')
+  if text is not None and text.get('encoder', ''):  # text models: the tower, the tokenizer and their use of labels
+    signature['text'] = {k: text[k] for k in ('encoder', 'width', 'depth', 'num_heads', 'mlp_ratio', 'use_labels')}
+    signature['text'].update(tokenizer=config.data.tokenizer, vocab_path=config.data.vocab_path,
+                             max_tokens=config.data.max_tokens)
+  return signature
 
 
 def _json_normal(x):

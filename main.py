@@ -1,4 +1,4 @@
-"""Entry point: python main.py --config=configs/<name>.py[:arg] --workdir=DIR [--mode=train|sample|eval].
+"""Entry point: python main.py --config=configs/<name>.py[:arg] --workdir=DIR [--mode=train|sample|eval|fid_stats|encode].
 
 Any config field can be overridden on the command line, e.g. --config.train.batch_size=64.
 """
@@ -11,8 +11,21 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file('config', None, 'Path to a config file, with an optional :argument.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard events, samples and metrics.')
-flags.DEFINE_enum('mode', 'train', ['train', 'sample'], 'What to do.')
-flags.DEFINE_bool('overwrite', False, 'Allow --mode=sample to replace an existing output file.')
+flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'fid_stats', 'encode'],
+                  'What to do (encode: config.data.pixels -> VAE latents in config.data.path).')
+flags.DEFINE_bool('overwrite', False, 'Allow --mode=sample, eval and fid_stats to replace an existing output file.')
+# --mode=eval and --mode=fid_stats (evaluation/jobs.py, docs/evaluation.md)
+flags.DEFINE_string('samples', None, 'eval: an npz of samples (arr_0 uint8 NHWC, arr_1 labels); default: draw '
+                    'config.sample.num_samples from the newest checkpoint.')
+flags.DEFINE_string('eval_name', None, 'eval: results go to <workdir>/eval/<eval_name>.json (default: the npz '
+                    'name, or step_<checkpoint step>).')
+flags.DEFINE_string('images', None, 'fid_stats: an image folder or an npz (arr_0) instead of the config dataset.')
+flags.DEFINE_string('output', None, 'fid_stats: the reference npz to write (default: '
+                    'config.evals.inception.reference_npz).')
+flags.DEFINE_string('inception_weights', None, 'fid_stats: converted FID Inception weights (default: '
+                    'config.evals.inception.inception_weights).')
+flags.DEFINE_integer('num_images', 0, 'fid_stats: use a fixed random subset of this many images (0: all).')
+flags.DEFINE_bool('keep_images', False, 'fid_stats: store the images as arr_0 too (precision/recall needs them).')
 flags.DEFINE_bool('jax_distributed', False, 'Call jax.distributed.initialize() first (multi-host runs; '
                   'coordinator and process ids come from the environment, e.g. SLURM or TPU metadata).')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -47,6 +60,17 @@ def main(argv):
   elif FLAGS.mode == 'sample':
     import sample
     sample.run_sample_job(config, workdir, overwrite=FLAGS.overwrite)
+  elif FLAGS.mode == 'eval':
+    from evaluation import jobs
+    jobs.run_eval_job(config, workdir, samples=FLAGS.samples, name=FLAGS.eval_name, overwrite=FLAGS.overwrite)
+  elif FLAGS.mode == 'fid_stats':
+    from evaluation import jobs
+    jobs.run_fid_stats_job(config, workdir, output=FLAGS.output, images=FLAGS.images,
+                           inception_weights=FLAGS.inception_weights, num_images=FLAGS.num_images,
+                           keep_images=FLAGS.keep_images, overwrite=FLAGS.overwrite)
+  elif FLAGS.mode == 'encode':
+    from input_pipeline import encode
+    encode.run_encode_job(config, workdir)
 
 
 def run():

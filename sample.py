@@ -12,7 +12,7 @@ import sharding as sharding_lib
 from diffusion.guidance import classifier_free_guidance
 from diffusion.samplers import run_sampler
 from diffusion.schedules import alphas_cumprod_for
-from models.conditioning import default_conditions, null_condition
+from models.conditioning import default_conditions, model_condition, null_condition
 
 
 def initial_noise(seed, start_index, count, shape):
@@ -59,12 +59,15 @@ def generate_samples(config, generate_fn, params, mesh, num_samples, seed, cond=
                      guidance_scale=None, progress=False):
   """num_samples images (uint8 NHWC) and their conditions (numpy dict), in batches of at most batch_size.
 
-  cond defaults to every class equally often (models.conditioning.default_conditions).
+  cond defaults to every class equally often (models.conditioning.default_conditions). Only the
+  model's inputs (models.conditioning.model_condition) go to generate_fn; the returned dict is the
+  whole cond, prompt strings included.
   """
   num_devices = mesh.devices.size
   batch_size = min(batch_size or config.sample.batch_size, num_samples)
   batch_size = -(-batch_size // num_devices) * num_devices  # a multiple of the mesh size
   cond = default_conditions(num_samples, config) if cond is None else cond
+  model_cond = {k: np.asarray(v) for k, v in model_condition(cond, config).items()}
   scale = config.sample.guidance_scale if guidance_scale is None else guidance_scale
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
   decode = latent_decoder(config)
@@ -76,12 +79,21 @@ def generate_samples(config, generate_fn, params, mesh, num_samples, seed, cond=
   for start in starts:
     count = min(batch_size, num_samples - start)
     pad = batch_size - count
-    batch_cond = {k: np.pad(v[start:start + count], [(0, pad)] + [(0, 0)] * (v.ndim - 1)) for k, v in cond.items()}
+    batch_cond = {k: np.pad(v[start:start + count], [(0, pad)] + [(0, 0)] * (v.ndim - 1))
+                  for k, v in model_cond.items()}
     noise = initial_noise(seed, start, batch_size, shape)
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1_000_000_007 + start)
     x = generate_fn(params, batch_cond, noise, rng, jnp.float32(scale))
-    out.append(decode(np.asarray(x)[:count]))
+    out.append(decode(gather_to_host(x)[:count]))
   return np.concatenate(out), {k: v[:num_samples] for k, v in cond.items()}
+
+
+def gather_to_host(x):
+  """A global array as numpy on every host (multi-host arrays are not addressable from one process)."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def latent_decoder(config):
@@ -107,7 +119,7 @@ def image_grid(images, columns=None):
   return grid
 
 
-def write_png(path, image, min_side=256):
+def write_png(path, image, min_side=512):
   """Writes an RGB uint8 image, upscaled by an integer factor (nearest) so small samples are visible."""
   from PIL import Image
   factor = max(1, min_side // min(image.shape[:2]))
@@ -119,10 +131,12 @@ def write_png(path, image, min_side=256):
   os.replace(tmp, path)
 
 
-def write_npz(path, images, labels):
-  """ADM evaluator layout: arr_0 uint8 NHWC, arr_1 labels. Written to a temporary file, then renamed."""
+def write_npz(path, images, labels, prompts=None):
+  """ADM evaluator layout: arr_0 uint8 NHWC, arr_1 labels (and `prompts`, a str array, for text models).
+  Written to a temporary file, then renamed."""
   tmp = path + '.tmp.npz'
-  np.savez(tmp, arr_0=images, arr_1=labels)
+  extra = {} if prompts is None else {'prompts': np.asarray(prompts, str)}
+  np.savez(tmp, arr_0=images, arr_1=labels, **extra)
   os.replace(tmp, path)
 
 
@@ -143,7 +157,7 @@ def run_sample_job(config, workdir, overwrite=False):
   images, cond = generate_samples(config, generate_fn, params, mesh, config.sample.num_samples,
                                   config.sample.seed, progress=True)
   if jax.process_index() == 0:
-    write_npz(out_path, images, cond.get('y', np.zeros(len(images), np.int32)))
+    write_npz(out_path, images, cond.get('y', np.zeros(len(images), np.int32)), cond.get('prompts'))
     write_png(grid_path, image_grid(images[:min(len(images), 100)]))
     logging.info('wrote %s (%s) and %s', out_path, images.shape, grid_path)
   return out_path

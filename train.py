@@ -23,6 +23,7 @@ from evaluation import create_evaluator
 from input_pipeline import StepBatcher, create_source, prefetch_batches
 from models import build_model
 from models.conditioning import condition_from_batch, drop_condition
+from models.text_encoder import frozen_parameter_groups
 from sample import generate_samples, image_grid, make_generate_fn, write_png
 from train_state import count_params, create_optimizer, create_state, learning_rate_schedule, state_shardings
 from writers import create_writer
@@ -52,7 +53,7 @@ def train_step(state, batch, *, model, tx, alphas_cumprod, config):
     return mse_per_example(out, target).mean()
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree_utils.tree_norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   decay = ema_decay(config.optim, state.step)
@@ -147,7 +148,7 @@ def write_sample_grid(config, generate_fn, params, mesh, writer, workdir, step):
 def setup(config, workdir):
   """Model, optimizer, mesh, shardings, checkpoint store; refuses a workdir of another model."""
   model = build_model(config)
-  tx = create_optimizer(config.optim)
+  tx = create_optimizer(config.optim, frozen_parameter_groups(config))
   mesh = sharding_lib.create_mesh(config.mesh)
   abstract, shardings = state_shardings(config, model, tx, mesh)
   store = CheckpointStore(workdir, config.train.keep_checkpoints)
@@ -169,11 +170,11 @@ def restore_for_inference(config, workdir, use_ema=True):
 
 def train_and_evaluate(config, workdir):
   """Trains until config.train.num_steps, resuming from the newest checkpoint in workdir."""
+  source = create_source(config.data)  # bad paths, datasets and weight files fail before anything is written
+  evaluators = {name: (create_evaluator(name, config, ev), ev) for name, ev in config.evals.items()}
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   model, tx, mesh, abstract, shardings, store = setup(config, workdir)
-  source = create_source(config.data)
-  evaluators = {name: (create_evaluator(name, config, ev), ev) for name, ev in config.evals.items()}
 
   state, start_step = store.restore_latest(abstract)
   if start_step is not None and start_step >= config.train.num_steps:
@@ -227,7 +228,7 @@ def train_and_evaluate(config, workdir):
           writer.write_scalars(done, summary)
           bar.set_postfix(loss=f"{summary['loss']:.4f}")
           check_finite(state, config)
-        if config.train.sample_every and done % config.train.sample_every == 0:
+        if config.train.sample_grid and config.train.sample_every and done % config.train.sample_every == 0:
           write_sample_grid(config, generate_fn, state.ema_params, mesh, writer, workdir, done)
         run_evaluators(config, evaluators, done, generate_fn, state.ema_params, mesh, writer, workdir)
         if done % config.train.checkpoint_every == 0:
@@ -239,7 +240,7 @@ def train_and_evaluate(config, workdir):
           return state
       final_step = int(state.step)
       save(final_step)
-      if not (config.train.sample_every and final_step % config.train.sample_every == 0):
+      if config.train.sample_grid and not (config.train.sample_every and final_step % config.train.sample_every == 0):
         write_sample_grid(config, generate_fn, state.ema_params, mesh, writer, workdir, final_step)
       if evaluators:
         run_evaluators(config, {k: v for k, v in evaluators.items()

@@ -9,6 +9,7 @@ import optax
 import sharding as sharding_lib
 from checkpoints import abstract_with_shardings
 from models.conditioning import dummy_condition
+from models.text_encoder import TEXT_ENCODER_NAME, pretrained_text_params
 
 
 @flax.struct.dataclass
@@ -29,12 +30,20 @@ def learning_rate_schedule(optim_config):
   return optax.linear_schedule(0.0, lr, warmup)  # holds lr after warmup
 
 
-def create_optimizer(optim_config):
-  """AdamW with linear warmup, after optional global-norm gradient clipping."""
+def create_optimizer(optim_config, frozen=()):
+  """AdamW with linear warmup, after optional global-norm gradient clipping.
+
+  frozen: names of top-level params subtrees (e.g. a pretrained text encoder) that get no update and
+  no optimizer state.
+  """
   adamw = optax.adamw(learning_rate_schedule(optim_config), b1=optim_config.b1, b2=optim_config.b2,
                       weight_decay=optim_config.weight_decay)
   if optim_config.grad_clip > 0:
-    return optax.chain(optax.clip_by_global_norm(optim_config.grad_clip), adamw)
+    adamw = optax.chain(optax.clip_by_global_norm(optim_config.grad_clip), adamw)
+  if frozen:
+    labels = lambda params: {k: jax.tree.map(lambda _: 'frozen' if k in frozen else 'train', v)
+                             for k, v in params.items()}
+    return optax.multi_transform({'train': adamw, 'frozen': optax.set_to_zero()}, labels)
   return adamw
 
 
@@ -56,14 +65,31 @@ def init_state(config, model, tx, seed):
 def state_shardings(config, model, tx, mesh):
   """(abstract state with shardings, sharding pytree) without allocating anything."""
   abstract = jax.eval_shape(lambda: init_state(config, model, tx, config.seed))
-  shardings = sharding_lib.tree_shardings(mesh, abstract)
+  shardings = sharding_lib.tree_shardings(mesh, abstract, config.mesh.min_shard_size)
   return abstract_with_shardings(abstract, shardings), shardings
 
 
 def create_state(config, model, tx, mesh):
-  """A fresh state, initialised on the devices in its final sharding."""
+  """A fresh state, initialised on the devices in its final sharding; a pretrained text encoder
+  (config.text.encoder='clip') replaces its random initialisation."""
   _, shardings = state_shardings(config, model, tx, mesh)
-  return jax.jit(lambda: init_state(config, model, tx, config.seed), out_shardings=shardings)()
+  state = jax.jit(lambda: init_state(config, model, tx, config.seed), out_shardings=shardings)()
+  pretrained = pretrained_text_params(config)
+  if pretrained is not None:
+    state = state.replace(params=with_subtree(state.params, TEXT_ENCODER_NAME, pretrained, shardings.params),
+                          ema_params=with_subtree(state.ema_params, TEXT_ENCODER_NAME, pretrained,
+                                                  shardings.ema_params))
+  return state
+
+
+def with_subtree(params, name, values, shardings):
+  """params with params[name] replaced by `values` (same structure and shapes), placed as `shardings[name]`."""
+  old = params[name]
+  if jax.tree.structure(old) != jax.tree.structure(values) or any(
+      a.shape != b.shape for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(values))):
+    raise ValueError(f'pretrained {name} parameters do not match the model\'s')
+  new = jax.tree.map(lambda v, s, o: jax.device_put(jnp.asarray(v, o.dtype), s), values, shardings[name], old)
+  return {**params, name: new}
 
 
 def count_params(params):

@@ -12,9 +12,14 @@ SCHEDULES = ('linear', 'cosine')
 OBJECTIVES = ('eps', 'x0', 'v', 'flow')
 FLOW_TIME_SAMPLING = ('uniform', 'logit_normal')
 SAMPLERS = ('ddpm', 'ddim', 'dpm++2m', 'heun', 'euler')
+PRECONDITIONINGS = ('none', 'edm')
 SPACINGS = ('leading', 'trailing', 'linspace')
 DDPM_VARIANCES = ('posterior', 'beta')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
+TEXT_ENCODERS = ('', 'small', 'clip')
+TOKENIZERS = ('words', 'clip_bpe')
+VAE_CONFIGS = ('sd', 'tiny')  # models.vae SD_VAE_CONFIG, TINY_VAE_CONFIG (tests)
+LATENT_DTYPES = ('float16', 'float32')
 NONFINITE_POLICIES = ('stop', 'skip')
 
 
@@ -32,6 +37,30 @@ def base_config():
   c.data.num_classes = 10
   c.data.random_flip = False
   c.data.prefetch = 2             # host batches prepared ahead by a background thread
+  # Captions (text-to-image): batches also carry 'tokens' int32 [B, max_tokens] (input_pipeline/captions.py).
+  c.data.captions = False
+  c.data.tokenizer = 'words'      # 'words': word list at vocab_path ('' = digit caption words); 'clip_bpe': CLIP BPE
+  c.data.vocab_path = ''          # word list, or bpe_simple_vocab_16e6.txt.gz for 'clip_bpe'
+  c.data.max_tokens = 77          # token sequence length (CLIP's context)
+  # Latents (source='latents', input_pipeline/latents.py): written by --mode=encode from data.pixels.
+  c.data.latent_scale = 0.18215   # latents = scale * VAE posterior mean; checked against the stored value
+  c.data.vae_weights = ''         # SD-VAE: converted .msgpack or diffusers .safetensors (models/vae_convert.py)
+  c.data.vae_config = 'sd'        # one of VAE_CONFIGS
+  c.data.pixels = ml_collections.ConfigDict()  # the image dataset --mode=encode encodes into data.path
+  c.data.pixels.source = ''       # digits, image_folder or tfds
+  c.data.pixels.name = ''
+  c.data.pixels.split = 'train'
+  c.data.pixels.path = ''
+  c.data.pixels.image_size = 256  # pixels; the latent side data.image_size = image_size / 8 for the SD VAE
+  c.data.pixels.channels = 3
+
+  c.encode = ml_collections.ConfigDict()  # --mode=encode (input_pipeline/encode.py)
+  c.encode.batch_size = 256       # images per device step (global, a multiple of the local device count)
+  c.encode.shard_size = 8192      # images per shard file: the unit of resumption
+  c.encode.flips = True           # also store the latent of each horizontally flipped image
+  c.encode.dtype = 'float16'      # stored latent dtype, one of LATENT_DTYPES
+  c.encode.compute_dtype = 'float32'
+  c.encode.num_workers = 8        # threads decoding images
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'unet'           # key of models.MODELS
@@ -44,6 +73,8 @@ def base_config():
   c.diffusion.beta_end = 0.02
   c.diffusion.flow_time_sampling = 'uniform'
   c.diffusion.label_dropout = 0.1  # probability a label is replaced by the null class
+  c.diffusion.preconditioning = 'none'  # 'edm': Karras et al. 2022 c_skip/c_out/c_in; needs objective 'x0'
+  c.diffusion.sigma_data = 0.5   # EDM's data standard deviation (preconditioning='edm')
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-4
@@ -64,7 +95,7 @@ def base_config():
   c.train.checkpoint_every = 5000
   c.train.keep_checkpoints = 3
   c.train.sample_every = 10_000   # PNG grid of EMA samples; 0 disables
-  c.train.sample_grid = 64
+  c.train.sample_grid = 64         # images in each grid; 0 disables grids
   c.train.nonfinite = 'stop'      # 'stop': error naming the step; 'skip': drop the update, count it
 
   c.sample = ml_collections.ConfigDict()
@@ -75,6 +106,9 @@ def base_config():
   c.sample.spacing = 'leading'
   c.sample.ddpm_variance = 'posterior'
   c.sample.clip_denoised = True
+  c.sample.guidance_interval = ()  # (lo, hi) network times where guidance applies; () = everywhere
+  c.sample.karras_rho = 7.0       # 'heun'/'euler' on VP objectives: Karras noise-level spacing
+  c.sample.flow_shift = 1.0       # flow samplers: t -> shift t / (1 + (shift - 1) t); 1 = uniform
   c.sample.num_samples = 1000
   c.sample.batch_size = 250
   c.sample.seed = 1
@@ -84,8 +118,22 @@ def base_config():
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                # -1: all devices not used by the other axis
   c.mesh.fsdp = 1
+  c.mesh.min_shard_size = 2 ** 14  # parameters smaller than this stay replicated under fsdp
 
   c.evals = ml_collections.ConfigDict()  # name -> ConfigDict(every_steps=..., num_samples=...)
+
+  c.text = ml_collections.ConfigDict()  # text conditioning (models/text_encoder.py); needs data.captions
+  c.text.encoder = ''             # '' none; 'small' trainable text transformer; 'clip' pretrained CLIP text tower
+  c.text.width = 128              # 'small' tower: width, depth, heads, MLP ratio
+  c.text.depth = 2
+  c.text.num_heads = 4
+  c.text.mlp_ratio = 4.0
+  c.text.clip_weights = ''        # 'clip': python -m evaluation.clip_convert --text_only --out=... (.msgpack)
+  c.text.train_clip = False       # 'clip': fine-tune the tower instead of freezing it
+  c.text.use_labels = False       # also condition on class labels 'y'
+  c.text.prompt_template = '{}'   # evaluation prompt of class y: template.format(class name)
+  c.text.class_names = ()         # () = digit names for data.source='digits', else the label number
+  c.text.eval_prompts = ()        # explicit prompts for grids and evaluators (cycled), instead of class prompts
   return c
 
 
@@ -105,6 +153,42 @@ def _positive(config, path, allow_zero=False):
     raise ValueError(f'config.{path}={value!r} must be {"non-negative" if allow_zero else "positive"}')
 
 
+def _validate_text_and_latents(config):
+  _choice(config, 'text.encoder', TEXT_ENCODERS)
+  _choice(config, 'data.tokenizer', TOKENIZERS)
+  _choice(config, 'data.vae_config', VAE_CONFIGS)
+  _choice(config, 'encode.dtype', LATENT_DTYPES)
+  _choice(config, 'encode.compute_dtype', COMPUTE_DTYPES)
+  for path in ('data.latent_scale', 'encode.batch_size', 'encode.shard_size', 'encode.num_workers',
+               'text.width', 'text.depth', 'text.num_heads', 'text.mlp_ratio'):
+    _positive(config, path)
+  if config.data.max_tokens < 2:
+    raise ValueError(f'config.data.max_tokens={config.data.max_tokens} must be >= 2 (start and end tokens)')
+  needs_tokens = config.data.captions or config.text.encoder
+  if config.data.tokenizer == 'clip_bpe' and needs_tokens and not config.data.vocab_path:
+    raise ValueError("config.data.tokenizer='clip_bpe' needs config.data.vocab_path (bpe_simple_vocab_16e6.txt.gz "
+                     'from the open_clip_torch wheel; see evaluation/clip_tokenizer.py)')
+  if config.text.encoder:
+    if not config.data.captions:
+      raise ValueError(f'config.text.encoder={config.text.encoder!r} trains on captions; set '
+                       '--config.data.captions=True')
+    if config.text.width % config.text.num_heads:
+      raise ValueError(f'config.text.width={config.text.width} is not divisible by text.num_heads='
+                       f'{config.text.num_heads}')
+    if config.text.encoder == 'clip' and (config.data.tokenizer != 'clip_bpe' or not config.text.clip_weights):
+      raise ValueError("config.text.encoder='clip' needs config.data.tokenizer='clip_bpe' and "
+                       'config.text.clip_weights (python -m evaluation.clip_convert --text_only ...)')
+    if config.data.num_classes == 0 and not config.text.eval_prompts:
+      raise ValueError('a text model without classes needs config.text.eval_prompts (prompts for sample grids '
+                       'and evaluators)')
+  if config.data.source == 'latents' and config.data.random_flip:
+    raise ValueError('config.data.random_flip flips latents, which is not the latent of the flipped image; '
+                     'set it to False: the encode job stores the flipped images\' latents (config.encode.flips)')
+  pixels = config.data.pixels
+  if pixels.source and pixels.source not in ('digits', 'image_folder', 'tfds'):
+    raise ValueError(f"config.data.pixels.source={pixels.source!r} is not one of 'digits', 'image_folder', 'tfds'")
+
+
 def validate_config(config):
   """Raises ValueError naming the first invalid field; returns the config otherwise."""
   from models import MODELS  # a registry lookup; imported here so configs stay light
@@ -114,16 +198,18 @@ def validate_config(config):
   _choice(config, 'diffusion.objective', OBJECTIVES)
   _choice(config, 'diffusion.flow_time_sampling', FLOW_TIME_SAMPLING)
   _choice(config, 'sample.sampler', SAMPLERS)
+  _choice(config, 'diffusion.preconditioning', PRECONDITIONINGS)
   _choice(config, 'sample.spacing', SPACINGS)
   _choice(config, 'sample.ddpm_variance', DDPM_VARIANCES)
   _choice(config, 'train.compute_dtype', COMPUTE_DTYPES)
   _choice(config, 'train.nonfinite', NONFINITE_POLICIES)
   for path in ('data.image_size', 'data.channels', 'diffusion.num_timesteps', 'train.num_steps',
                'train.batch_size', 'train.log_every', 'train.keep_checkpoints', 'sample.num_steps',
-               'sample.num_samples', 'sample.batch_size', 'train.checkpoint_every'):
+               'sample.num_samples', 'sample.batch_size', 'train.checkpoint_every', 'diffusion.sigma_data',
+               'sample.karras_rho', 'sample.flow_shift'):
     _positive(config, path)
   for path in ('data.num_classes', 'optim.warmup_steps', 'optim.weight_decay', 'optim.grad_clip',
-               'train.sample_every', 'sample.eta', 'data.prefetch'):
+               'train.sample_every', 'train.sample_grid', 'mesh.min_shard_size', 'sample.eta', 'data.prefetch'):
     _positive(config, path, allow_zero=True)
   if not 0 < config.optim.learning_rate < 1:
     raise ValueError(f'config.optim.learning_rate={config.optim.learning_rate} must be in (0, 1)')
@@ -141,13 +227,22 @@ def validate_config(config):
   if flow and config.sample.sampler not in flow_samplers:
     raise ValueError(f'config.sample.sampler={config.sample.sampler!r} does not apply to '
                      f'config.diffusion.objective=\'flow\'; choose one of {flow_samplers}')
+  if config.diffusion.preconditioning == 'edm' and config.diffusion.objective != 'x0':
+    raise ValueError("config.diffusion.preconditioning='edm' makes the network an x0 denoiser; set "
+                     f"config.diffusion.objective='x0' (got {config.diffusion.objective!r})")
+  interval = tuple(config.sample.guidance_interval)
+  if interval and (len(interval) != 2 or not 0 <= interval[0] <= interval[1]):
+    raise ValueError(f'config.sample.guidance_interval={interval} must be () or (lo, hi) network times '
+                     'with 0 <= lo <= hi')
   if config.data.source in ('image_folder', 'latents') and not config.data.path:
     raise ValueError(f'config.data.path is empty; data.source={config.data.source!r} needs a directory')
   if config.data.source == 'tfds' and not config.data.name:
     raise ValueError("config.data.name is empty; data.source='tfds' needs a TFDS dataset name, "
                      "e.g. --config.data.name=cifar10")
-  if config.data.num_classes == 0 and config.sample.guidance_scale != 1.0:
-    raise ValueError('config.sample.guidance_scale needs class labels (config.data.num_classes > 0)')
+  if config.data.num_classes == 0 and not config.text.encoder and config.sample.guidance_scale != 1.0:
+    raise ValueError('config.sample.guidance_scale needs class labels (config.data.num_classes > 0) or text '
+                     '(config.text.encoder)')
+  _validate_text_and_latents(config)
   for axis in ('data', 'fsdp'):
     if config.mesh[axis] == 0 or config.mesh[axis] < -1:
       raise ValueError(f'config.mesh.{axis}={config.mesh[axis]} must be a positive size or -1')

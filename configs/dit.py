@@ -3,6 +3,20 @@
 Shared by configs/dit_{s,b,l,xl}.py; the argument after ':' is the patch size (2, 4 or 8).
 AdamW 1e-4, no weight decay, batch 256, EMA 0.9999, horizontal flips, label dropout 0.1,
 linear schedule with 1000 steps; sampling with guidance 1.5.
+
+Training reads pre-encoded latents from data/imagenet256_latents (input_pipeline/latents.py). Once:
+convert the VAE (stabilityai/sd-vae-ft-mse, diffusion_pytorch_model.safetensors) with
+`python -m models.vae_convert --weights=diffusion_pytorch_model.safetensors --out=data/sd_vae_ft_mse.msgpack`
+and prepare TFDS imagenet2012 for random access (`tfds build imagenet2012 --file_format=array_record`).
+Then the two commands, encode ImageNet (1.28M images and their mirror images, float16 latents, about
+21 GB; resumable: rerun the same command after an interruption), then train:
+
+    python main.py --mode=encode --config=configs/dit_xl.py:2 --workdir=runs/encode_imagenet256
+    python main.py --config=configs/dit_xl.py:2 --workdir=runs/dit_xl_2
+
+Both read the VAE from data.vae_weights=data/sd_vae_ft_mse.msgpack (training decodes sample grids with
+it). The encoding is the same for every DiT variant and patch size: encode once, train any of them.
+An image folder works too: --config.data.pixels.source=image_folder --config.data.pixels.path=DIR.
 """
 from configs.common import base_config
 from models.dit import DIT_VARIANTS
@@ -18,7 +32,16 @@ def dit_config(variant, patch_size=None):
   c.data.image_size = 32
   c.data.channels = 4
   c.data.num_classes = 1000
-  c.data.random_flip = True
+  c.data.random_flip = False  # the latent shards hold each image's mirror image as a second entry
+  c.data.latent_scale = 0.18215
+  c.data.vae_weights = 'data/sd_vae_ft_mse.msgpack'
+  c.data.vae_config = 'sd'
+  c.data.pixels.source = 'tfds'  # what --mode=encode encodes into data.path
+  c.data.pixels.name = 'imagenet2012'
+  c.data.pixels.split = 'train'
+  c.data.pixels.image_size = 256
+  c.data.pixels.channels = 3
+  c.encode.flips = True
 
   c.model.name = 'dit'
   c.model.patch_size = patch_size

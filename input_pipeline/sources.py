@@ -126,16 +126,32 @@ class TfdsSource:
     return {'image': to_unit_range(images), 'label': np.asarray([r['label'] for r in records], np.int32)}
 
 
-def create_source(data_config):
-  """The source `config.data.source` names."""
+def create_source(data_config, tokenize=True):
+  """The source `config.data.source` names. With data.captions, examples also carry their caption:
+  as 'tokens' (int32 [max_tokens], input_pipeline/tokenizers.py), or as the 'caption' string when
+  tokenize=False (the encode job stores raw captions)."""
+  source = _base_source(data_config)
+  if data_config.get('captions', False):
+    from input_pipeline.captions import TokenizedCaptions, with_captions
+    source = with_captions(source, data_config)
+    if tokenize:
+      source = TokenizedCaptions(source, data_config)
+  return source
+
+
+def _base_source(data_config):
   kind = data_config.source
   if kind == 'digits':
     return digits_source(data_config.image_size, data_config.channels)
   if kind == 'image_folder':
     return ImageFolderSource(data_config.path, data_config.image_size, data_config.channels)
   if kind == 'tfds':
+    if data_config.get('captions', False) and data_config.name.split(':')[0] == 'coco_captions':
+      from input_pipeline.captions import CocoCaptionsSource
+      return CocoCaptionsSource(data_config.name, data_config.split, data_config.image_size)
     return TfdsSource(data_config.name, data_config.split, data_config.image_size)
   if kind == 'latents':
     from input_pipeline.latents import LatentSource
-    return LatentSource(data_config.path, data_config.image_size, data_config.channels)
+    return LatentSource(data_config.path, data_config.image_size, data_config.channels,
+                        latent_scale=data_config.get('latent_scale'), captions=data_config.get('captions', False))
   raise ValueError(f'config.data.source={kind!r} is not one of digits, image_folder, tfds, latents')

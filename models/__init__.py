@@ -1,7 +1,9 @@
 """Model registry: `config.model.name` picks the class, the other `config.model` fields are its arguments."""
 import jax.numpy as jnp
 
+from models.conditioning import model_num_classes
 from models.dit import DiT
+from models.text_encoder import text_encoder_spec
 from models.unet import UNet
 
 MODELS = {'dit': DiT, 'unet': UNet}
@@ -14,7 +16,7 @@ def build_model(config):
     raise ValueError(f'config.model.name={name!r} is not a known model; choose one of {", ".join(MODELS)}')
   cls = MODELS[name]
   kwargs = {k: v for k, v in config.model.items() if k != 'name'}
-  fields = set(cls.__dataclass_fields__) - {'parent', 'name'}
+  fields = set(cls.__dataclass_fields__) - {'parent', 'name', 'text'}  # text comes from config.text
   unknown = set(kwargs) - fields
   if unknown:
     raise ValueError(f'config.model has fields {sorted(unknown)} that model {name!r} does not take; '
@@ -22,6 +24,9 @@ def build_model(config):
   for key, value in kwargs.items():
     if isinstance(value, (list, tuple)):
       kwargs[key] = tuple(value)
+  text = text_encoder_spec(config)  # None unless config.text.encoder (text-to-image)
+  if text is not None:
+    kwargs['text'] = text
   return cls(image_size=config.data.image_size, channels=config.data.channels,
-             num_classes=config.data.num_classes, dtype=jnp.dtype(config.train.compute_dtype),
+             num_classes=model_num_classes(config), dtype=jnp.dtype(config.train.compute_dtype),
              remat=config.train.remat, **kwargs)

@@ -2,19 +2,73 @@
 
 Class-conditional models take {'y': labels}, with index num_classes as the null label that
 classifier-free guidance and label dropout use. An unconditional model takes {}.
+
+Text-conditional models (config.text.encoder, models/text_encoder.py) take {'tokens': int32 [B, L]}
+(L = config.data.max_tokens, 77 as in CLIP), plus 'y' when config.text.use_labels. Their null
+condition is the empty prompt's tokens (start, end, pad...), and label dropout replaces the prompt
+(and the label, if any) by it. Conditions made for evaluation (`default_conditions`) may carry more
+than the model takes: 'prompts' (a numpy str array) and 'y' (the class a prompt names) for the
+evaluators; `model_condition` keeps only the model's inputs.
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+MODEL_INPUTS = ('y', 'tokens')
+
+
+def uses_text(config):
+  text = config.get('text')
+  return bool(text is not None and text.get('encoder', ''))
+
+
+def uses_labels(config):
+  """Whether the model itself takes class labels 'y'."""
+  return config.data.num_classes > 0 and (not uses_text(config) or config.text.get('use_labels', False))
+
+
+def model_num_classes(config):
+  """num_classes of the network: the dataset's, or 0 for a text model that does not take labels."""
+  return config.data.num_classes if uses_labels(config) else 0
+
+
+def _tokens(texts, config):
+  from input_pipeline.tokenizers import tokenize
+  return tokenize(texts, config.data)
+
+
+def empty_prompt_tokens(config):
+  """int32 [L]: the tokens of the empty prompt, the null condition of text models."""
+  return _tokens([''], config)[0]
+
 
 def condition_from_batch(batch, config):
-  return {'y': batch['label']} if config.data.num_classes > 0 else {}
+  cond = {}
+  if uses_labels(config):
+    cond['y'] = batch['label']
+  if uses_text(config):
+    cond['tokens'] = batch['tokens']
+  return cond
+
+
+def model_condition(cond, config):
+  """The entries of `cond` the model takes (prompt strings are tokenized if no 'tokens' are given)."""
+  out = {}
+  if uses_labels(config):
+    out['y'] = cond['y']
+  if uses_text(config):
+    out['tokens'] = cond['tokens'] if 'tokens' in cond else _tokens(list(cond['prompts']), config)
+  return out
 
 
 def null_condition(cond, config):
   """The 'no condition' input of the same shapes (guidance's unconditional branch)."""
-  return {'y': jnp.full_like(cond['y'], config.data.num_classes)} if 'y' in cond else {}
+  null = {}
+  if 'y' in cond:
+    null['y'] = jnp.full_like(cond['y'], config.data.num_classes)
+  if 'tokens' in cond:
+    null['tokens'] = jnp.broadcast_to(jnp.asarray(empty_prompt_tokens(config)), cond['tokens'].shape)
+  return null
 
 
 def drop_condition(rng, cond, rate, config):
@@ -28,11 +82,47 @@ def drop_condition(rng, cond, rate, config):
 
 
 def dummy_condition(config, batch_size=1):
-  return {'y': jnp.zeros((batch_size,), jnp.int32)} if config.data.num_classes > 0 else {}
+  cond = {}
+  if uses_labels(config):
+    cond['y'] = jnp.zeros((batch_size,), jnp.int32)
+  if uses_text(config):
+    cond['tokens'] = jnp.broadcast_to(jnp.asarray(empty_prompt_tokens(config)),
+                                      (batch_size, config.data.max_tokens))
+  return cond
+
+
+def class_prompt(label, config):
+  """config.text.prompt_template filled with the class name (config.text.class_names; the digit names
+  for data.source='digits'; else the label number)."""
+  names = tuple(config.text.get('class_names', ()))
+  if not names and config.data.source == 'digits':
+    from input_pipeline.captions import DIGIT_NAMES
+    names = DIGIT_NAMES
+  name = names[label] if names else str(label)
+  return config.text.get('prompt_template', '{}').format(name)
 
 
 def default_conditions(num_samples, config):
-  """Conditions for evaluation and grids: every class equally often (0, 1, ..., C-1, 0, ...)."""
+  """Conditions for evaluation and grids: every class equally often (0, 1, ..., C-1, 0, ...).
+
+  Text models: config.text.eval_prompts cycled, or else the class prompts ("a handwritten digit
+  seven") with the class in 'y'; the strings are in 'prompts'.
+  """
+  cond = {}
   if config.data.num_classes > 0:
-    return {'y': (np.arange(num_samples) % config.data.num_classes).astype(np.int32)}
-  return {}
+    labels = (np.arange(num_samples) % config.data.num_classes).astype(np.int32)
+  if uses_text(config):
+    prompts = tuple(config.text.get('eval_prompts', ()))
+    if prompts:
+      prompts = [prompts[i % len(prompts)] for i in range(num_samples)]
+    else:
+      if config.data.num_classes == 0:
+        raise ValueError('a text model without classes needs config.text.eval_prompts for sample grids and '
+                         'evaluation')
+      prompts = [class_prompt(int(y), config) for y in labels]
+      cond['y'] = labels
+    cond['tokens'] = _tokens(prompts, config)
+    cond['prompts'] = np.asarray(prompts)
+  if uses_labels(config):
+    cond['y'] = labels
+  return cond

@@ -45,18 +45,21 @@ class LabelEmbedder(nn.Module):
     return table(y)
 
 
-def attention(q, k, v, implementation=None):
+def attention(q, k, v, implementation=None, mask=None):
   """Multi-head attention on [B, L, H, D] tensors through jax.nn.dot_product_attention.
 
   implementation: None lets XLA choose; 'cudnn' asks for the cuDNN flash kernel and falls back
-  to XLA where the backend, dtype or shape does not support it.
+  to XLA where the backend, dtype or shape does not support it. mask: optional boolean [B, S] over
+  the keys (True = attend).
   """
+  if mask is not None:
+    mask = mask[:, None, None, :]
   if implementation == 'cudnn':
     try:
-      return jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
+      return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation='cudnn')
     except Exception:  # unsupported backend, dtype or head size: the XLA path computes the same
       pass
-  return jax.nn.dot_product_attention(q, k, v)
+  return jax.nn.dot_product_attention(q, k, v, mask=mask)
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -73,3 +76,22 @@ class MultiHeadSelfAttention(nn.Module):
     q, k, v = jnp.split(qkv.reshape(b, l, 3, self.num_heads, c // self.num_heads), 3, axis=2)
     out = attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], self.attention_impl)
     return nn.Dense(c, kernel_init=self.kernel_init, dtype=self.dtype, name='proj')(out.reshape(b, l, c))
+
+
+class MultiHeadCrossAttention(nn.Module):
+  """Queries from x [B, L, C], keys and values from a context [B, S, D] (e.g. text token states), with
+  an optional key mask [B, S]; the output projection starts at zero, so a new layer starts as identity
+  in its residual branch."""
+  num_heads: int
+  dtype: jnp.dtype = jnp.float32
+  attention_impl: str | None = None
+
+  @nn.compact
+  def __call__(self, x, context, mask=None):
+    b, l, c = x.shape
+    heads = lambda y: y.reshape(y.shape[0], y.shape[1], self.num_heads, c // self.num_heads)
+    q = heads(nn.Dense(c, dtype=self.dtype, name='q')(x))
+    k = heads(nn.Dense(c, dtype=self.dtype, name='k')(context.astype(self.dtype)))
+    v = heads(nn.Dense(c, dtype=self.dtype, name='v')(context.astype(self.dtype)))
+    out = attention(q, k, v, self.attention_impl, mask)
+    return nn.Dense(c, kernel_init=nn.initializers.zeros, dtype=self.dtype, name='proj')(out.reshape(b, l, c))

@@ -10,7 +10,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.layers import LabelEmbedder, attention, timestep_embedding
+from models.layers import LabelEmbedder, MultiHeadCrossAttention, attention, timestep_embedding
+from models.text_encoder import PooledTextEmbedder, TextEncoderSpec, encode_text
 
 
 class ResBlock(nn.Module):
@@ -45,7 +46,8 @@ class AttnBlock(nn.Module):
   attention_impl: str | None = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, context=None, context_mask=None):
+    """Self-attention; with a context (text token states [B, S, D]), cross-attention to it after."""
     b, hh, ww, c = x.shape
     h = nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-5, dtype=self.dtype, name='norm')(x)
     h = h.reshape(b, hh * ww, c)
@@ -53,11 +55,21 @@ class AttnBlock(nn.Module):
                for n in ('q', 'k', 'v'))
     h = attention(q, k, v, self.attention_impl).reshape(b, hh * ww, c)
     h = nn.Dense(c, kernel_init=nn.initializers.zeros, dtype=self.dtype, name='proj_out')(h)
-    return x + h.reshape(b, hh, ww, c)
+    x = x + h.reshape(b, hh, ww, c)
+    if context is not None:
+      h = nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-5, dtype=self.dtype, name='cross_norm')(x)
+      h = MultiHeadCrossAttention(self.num_heads, self.dtype, self.attention_impl, name='cross_attn')(
+          h.reshape(b, hh * ww, c), context, context_mask)
+      x = x + h.reshape(b, hh, ww, c)
+    return x
 
 
 class UNet(nn.Module):
-  """`y == num_classes` is the null label; `num_classes=0` makes the model unconditional."""
+  """`y == num_classes` is the null label; `num_classes=0` makes the model unconditional.
+
+  With `text` (models/text_encoder.py) the model takes `tokens` [B, L]: its attention blocks
+  cross-attend to the text token states and the pooled text state is added to the time embedding.
+  """
   image_size: int
   channels: int
   num_classes: int
@@ -72,20 +84,28 @@ class UNet(nn.Module):
   dtype: jnp.dtype = jnp.float32
   attention_impl: str | None = None
   remat: bool = False
+  text: TextEncoderSpec | None = None
 
   @nn.compact
-  def __call__(self, x, t, y=None, train=False):
+  def __call__(self, x, t, y=None, tokens=None, train=False):
     ch = self.base_channels
     emb = timestep_embedding(t, ch).astype(self.dtype)
     emb = nn.Dense(4 * ch, dtype=self.dtype, name='temb_0')(emb)
     emb = nn.Dense(4 * ch, dtype=self.dtype, name='temb_1')(nn.silu(emb))
     if self.num_classes > 0:
       emb = emb + LabelEmbedder(self.num_classes, 4 * ch, dtype=self.dtype, name='label_emb')(y)
+    context = context_mask = None
+    if self.text is not None:
+      if tokens is None:
+        raise ValueError('this U-Net is text-conditional: pass tokens=int32 [B, L]')
+      context, pooled, context_mask = encode_text(self.text, tokens, self.dtype)
+      emb = emb + PooledTextEmbedder(4 * ch, self.dtype, name='text_pooled_emb')(pooled)
 
     res_block = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
     block = lambda out, name: res_block(out, self.dropout, self.num_groups, self.scale_shift_norm, self.dtype,
                                         name=name)
-    attn = lambda name: AttnBlock(self.num_heads, self.num_groups, self.dtype, self.attention_impl, name=name)
+    attn_block = lambda name: AttnBlock(self.num_heads, self.num_groups, self.dtype, self.attention_impl, name=name)
+    attn = lambda name: lambda h: attn_block(name)(h, context, context_mask)
 
     h = nn.Conv(ch, (3, 3), dtype=self.dtype, name='conv_in')(x.astype(self.dtype))
     skips = [h]

@@ -1,0 +1,163 @@
+"""Pre-encoded VAE latents (data.source='latents'): the random-access source and the decoder back to pixels.
+
+Layout of a latent directory (written by `python main.py --mode=encode`, input_pipeline/encode.py):
+
+    meta.json              format, count (images), latent_shape [h, w, c], dtype, latent_scale, flips,
+                           shard_size, num_shards, vae (weights file name and config), pixels (the
+                           dataset encoded), captions (bool), classes (class names, if known)
+    labels_00000.npy       int32 [n]               (n = shard_size, fewer in the last shard)
+    captions_00000.json    [n] caption strings     (only with captions)
+    latents_00000.npy      float16/32 [n, V, h, w, c], V = 2 with flips (the image, then its mirror), else 1
+
+Every file is written under a temporary name and renamed; the latents file is written last, so a
+shard is complete exactly when its latents file exists. `.npy` shards are memory-mapped, so an
+ImageNet-sized set (1.28M x 2 x 32x32x4 float16, 21 GB) is read by index without loading it.
+
+Stored values are `latent_scale * posterior mean` of the VAE (the mean, not a posterior sample: the
+SD-VAE's posterior is narrow, and a stored sample would freeze one draw anyway). The scale is checked
+against config.data.latent_scale on load.
+
+Flips: the latent of a mirrored image is not the mirrored latent, so the source does not flip latents
+(data.random_flip must stay False); instead the encode job stores the latent of each horizontally
+flipped image as a second view, and the source has 2N entries: entry i < N is image i, entry N + i is
+image i flipped. The loader's epoch permutation over 2N entries then shows each image in both
+orientations once per (doubled) epoch: the dataset is simply doubled. This keeps the source a pure
+function of the index and the loader unchanged; the price is that an "epoch" counts 2N examples.
+"""
+import functools
+import json
+import os
+
+import numpy as np
+
+FORMAT = 'latent-shards-v1'
+META_FILE = 'meta.json'
+
+
+def shard_path(directory, kind, index):
+  ext = 'json' if kind == 'captions' else 'npy'
+  return os.path.join(directory, f'{kind}_{index:05d}.{ext}')
+
+
+def encode_command(path):
+  return ('python main.py --mode=encode --config=<the config you train with> --workdir=runs/encode '
+          f'--config.data.path={path}  (it encodes config.data.pixels with the VAE at config.data.vae_weights; '
+          'for ImageNet see configs/dit.py)')
+
+
+def read_meta(path):
+  """meta.json of a latent directory, or None when there is none."""
+  meta_path = os.path.join(path, META_FILE)
+  if not os.path.isfile(meta_path):
+    return None
+  with open(meta_path) as f:
+    return json.load(f)
+
+
+def missing_shards(path, meta):
+  return [s for s in range(meta['num_shards']) if not os.path.isfile(shard_path(path, 'latents', s))]
+
+
+class LatentSource:
+  """Latents by index from a directory written by the encode job; `get` returns float32 'image' latents."""
+
+  def __init__(self, path, image_size, channels, latent_scale=None, captions=False):
+    meta = read_meta(path) if os.path.isdir(path) else None
+    if meta is None:
+      raise FileNotFoundError(f'config.data.path={path!r} holds no encoded latents ({META_FILE} not found). '
+                              f'Encode the image dataset first: {encode_command(path)}')
+    if meta.get('format') != FORMAT:
+      raise ValueError(f'{path}/{META_FILE} has format {meta.get("format")!r}, expected {FORMAT!r}')
+    shape = tuple(meta['latent_shape'])
+    if shape != (image_size, image_size, channels):
+      raise ValueError(f'latents in {path} have shape {shape}, but config.data.image_size={image_size} and '
+                       f'config.data.channels={channels} ask for {(image_size, image_size, channels)}')
+    if latent_scale is not None and not np.isclose(meta['latent_scale'], latent_scale, rtol=1e-6, atol=0):
+      raise ValueError(f'latents in {path} were scaled by {meta["latent_scale"]}, but config.data.latent_scale='
+                       f'{latent_scale}; set --config.data.latent_scale={meta["latent_scale"]} or re-encode')
+    missing = missing_shards(path, meta)
+    if missing:
+      raise FileNotFoundError(f'the encoding in {path} is incomplete: {len(missing)} of {meta["num_shards"]} '
+                              f'shards missing (first {missing[0]}); rerun the encode command, which resumes: '
+                              f'{encode_command(path)}')
+    if captions and not meta.get('captions'):
+      raise ValueError(f'config.data.captions=True but the latents in {path} were encoded without captions; '
+                       're-encode with --config.data.captions=True')
+    self.path, self.meta, self.with_captions = path, meta, captions
+    self.count, self.shard_size = meta['count'], meta['shard_size']
+    self.views = 2 if meta['flips'] else 1
+    self.labels = np.concatenate([np.load(shard_path(path, 'labels', s)) for s in range(meta['num_shards'])])
+    if len(self.labels) != self.count:
+      raise ValueError(f'{path}: the label shards hold {len(self.labels)} labels, meta.json says {self.count}')
+    self.classes = meta.get('classes')
+
+  def __len__(self):
+    return self.count * self.views
+
+  @functools.lru_cache(maxsize=None)
+  def _latents(self, shard):
+    array = np.load(shard_path(self.path, 'latents', shard), mmap_mode='r')
+    rows = min(self.shard_size, self.count - shard * self.shard_size)
+    expected = (rows, self.views) + tuple(self.meta['latent_shape'])
+    if array.shape != expected:
+      raise ValueError(f'{shard_path(self.path, "latents", shard)} has shape {array.shape}, expected {expected}')
+    return array
+
+  @functools.lru_cache(maxsize=64)
+  def _captions(self, shard):
+    with open(shard_path(self.path, 'captions', shard), encoding='utf-8') as f:
+      return json.load(f)
+
+  def get(self, indices):
+    indices = np.asarray(indices, np.int64)
+    image, view = indices % self.count, indices // self.count
+    shard, within = np.divmod(image, self.shard_size)
+    out = np.empty((len(indices),) + tuple(self.meta['latent_shape']), np.float32)
+    for s in np.unique(shard):
+      sel = shard == s
+      out[sel] = self._latents(int(s))[within[sel], view[sel]]
+    batch = {'image': out, 'label': self.labels[image]}
+    if self.with_captions:
+      batch['caption'] = np.asarray([self._captions(int(s))[int(j)] for s, j in zip(shard, within)])
+    return batch
+
+
+def vae_config_for(name):
+  """The models.vae architecture config.data.vae_config names."""
+  from models.vae import SD_VAE_CONFIG, TINY_VAE_CONFIG
+  configs = {'sd': SD_VAE_CONFIG, 'tiny': TINY_VAE_CONFIG}
+  if name not in configs:
+    raise ValueError(f'config.data.vae_config={name!r} is not one of {", ".join(configs)}')
+  return configs[name]
+
+
+@functools.lru_cache(maxsize=2)
+def load_vae(weights, config_name):
+  """VAE variables ({'params': ...}) from config.data.vae_weights, cached per process."""
+  if not weights:
+    raise ValueError('config.data.vae_weights is empty: latents are encoded and decoded with the SD VAE; '
+                     'convert stabilityai/sd-vae-ft-mse with `python -m models.vae_convert '
+                     '--weights=diffusion_pytorch_model.safetensors --out=data/sd_vae_ft_mse.msgpack` and pass '
+                     '--config.data.vae_weights=data/sd_vae_ft_mse.msgpack (a .safetensors path works too)')
+  from models.vae_convert import load_vae_params
+  try:
+    return load_vae_params(weights, vae_config_for(config_name))
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f'config.data.vae_weights={weights!r}: {e}') from e
+
+
+def make_latent_decoder(config, batch_size=64):
+  """numpy latents [N, h, w, c] (scaled as stored) -> numpy float32 pixels [N, H, W, 3] in [-1, 1]."""
+  from models.vae import decode_latents
+  vae_config = vae_config_for(config.data.vae_config)
+  if config.data.channels != vae_config['latent_channels']:
+    raise ValueError(f'config.data.channels={config.data.channels} but the VAE has '
+                     f'{vae_config["latent_channels"]} latent channels')
+  params = load_vae(config.data.vae_weights, config.data.vae_config)
+  scale = config.data.latent_scale
+
+  def decode(latents):
+    latents = np.asarray(latents, np.float32)
+    return np.concatenate([np.asarray(decode_latents(params, latents[i:i + batch_size], scale, vae_config))
+                           for i in range(0, len(latents), batch_size)])
+  return decode

@@ -1,0 +1,126 @@
+"""Latent diffusion end to end on CPU: image folder -> tiny VAE -> latent shards -> DiT -> decoded samples."""
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import sharding as sharding_lib
+import train
+from configs.common import validate_config
+from input_pipeline import create_source
+from input_pipeline.encode import encode_dataset
+from input_pipeline.latents import LatentSource, make_latent_decoder, read_meta, shard_path
+from models import build_model
+from models.vae import TINY_VAE_CONFIG, build_vae, encode_to_latents, init_vae_params
+from models.vae_convert import load_vae_params, save_params_msgpack
+from sample import generate_samples, make_generate_fn
+from tests.tiny import tiny_unet_config
+
+NUM_PER_CLASS = 5  # 2 classes -> 10 images -> shards of 4, 4, 2
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+  """An image folder (2 classes of 16x16 RGB images) and a tiny random VAE saved as msgpack."""
+  root = tmp_path_factory.mktemp('latents')
+  rng = np.random.default_rng(0)
+  for label, name in enumerate(['circles', 'stripes']):
+    os.makedirs(root / 'images' / name)
+    for i in range(NUM_PER_CLASS):
+      img = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+      img[:, :8] = 255 * label  # left half tells the class, so flips differ from originals
+      Image.fromarray(img).save(root / 'images' / name / f'{i}.png')
+  vae = build_vae(TINY_VAE_CONFIG)
+  save_params_msgpack(init_vae_params(vae, jax.random.PRNGKey(0), image_size=16), str(root / 'tiny_vae.msgpack'))
+  return root
+
+
+def latent_config(files, out='latents'):
+  c = tiny_unet_config()
+  c.model = {'name': 'dit', 'patch_size': 2, 'depth': 1, 'hidden_size': 16, 'num_heads': 2, 'mlp_ratio': 2.0}
+  c.data.source, c.data.path = 'latents', str(files / out)
+  c.data.image_size, c.data.channels, c.data.num_classes = 8, 4, 2
+  c.data.vae_weights, c.data.vae_config = str(files / 'tiny_vae.msgpack'), 'tiny'
+  c.data.pixels.source, c.data.pixels.path = 'image_folder', str(files / 'images')
+  c.data.pixels.image_size, c.data.pixels.channels = 16, 3
+  c.encode.batch_size, c.encode.shard_size, c.encode.num_workers = 8, 4, 2
+  c.train.batch_size = 8
+  return validate_config(c)
+
+
+@pytest.fixture(scope='module')
+def encoded(files):
+  c = latent_config(files)
+  encode_dataset(c, progress=False)
+  return c
+
+
+def test_encode_writes_shards_labels_and_flipped_copies(files, encoded):
+  path = encoded.data.path
+  meta = read_meta(path)
+  assert meta['count'] == 10 and meta['num_shards'] == 3 and meta['latent_shape'] == [8, 8, 4]
+  assert meta['latent_scale'] == pytest.approx(0.18215) and meta['flips'] and meta['classes'] == ['circles', 'stripes']
+  assert np.load(shard_path(path, 'latents', 2), mmap_mode='r').shape == (2, 2, 8, 8, 4)
+  source = create_source(encoded.data)
+  assert isinstance(source, LatentSource) and len(source) == 20  # every image and its mirror image
+  batch = source.get(np.array([0, 10, 7, 19]))
+  assert batch['image'].dtype == np.float32 and batch['image'].shape == (4, 8, 8, 4)
+  np.testing.assert_array_equal(batch['label'], [0, 0, 1, 1])
+  pixels = create_source(latent_config(files).data.pixels).get(np.array([0]))['image']
+  variables = load_vae_params(encoded.data.vae_weights, TINY_VAE_CONFIG)
+  expected = encode_to_latents(variables, pixels, config=TINY_VAE_CONFIG)
+  expected_flip = encode_to_latents(variables, pixels[:, :, ::-1], config=TINY_VAE_CONFIG)
+  np.testing.assert_allclose(batch['image'][0], expected[0], atol=2e-3, rtol=2e-3)       # float16 storage
+  np.testing.assert_allclose(batch['image'][1], expected_flip[0], atol=2e-3, rtol=2e-3)
+  assert np.abs(batch['image'][0] - batch['image'][1]).max() > 1e-2
+
+
+def test_train_latent_dit_then_sample_and_decode(encoded, tmp_path):
+  c = encoded.copy_and_resolve_references()
+  c.train.num_steps = 2
+  state = train.train_and_evaluate(c, str(tmp_path / 'run'))
+  assert int(state.step) == 2
+  mesh = sharding_lib.create_mesh(c.mesh)
+  images, cond = generate_samples(c, make_generate_fn(c, build_model(c), mesh), state.ema_params, mesh, 8, seed=0)
+  assert images.shape == (8, 16, 16, 3) and images.dtype == np.uint8  # decoded to pixels by the VAE
+  np.testing.assert_array_equal(cond['y'], np.arange(8) % 2)
+  pixels = make_latent_decoder(c)(create_source(c.data).get(np.arange(3))['image'])
+  assert pixels.shape == (3, 16, 16, 3) and pixels.min() >= -1 and pixels.max() <= 1
+
+
+def test_scale_mismatch_and_missing_files_fail_clearly(files, encoded, tmp_path):
+  with pytest.raises(ValueError, match=r'scaled by 0\.18215.*latent_scale=0\.5'):
+    LatentSource(encoded.data.path, 8, 4, latent_scale=0.5)
+  with pytest.raises(ValueError, match='shape'):
+    LatentSource(encoded.data.path, 16, 4)
+  with pytest.raises(FileNotFoundError, match='python main.py --mode=encode'):
+    LatentSource(str(tmp_path / 'nothing'), 8, 4)
+  c = latent_config(files)
+  c.data.vae_weights = str(tmp_path / 'missing.msgpack')
+  with pytest.raises(FileNotFoundError, match='vae_weights'):
+    make_latent_decoder(c)
+  c.data.vae_weights = ''
+  with pytest.raises(ValueError, match='vae_weights is empty'):
+    make_latent_decoder(c)
+
+
+def test_interrupted_encode_resumes_and_skips_finished_shards(files, encoded):
+  path = str(files / 'resumed')
+  shutil.copytree(encoded.data.path, path)
+  os.remove(shard_path(path, 'latents', 1))           # interrupted while writing shard 1 ...
+  open(shard_path(path, 'latents', 1) + '.tmp-0', 'wb').write(b'partial')  # ... leaving a partial temp file
+  with pytest.raises(FileNotFoundError, match='incomplete.*resumes'):
+    LatentSource(path, 8, 4)
+  done = {s: os.stat(shard_path(path, 'latents', s)).st_mtime_ns for s in (0, 2)}
+  c = latent_config(files, 'resumed')
+  encode_dataset(c, progress=False)
+  assert {s: os.stat(shard_path(path, 'latents', s)).st_mtime_ns for s in (0, 2)} == done  # not rewritten
+  np.testing.assert_array_equal(np.load(shard_path(path, 'latents', 1)),
+                                np.load(shard_path(encoded.data.path, 'latents', 1)))
+  assert len(LatentSource(path, 8, 4)) == 20
+  c.encode.shard_size = 3
+  with pytest.raises(ValueError, match='another encoding.*shard_size'):
+    encode_dataset(c, progress=False)
