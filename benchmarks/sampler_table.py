@@ -58,13 +58,13 @@ def real_digits_row(num_samples, seed):
 
 def time_cell(config, model, params, mesh, num_samples, seed):
   """(images, labels, seconds to sample, seconds to compile) for config.sample's sampler."""
-  from models.conditioning import default_conditions
+  from models.conditioning import default_conditions, model_condition
   from sample import generate_samples, initial_noise, make_generate_fn
   generate_fn = make_generate_fn(config, model, mesh)
   batch_size = min(config.sample.batch_size, num_samples)
   batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
-  cond = {k: jnp.asarray(v) for k, v in default_conditions(batch_size, config).items()}
+  cond = {k: jnp.asarray(v) for k, v in model_condition(default_conditions(batch_size, config), config).items()}
   t0 = time.perf_counter()
   compiled = generate_fn.lower(params, cond, initial_noise(seed, 0, batch_size, shape), jax.random.PRNGKey(0),
                                jnp.float32(config.sample.guidance_scale)).compile()
