@@ -44,9 +44,7 @@ class FIDInceptionC(tv_inception.InceptionC):
 
 
 class _FIDInceptionE(tv_inception.InceptionE):
-
-  def _pool(self, x):
-    raise NotImplementedError
+  """Subclasses define _pool: average (E_1) or max (E_2) pooling of the pool branch."""
 
   def forward(self, x):
     b3 = self.branch3x3_1(x)
