@@ -175,12 +175,17 @@ class CLIPTokenizer:
     """int32 [B, context_length]: start, ids, end, then `pad_id` (0 as in CLIP; Stable Diffusion's HF
     tokenizer pads with the end token 49407, which changes only the hidden states after the end token).
     Too long texts are truncated and keep the end token last."""
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    out = np.full((len(texts), context_length), pad_id, np.int32)
-    for row, text in enumerate(texts):
-      ids = [self.start_id] + self.encode(text) + [self.end_id]
-      if len(ids) > context_length:
-        ids = ids[:context_length - 1] + [self.end_id]
-      out[row, :len(ids)] = ids
-    return out
+    return pack_token_ids(self, texts, context_length, pad_id)
 
+
+def pack_token_ids(tokenizer, texts, context_length, pad_id):
+  """int32 [B, context_length] rows of start, tokenizer.encode(text), end, then pad_id; too long texts
+  are cut and keep the end token last. Shared by every tokenizer with encode/start_id/end_id."""
+  texts = [texts] if isinstance(texts, str) else list(texts)
+  out = np.full((len(texts), context_length), pad_id, np.int32)
+  for row, text in enumerate(texts):
+    ids = [tokenizer.start_id] + tokenizer.encode(text) + [tokenizer.end_id]
+    if len(ids) > context_length:
+      ids = ids[:context_length - 1] + [tokenizer.end_id]
+    out[row, :len(ids)] = ids
+  return out

@@ -19,7 +19,6 @@ import functools
 import os
 import re
 
-import numpy as np
 
 PAD_ID = 0
 _WORD_PATTERN = re.compile(r'[a-z0-9]+|[^\sa-z0-9]')
@@ -73,14 +72,8 @@ class WordTokenizer:
 
   def tokenize(self, texts, context_length=77, pad_id=PAD_ID):
     """int32 [B, context_length]: start, ids, end, pad; too long texts are cut and keep the end token."""
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    out = np.full((len(texts), context_length), pad_id, np.int32)
-    for row, text in enumerate(texts):
-      ids = [self.start_id] + self.encode(text) + [self.end_id]
-      if len(ids) > context_length:
-        ids = ids[:context_length - 1] + [self.end_id]
-      out[row, :len(ids)] = ids
-    return out
+    from evaluation.clip_tokenizer import pack_token_ids
+    return pack_token_ids(self, texts, context_length, pad_id)
 
 
 @functools.lru_cache(maxsize=4)
