@@ -14,7 +14,8 @@ A sweep file (configs/ablations/*.py) has `get_sweep()` returning a dict:
             the runs are the product of the axes, named after their settings: 'size=S,patch=4';
   metrics:  result fields every run must produce (a run missing one fails and is not marked finished);
   columns:  result fields shown in results.md after the axes (default: metrics);
-  plots:    [{'x': field or axis, 'y': field or [fields], 'series': axis, 'annotate': axis, 'logx': bool}];
+  plots:    [{'x': field or axis, 'y': field or [fields], 'series': axis, 'annotate': axis, 'logx': bool,
+             'logy': bool}];
   exclude:  [{axis: label, ...}] settings to leave out of the product (optional);
   model_workdir, model_command: 'sample' sweeps: the trained model, and the command that trains it;
   model_sweep: 'sample' sweeps of every model of a 'train' sweep file instead: that sweep's axes come

@@ -77,7 +77,7 @@ def test_bad_sweeps_fail_before_running(tmp_path):
 def test_repository_sweeps_expand():
   grid = ablate.load_sweep(os.path.join(ROOT, 'configs/ablations/dit_grid.py'))
   runs = ablate.expand(grid)
-  assert len(runs) == 9 and 'size=S,patch=4' in [r.name for r in runs]
+  assert len(runs) == 12 and 'size=XL,patch=2' in [r.name for r in runs]
   assert {r.config.train.num_steps for r in runs} == {grid.base.train.num_steps}  # equal steps for all
   imagenet = ablate.expand(ablate.load_sweep(os.path.join(ROOT, 'configs/ablations/dit_grid_imagenet.py')))
   assert len(imagenet) == 12
@@ -88,10 +88,12 @@ def test_repository_sweeps_expand():
     assert ablate.dit_gmacs(run.config) == pytest.approx(paper, rel=0.006, abs=0.005), run.name
   assert len(ablate.expand(ablate.load_sweep(os.path.join(ROOT, 'configs/ablations/sampler_steps.py')))) == 15
   assert len(ablate.expand(ablate.load_sweep(os.path.join(ROOT, 'configs/ablations/guidance.py')))) == 8
+  full = ablate.expand(ablate.load_sweep(os.path.join(ROOT, 'configs/ablations/sampler_steps_imagenet.py')))
+  assert len(full) == 25 and {r.config.evals.inception.num_samples for r in full} == {10_000}
   assert len(ablate.expand(ablate.load_sweep(os.path.join(ROOT, 'configs/ablations/schedule_objective.py')))) == 5
   guided = ablate.load_sweep(os.path.join(ROOT, 'configs/ablations/dit_grid_guided.py'))
   runs = ablate.expand(guided)
-  assert [r.name for r in runs][:2] == ['size=S,patch=8,guidance=4', 'size=S,patch=4,guidance=4']
+  assert [r.name for r in runs][:2] == ['size=S,patch=8,guidance=2', 'size=S,patch=4,guidance=2']
   assert runs[1].model_run == 'size=S,patch=4' and runs[1].config.model.patch_size == 4
   assert ablate.model_workdir_of(guided, 'r', runs[1], None) == os.path.join('r', 'dit_grid', 'size=S,patch=4')
   assert ablate.launch_commands(guided, 'r')[0] == ('# first, the models: python ablate.py '
