@@ -39,9 +39,10 @@ def create_mesh(mesh_config, devices=None):
   return Mesh(grid, DATA_AXES)
 
 
-def batch_sharding(mesh):
-  """Leading (batch) dimension split over both axes."""
-  return NamedSharding(mesh, P(DATA_AXES))
+def batch_sharding(mesh, stacked=False):
+  """Batch dimension split over both axes: the leading one, or with `stacked` the second, after an unsplit step
+  axis ([k, B, ...] batches of k steps)."""
+  return NamedSharding(mesh, P(None, DATA_AXES) if stacked else P(DATA_AXES))
 
 
 def replicated(mesh):
@@ -66,9 +67,10 @@ def tree_shardings(mesh, abstract_tree, min_shard_size=2 ** 14):
                       abstract_tree)
 
 
-def host_batch_to_global(batch, mesh):
-  """This host's numpy slice of the global batch -> global jax.Arrays split over the data axes."""
-  sharding = batch_sharding(mesh)
+def host_batch_to_global(batch, mesh, stacked=False):
+  """This host's numpy slice of the global batch -> global jax.Arrays split over the data axes. With `stacked`,
+  arrays are [k, local B, ...]: this host's slice of each of k steps' batches, the step axis whole on every host."""
+  sharding = batch_sharding(mesh, stacked)
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)

@@ -23,7 +23,8 @@ flags.DEFINE_enum('mode', 'train', ['train', 'guided'], 'Train step, or one guid
 flags.DEFINE_enum('dtype', 'bfloat16', ['bfloat16', 'float32'], 'Compute dtype (params stay float32).')
 flags.DEFINE_enum('attention', 'cudnn', ['cudnn', 'xla'], 'Attention implementation (cudnn falls back to xla).')
 flags.DEFINE_bool('remat', False, 'Rematerialise each block in the backward pass.')
-flags.DEFINE_integer('steps', 10, 'Steps per timing window.')
+flags.DEFINE_integer('steps_per_call', 1, 'Train steps per jitted call (config.train.steps_per_call; a scan).')
+flags.DEFINE_integer('steps', 10, 'Calls per timing window.')
 flags.DEFINE_integer('windows', 5, 'Timing windows; the median is reported.')
 flags.DEFINE_float('peak_tflops', 989.0, 'Peak dense bf16 TFLOP/s of the device, for MFU.')
 FLAGS = flags.FLAGS
@@ -105,7 +106,12 @@ def main(_):
   flops = forward_flops_per_image(config, model, state.params)
 
   if FLAGS.mode == 'train':
-    step_fn = train.make_train_step(config, model, tx, mesh, shardings)
+    k = FLAGS.steps_per_call
+    step_fn = train.make_train_step(config, model, tx, mesh, shardings, stacked=k > 1)
+    if k > 1:
+      batch = sharding_lib.host_batch_to_global(jax.tree.map(lambda x: np.stack([np.asarray(x)] * k), batch), mesh,
+                                                stacked=True)
+      b *= k  # images per call
     holder = {'state': state}
 
     def run():
@@ -129,8 +135,8 @@ def main(_):
   peak = peak_memory_bytes()
   print(f'device={jax.devices()[0].device_kind} x{jax.device_count()} model={FLAGS.model}'
         f'{"/" + str(FLAGS.patch) if FLAGS.model != "unet" else ""} params={count_params(state.params) / 1e6:.1f}M '
-        f'mode={FLAGS.mode} batch={b} dtype={FLAGS.dtype} attention={FLAGS.attention} remat={FLAGS.remat}')
-  print(f'img/s={images_per_second:.1f} step_ms={seconds * 1e3:.2f} '
+        f'mode={FLAGS.mode} batch={FLAGS.batch} steps_per_call={FLAGS.steps_per_call} dtype={FLAGS.dtype} attention={FLAGS.attention} remat={FLAGS.remat}')
+  print(f'img/s={images_per_second:.1f} step_ms={seconds * FLAGS.batch / b * 1e3:.2f} '
         f'GFLOP/img={flops_per_image / 1e9:.1f} MFU={100 * mfu:.1f}% '
         f'peak_mem={"n/a" if peak is None else f"{peak / 2**30:.2f}GiB"}')
 

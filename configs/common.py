@@ -36,7 +36,7 @@ def base_config():
   c.data.channels = 1
   c.data.num_classes = 10
   c.data.random_flip = False
-  c.data.prefetch = 2             # host batches prepared ahead by a background thread
+  c.data.prefetch = 2             # host batches (chunks of train.steps_per_call steps) prepared ahead by a thread
   # Captions (text-to-image): batches also carry 'tokens' int32 [B, max_tokens] (input_pipeline/captions.py).
   c.data.captions = False
   c.data.tokenizer = 'words'      # 'words': word list at vocab_path ('' = digit caption words); 'clip_bpe': CLIP BPE
@@ -97,6 +97,11 @@ def base_config():
   c.train.sample_every = 10_000   # PNG grid of EMA samples; 0 disables
   c.train.sample_grid = 64         # images in each grid; 0 disables grids
   c.train.nonfinite = 'stop'      # 'stop': error naming the step; 'skip': drop the update, count it
+  # Steps per jitted call (a scan over k stacked batches, one host round trip): the same updates as k calls; helps
+  # when steps are short (docs/performance.md), but not for conv nets on CPU (XLA:CPU runs them ~20x slower in a
+  # scan). Must divide num_steps, log_every, checkpoint_every, sample_every (if grids are on) and
+  # evals.<name>.every_steps; a checkpoint at a step not a multiple of k resumes with a short call.
+  c.train.steps_per_call = 1
 
   c.sample = ml_collections.ConfigDict()
   c.sample.sampler = 'ddim'
@@ -206,7 +211,7 @@ def validate_config(config):
   for path in ('data.image_size', 'data.channels', 'diffusion.num_timesteps', 'train.num_steps',
                'train.batch_size', 'train.log_every', 'train.keep_checkpoints', 'sample.num_steps',
                'sample.num_samples', 'sample.batch_size', 'train.checkpoint_every', 'diffusion.sigma_data',
-               'sample.karras_rho', 'sample.flow_shift'):
+               'sample.karras_rho', 'sample.flow_shift', 'train.steps_per_call'):
     _positive(config, path)
   for path in ('data.num_classes', 'optim.warmup_steps', 'optim.weight_decay', 'optim.grad_clip',
                'train.sample_every', 'train.sample_grid', 'mesh.min_shard_size', 'sample.eta', 'data.prefetch'):
@@ -252,4 +257,19 @@ def validate_config(config):
       raise ValueError(f'config.evals.{name}: unknown evaluator; choose from {", ".join(EVALUATORS)}')
     if ev.get('every_steps', 0) < 0 or ev.get('num_samples', 1) <= 0:
       raise ValueError(f'config.evals.{name}: every_steps must be >= 0 and num_samples > 0')
+  _validate_steps_per_call(config)
   return config
+
+
+def _validate_steps_per_call(config):
+  """Logs, checkpoints, grids and evaluations happen between calls of k steps, so k must divide their periods."""
+  k = config.train.steps_per_call
+  periods = {f'train.{field}': config.train[field] for field in ('num_steps', 'log_every', 'checkpoint_every')}
+  if config.train.sample_grid:
+    periods['train.sample_every'] = config.train.sample_every
+  periods.update({f'evals.{name}.every_steps': ev.get('every_steps', 0) for name, ev in config.evals.items()})
+  bad = [f'config.{path}={value}' for path, value in periods.items() if value and value % k]
+  if bad:
+    raise ValueError(f'config.train.steps_per_call={k} does not divide {", ".join(bad)}: a jitted call runs {k} '
+                     f'steps and logs, checkpoints, samples and evaluates only between calls; make these multiples '
+                     f'of {k} or choose a steps_per_call that divides them all')

@@ -2,8 +2,8 @@
 
 Example j of step s is position p = s * global_batch + j of an endless stream that visits the
 dataset in a fresh permutation every epoch; host h of P reads positions [h B/P, (h+1) B/P) of
-each step. Random flips are drawn from (seed, step) for the whole global batch. A background thread prepares the
-next `prefetch` host batches.
+each step. Random flips are drawn from (seed, step) for the whole global batch. Training consumes chunks of
+`steps_per_call` steps, their host batches stacked; a background thread prepares the next `prefetch` chunks.
 """
 import queue
 import threading
@@ -46,20 +46,37 @@ class StepBatcher:
       batch['image'] = np.where(flip[:, None, None, None], batch['image'][:, :, ::-1], batch['image'])
     return batch
 
+  def batches(self, start, end):
+    """This host's batches of steps [start, end), stacked on a leading step axis: [end - start, local B, ...]."""
+    batches = [self.batch(step) for step in range(start, end)]
+    return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
 
-def prefetch_batches(batcher, start_step, num_steps, prefetch=2):
-  """Yields (step, host batch) for steps [start_step, num_steps), prepared `prefetch` ahead in a thread."""
+
+def step_chunks(start_step, num_steps, steps_per_call):
+  """(start, end) step ranges covering [start_step, num_steps), each ending on a multiple of steps_per_call (or at
+  num_steps); only the first is shorter, when start_step is not such a multiple (resuming a run with another one)."""
+  start = start_step
+  while start < num_steps:
+    end = min(num_steps, (start // steps_per_call + 1) * steps_per_call)
+    yield start, end
+    start = end
+
+
+def prefetch_batches(batcher, start_step, num_steps, steps_per_call=1, prefetch=2):
+  """Yields (start, end, stacked host batches) for the `step_chunks` of [start_step, num_steps), prepared
+  `prefetch` chunks ahead in a thread."""
+  chunks = step_chunks(start_step, num_steps, steps_per_call)
   if prefetch <= 0:
-    for step in range(start_step, num_steps):
-      yield step, batcher.batch(step)
+    for start, end in chunks:
+      yield start, end, batcher.batches(start, end)
     return
   q = queue.Queue(maxsize=prefetch)
   stop = threading.Event()
 
   def work():
     try:
-      for step in range(start_step, num_steps):
-        item = (step, batcher.batch(step))
+      for start, end in chunks:
+        item = (start, end, batcher.batches(start, end))
         while not stop.is_set():
           try:
             q.put(item, timeout=0.1)

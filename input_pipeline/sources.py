@@ -1,8 +1,8 @@
 """Random-access data sources: `len(source)` and `source.get(indices) -> {'image', 'label'}`.
 
-Images come out float32 NHWC in [-1, 1] (latents as stored), labels int32. Random access by index
-is what lets the loader compute any step's batch from (seed, step) alone, so resuming needs no
-iterator state and every host can read its own slice.
+Images come out float32 NHWC in [-1, 1] (latents in their stored dtype, usually float16), labels
+int32. Random access by index is what lets the loader compute any step's batch from (seed, step)
+alone, so resuming needs no iterator state and every host can read its own slice.
 """
 import os
 

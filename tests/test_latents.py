@@ -67,7 +67,7 @@ def test_encode_writes_shards_labels_and_flipped_copies(files, encoded):
   source = create_source(encoded.data)
   assert isinstance(source, LatentSource) and len(source) == 20  # every image and its mirror image
   batch = source.get(np.array([0, 10, 7, 19]))
-  assert batch['image'].dtype == np.float32 and batch['image'].shape == (4, 8, 8, 4)
+  assert batch['image'].dtype == np.dtype(meta['dtype']) and batch['image'].shape == (4, 8, 8, 4)  # cast on device
   np.testing.assert_array_equal(batch['label'], [0, 0, 1, 1])
   pixels = create_source(latent_config(files).data.pixels).get(np.array([0]))['image']
   variables = load_vae_params(encoded.data.vae_weights, TINY_VAE_CONFIG)
