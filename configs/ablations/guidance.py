@@ -7,17 +7,13 @@ Scale 0 is the unconditional model, 1 the plain conditional one; larger scales t
 (Fréchet distance) for class fidelity (recognised fraction). The scale is a traced argument of the
 sampling function, so the whole sweep compiles once. DDIM, 20 steps, 500 samples per point.
 """
-from configs.quickstart import get_config
+from configs.ablations import sampler_steps
 
 
 def base():
-  c = get_config()
+  c = sampler_steps.base()  # 500 samples, one noise seed
   c.sample.sampler = 'ddim'
   c.sample.num_steps = 20
-  c.sample.num_samples = 500
-  c.sample.batch_size = 500
-  c.sample.seed = 12345
-  c.evals.digits.num_samples = 500
   return c
 
 
