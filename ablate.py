@@ -19,7 +19,8 @@ A sweep file (configs/ablations/*.py) has `get_sweep()` returning a dict:
   exclude:  [{axis: label, ...}] settings to leave out of the product (optional);
   model_workdir, model_command: 'sample' sweeps: the trained model, and the command that trains it;
   model_sweep: 'sample' sweeps of every model of a 'train' sweep file instead: that sweep's axes come
-            first, each run samples <root>/<model sweep>/<its run> (trained first where unfinished).
+            first (and its excludes apply), each run samples <root>/<model sweep>/<its run> (trained first
+            where unfinished).
 
 Run i lives in <root>/<sweep>/<run name>/ and is finished when its result.json exists (written
 atomically, last); rerunning the same command skips finished runs and resumes interrupted training
@@ -145,9 +146,10 @@ def load_sweep(path, set_overrides=()):
     model_sweep = load_sweep(model_path, set_overrides)
     model_sweep.path = d['model_sweep']
     axes = model_sweep.axes + axes
+  exclude = list(d.get('exclude', [])) + (model_sweep.exclude if model_sweep else [])  # no model, no samples
   return Sweep(name=d.get('name', name), path=path, kind=kind, base=base, axes=axes, metrics=metrics,
                columns=list(d.get('columns', metrics)), plots=list(d.get('plots', [])),
-               exclude=list(d.get('exclude', [])), model_workdir=d.get('model_workdir', ''),
+               exclude=exclude, model_workdir=d.get('model_workdir', ''),
                model_command=d.get('model_command', ''), model_sweep=model_sweep)
 
 

@@ -88,6 +88,8 @@ def test_repository_sweeps_expand():
     assert ablate.dit_gmacs(run.config) == pytest.approx(paper, rel=0.006, abs=0.005), run.name
   assert len(ablate.expand(ablate.load_sweep(os.path.join(ROOT, 'configs/ablations/sampler_steps.py')))) == 15
   assert len(ablate.expand(ablate.load_sweep(os.path.join(ROOT, 'configs/ablations/guidance.py')))) == 8
+  unguided = ablate.expand(ablate.load_sweep(os.path.join(ROOT, 'configs/ablations/schedule_objective_unguided.py')))
+  assert len(unguided) == 5 and 'schedule=cosine,objective=flow,guidance=1' not in [r.name for r in unguided]
   full = ablate.expand(ablate.load_sweep(os.path.join(ROOT, 'configs/ablations/sampler_steps_imagenet.py')))
   assert len(full) == 25 and {r.config.evals.inception.num_samples for r in full} == {10_000}
   assert len(ablate.expand(ablate.load_sweep(os.path.join(ROOT, 'configs/ablations/schedule_objective.py')))) == 5

@@ -8,7 +8,8 @@ shape of the family (B = S at twice the width, L twice as deep and 1.5x as wide 
 larger again) at 2-5 blocks of width 32-112 instead of 12-28 blocks of 384-1152, so that the 12 runs
 train in about 25 minutes on 2 CPU cores. Every run trains the same 2000 steps with the same batch
 and is scored once at the end, without guidance as in the paper's Table 4, by the digits classifier
-(Fréchet distance in its features, recognised fraction). The full-size twin on ImageNet latents is dit_grid_imagenet.py.
+(Fréchet distance in its features, recognised fraction). The full-size twin on ImageNet latents is
+dit_grid_imagenet.py.
 """
 import ml_collections
 
