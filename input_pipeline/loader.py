@@ -48,6 +48,8 @@ class StepBatcher:
 
   def batches(self, start, end):
     """This host's batches of steps [start, end), stacked on a leading step axis: [end - start, local B, ...]."""
+    if end - start == 1:  # the default steps_per_call: a view, no copy
+      return {key: value[None] for key, value in self.batch(start).items()}
     batches = [self.batch(step) for step in range(start, end)]
     return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
 
