@@ -135,7 +135,8 @@ def main(_):
   peak = peak_memory_bytes()
   print(f'device={jax.devices()[0].device_kind} x{jax.device_count()} model={FLAGS.model}'
         f'{"/" + str(FLAGS.patch) if FLAGS.model != "unet" else ""} params={count_params(state.params) / 1e6:.1f}M '
-        f'mode={FLAGS.mode} batch={FLAGS.batch} steps_per_call={FLAGS.steps_per_call} dtype={FLAGS.dtype} attention={FLAGS.attention} remat={FLAGS.remat}')
+        f'mode={FLAGS.mode} batch={FLAGS.batch} steps_per_call={FLAGS.steps_per_call} dtype={FLAGS.dtype} '
+        f'attention={FLAGS.attention} remat={FLAGS.remat}')
   print(f'img/s={images_per_second:.1f} step_ms={seconds * FLAGS.batch / b * 1e3:.2f} '
         f'GFLOP/img={flops_per_image / 1e9:.1f} MFU={100 * mfu:.1f}% '
         f'peak_mem={"n/a" if peak is None else f"{peak / 2**30:.2f}GiB"}')
