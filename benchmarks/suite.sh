@@ -25,6 +25,6 @@ ROWS=(
 for row in "${ROWS[@]}"; do
   if [ $# -gt 0 ] && [[ "$row" != *"$1"* ]]; then continue; fi
   echo "\$ python -m benchmarks.$row"
-  python -m benchmarks.$row 2>&1 | grep -E '^(device=|img/s=|source=|host batches|FID Inception|wrote|Traceback|.*Error)' \
+  python -m benchmarks.$row 2>&1 | grep -E '^(device=|img/s=|source=|host batches|FID Inception|wrote|Traceback|.*Error)|attention_impl=cudnn is not' \
     || echo "(failed: rerun the command above to see why)"
 done

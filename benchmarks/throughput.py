@@ -41,7 +41,7 @@ def build_config():
   else:
     from configs.dit import dit_config
     config = dit_config(FLAGS.model.split('_')[1].upper(), FLAGS.patch)
-    config.model.attention_impl = None if FLAGS.attention == 'xla' else 'cudnn'
+  config.model.attention_impl = None if FLAGS.attention == 'xla' else 'cudnn'
   config.data.source = 'digits'  # no dataset is read; keeps validation happy without paths
   config.train.compute_dtype = FLAGS.dtype
   config.train.remat = FLAGS.remat
@@ -59,6 +59,13 @@ def forward_flops_per_image(config, model, params):
   analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
   return float(analysis['flops'])
+
+
+def fused_attention_kernels(jitted, *args):
+  """cuDNN flash-attention calls (forward and backward) in the program: 0 means XLA's attention runs. On one
+  device they are named in the lowered program; on a mesh jax wraps them for the partitioner, so this counts 0."""
+  text = jitted.lower(*args).as_text()
+  return text.count('custom_call @__cudnn$fmha')
 
 
 def time_windows(run, steps, windows):
@@ -112,6 +119,7 @@ def main(_):
       batch = sharding_lib.host_batch_to_global(jax.tree.map(lambda x: np.stack([np.asarray(x)] * k), batch), mesh,
                                                 stacked=True)
       b *= k  # images per call
+    kernels = fused_attention_kernels(step_fn, state, batch)
     holder = {'state': state}
 
     def run():
@@ -126,6 +134,7 @@ def main(_):
     def guided(params, x, t, cond):
       apply = lambda x, t, c: model.apply({'params': params}, x, t, **c)
       return classifier_free_guidance(apply, cond, null_condition(cond, config), 1.5)(x, t)
+    kernels = fused_attention_kernels(guided, state.ema_params, x, t, cond)
     run = lambda: guided(state.ema_params, x, t, cond)
     flops_per_image = 2 * flops  # conditional + unconditional forward per output image
 
@@ -136,7 +145,7 @@ def main(_):
   print(f'device={jax.devices()[0].device_kind} x{jax.device_count()} model={FLAGS.model}'
         f'{"/" + str(FLAGS.patch) if FLAGS.model != "unet" else ""} params={count_params(state.params) / 1e6:.1f}M '
         f'mode={FLAGS.mode} batch={FLAGS.batch} steps_per_call={FLAGS.steps_per_call} dtype={FLAGS.dtype} '
-        f'attention={FLAGS.attention} remat={FLAGS.remat}')
+        f'attention={FLAGS.attention} (cuDNN kernels: {kernels}) remat={FLAGS.remat}')
   print(f'img/s={images_per_second:.1f} step_ms={seconds * FLAGS.batch / b * 1e3:.2f} '
         f'GFLOP/img={flops_per_image / 1e9:.1f} MFU={100 * mfu:.1f}% '
         f'peak_mem={"n/a" if peak is None else f"{peak / 2**30:.2f}GiB"}')

@@ -43,7 +43,7 @@ class DiTBlock(nn.Module):
   attention_impl: str | None = None
 
   @nn.compact
-  def __call__(self, x, c, context=None, context_mask=None):
+  def __call__(self, x, c, context=None, context_lengths=None):
     mod = nn.Dense(6 * self.hidden_size, kernel_init=nn.initializers.zeros, dtype=self.dtype,
                    name='adaLN_modulation')(nn.silu(c))
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
@@ -54,7 +54,7 @@ class DiTBlock(nn.Module):
     if context is not None:  # text: cross-attention to the token states (PixArt-alpha), output projection zero-init
       h = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm_cross')(x)
       x = x + MultiHeadCrossAttention(self.num_heads, self.dtype, self.attention_impl, name='cross_attn')(
-          h, context, context_mask)
+          h, context, context_lengths)
     h = modulate(norm('norm2')(x), shift_mlp, scale_mlp)
     init = nn.initializers.xavier_uniform()
     h = nn.Dense(int(self.hidden_size * self.mlp_ratio), kernel_init=init, dtype=self.dtype, name='mlp_fc1')(h)
@@ -114,16 +114,16 @@ class DiT(nn.Module):
     c = TimestepEmbedder(self.hidden_size, dtype=self.dtype, name='t_embedder')(t)
     if self.num_classes > 0:
       c = c + LabelEmbedder(self.num_classes, self.hidden_size, dtype=self.dtype, name='y_embedder')(y)
-    context = context_mask = None
+    context = context_lengths = None
     if self.text is not None:
       if tokens is None:
         raise ValueError('this DiT is text-conditional: pass tokens=int32 [B, L]')
-      context, pooled, context_mask = encode_text(self.text, tokens, self.dtype)
+      context, pooled, context_lengths = encode_text(self.text, tokens, self.dtype)
       c = c + PooledTextEmbedder(self.hidden_size, self.dtype, name='text_pooled_embedder')(pooled)
     block = nn.remat(DiTBlock) if self.remat else DiTBlock
     for i in range(self.depth):
       x = block(self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype, self.attention_impl,
-                name=f'blocks_{i}')(x, c, context, context_mask)
+                name=f'blocks_{i}')(x, c, context, context_lengths)
     x = FinalLayer(self.hidden_size, p, self.channels, self.dtype, name='final_layer')(x, c)
     x = x.reshape(b, gh, gw, p, p, self.channels).transpose(0, 1, 3, 2, 4, 5)
     return x.reshape(b, gh * p, gw * p, self.channels).astype(jnp.float32)

@@ -1,4 +1,6 @@
 """Layers shared by the DiT and the U-Net: time embeddings, class embeddings and attention."""
+import functools
+import logging
 import math
 
 import flax.linen as nn
@@ -45,21 +47,29 @@ class LabelEmbedder(nn.Module):
     return table(y)
 
 
-def attention(q, k, v, implementation=None, mask=None):
+def attention(q, k, v, implementation=None, kv_lengths=None):
   """Multi-head attention on [B, L, H, D] tensors through jax.nn.dot_product_attention.
 
-  implementation: None lets XLA choose; 'cudnn' asks for the cuDNN flash kernel and falls back
-  to XLA where the backend, dtype or shape does not support it. mask: optional boolean [B, S] over
-  the keys (True = attend).
+  implementation: None lets XLA choose; 'cudnn' asks for the cuDNN flash kernel (bf16/fp16, head dim a
+  multiple of 8, at most 128, or 256 on Hopper) and falls back to XLA, with a warning naming the reason,
+  where the backend, dtype or shape does not support it. kv_lengths: optional int32 [B], the number of
+  leading keys each example attends to (text token states before the padding); a padding mask both
+  implementations fuse.
   """
-  if mask is not None:
-    mask = mask[:, None, None, :]
   if implementation == 'cudnn':
+    if kv_lengths is not None and k.shape[1] % 2:  # the kernel's padded backward wants an even key count (77)
+      pad = lambda y: jnp.pad(y, ((0, 0), (0, 1), (0, 0), (0, 0)))  # a key past every length: masked out
+      k, v = pad(k), pad(v)
     try:
-      return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation='cudnn')
-    except Exception:  # unsupported backend, dtype or head size: the XLA path computes the same
-      pass
-  return jax.nn.dot_product_attention(q, k, v, mask=mask)
+      return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=kv_lengths, implementation='cudnn')
+    except (NotImplementedError, RuntimeError, ValueError) as e:  # the XLA path computes the same
+      _warn_cudnn_fallback(f'{type(e).__name__}: {e}')
+  return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=kv_lengths)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_cudnn_fallback(reason):
+  logging.warning('attention_impl=cudnn is not available here (%s); using XLA attention instead', reason)
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -80,18 +90,18 @@ class MultiHeadSelfAttention(nn.Module):
 
 class MultiHeadCrossAttention(nn.Module):
   """Queries from x [B, L, C], keys and values from a context [B, S, D] (e.g. text token states), with
-  an optional key mask [B, S]; the output projection starts at zero, so a new layer starts as identity
+  optional key lengths [B] (see `attention`); the output projection starts at zero, so a new layer starts as identity
   in its residual branch."""
   num_heads: int
   dtype: jnp.dtype = jnp.float32
   attention_impl: str | None = None
 
   @nn.compact
-  def __call__(self, x, context, mask=None):
+  def __call__(self, x, context, context_lengths=None):
     b, l, c = x.shape
     heads = lambda y: y.reshape(y.shape[0], y.shape[1], self.num_heads, c // self.num_heads)
     q = heads(nn.Dense(c, dtype=self.dtype, name='q')(x))
     k = heads(nn.Dense(c, dtype=self.dtype, name='k')(context.astype(self.dtype)))
     v = heads(nn.Dense(c, dtype=self.dtype, name='v')(context.astype(self.dtype)))
-    out = attention(q, k, v, self.attention_impl, mask)
+    out = attention(q, k, v, self.attention_impl, context_lengths)
     return nn.Dense(c, kernel_init=nn.initializers.zeros, dtype=self.dtype, name='proj')(out.reshape(b, l, c))

@@ -5,7 +5,7 @@ a CLIP text transformer (`models.clip.CLIPTextTransformer`, causal, pre-LN) on t
 `__call__`, as the submodule 'text_encoder'. Its outputs condition the network twice:
 - the token states [B, L, D] are the keys and values of cross-attention layers (U-Net: after the
   self-attention of each attention block; DiT: after the self-attention of each block), with the
-  padding after the end token masked out;
+  padding after the end token masked out (as key lengths, which cuDNN's fused attention takes);
 - the pooled state (at the end token) is projected and added to the time embedding (U-Net) or to the
   adaLN conditioning vector (DiT).
 
@@ -37,12 +37,12 @@ class TextEncoderSpec:
 
 
 def encode_text(spec, tokens, dtype):
-  """(token states [B, L, D], pooled [B, D], key mask [B, L]); call inside a compact module."""
+  """(token states [B, L, D], pooled [B, D], key lengths [B]: the tokens up to and including the end token);
+  call inside a compact module."""
   hidden, pooled = CLIPTextTransformer(spec.tower, dtype, name=TEXT_ENCODER_NAME)(tokens)
   if spec.frozen:
     hidden, pooled = jax.lax.stop_gradient(hidden), jax.lax.stop_gradient(pooled)
-  mask = jnp.arange(tokens.shape[1])[None] <= eos_positions(tokens)[:, None]
-  return hidden, pooled, mask
+  return hidden, pooled, (eos_positions(tokens) + 1).astype(jnp.int32)
 
 
 @functools.lru_cache(maxsize=1)

@@ -46,7 +46,7 @@ class AttnBlock(nn.Module):
   attention_impl: str | None = None
 
   @nn.compact
-  def __call__(self, x, context=None, context_mask=None):
+  def __call__(self, x, context=None, context_lengths=None):
     """Self-attention; with a context (text token states [B, S, D]), cross-attention to it after."""
     b, hh, ww, c = x.shape
     h = nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-5, dtype=self.dtype, name='norm')(x)
@@ -59,7 +59,7 @@ class AttnBlock(nn.Module):
     if context is not None:
       h = nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-5, dtype=self.dtype, name='cross_norm')(x)
       h = MultiHeadCrossAttention(self.num_heads, self.dtype, self.attention_impl, name='cross_attn')(
-          h.reshape(b, hh * ww, c), context, context_mask)
+          h.reshape(b, hh * ww, c), context, context_lengths)
       x = x + h.reshape(b, hh, ww, c)
     return x
 
@@ -94,18 +94,18 @@ class UNet(nn.Module):
     emb = nn.Dense(4 * ch, dtype=self.dtype, name='temb_1')(nn.silu(emb))
     if self.num_classes > 0:
       emb = emb + LabelEmbedder(self.num_classes, 4 * ch, dtype=self.dtype, name='label_emb')(y)
-    context = context_mask = None
+    context = context_lengths = None
     if self.text is not None:
       if tokens is None:
         raise ValueError('this U-Net is text-conditional: pass tokens=int32 [B, L]')
-      context, pooled, context_mask = encode_text(self.text, tokens, self.dtype)
+      context, pooled, context_lengths = encode_text(self.text, tokens, self.dtype)
       emb = emb + PooledTextEmbedder(4 * ch, self.dtype, name='text_pooled_emb')(pooled)
 
     res_block = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
     block = lambda out, name: res_block(out, self.dropout, self.num_groups, self.scale_shift_norm, self.dtype,
                                         name=name)
     attn_block = lambda name: AttnBlock(self.num_heads, self.num_groups, self.dtype, self.attention_impl, name=name)
-    attn = lambda name: lambda h: attn_block(name)(h, context, context_mask)
+    attn = lambda name: lambda h: attn_block(name)(h, context, context_lengths)
 
     h = nn.Conv(ch, (3, 3), dtype=self.dtype, name='conv_in')(x.astype(self.dtype))
     skips = [h]
