@@ -113,6 +113,7 @@ def base_config():
   c.sample.clip_denoised = True
   c.sample.guidance_interval = ()  # (lo, hi) network times where guidance applies; () = everywhere
   c.sample.karras_rho = 7.0       # 'heun'/'euler' on VP objectives: Karras noise-level spacing
+  c.sample.karras_sigma_max = 0.0  # ... starting there (EDM: 80); 0 = the schedule's largest (cosine: ~2e4)
   c.sample.flow_shift = 1.0       # flow samplers: t -> shift t / (1 + (shift - 1) t); 1 = uniform
   c.sample.num_samples = 1000
   c.sample.batch_size = 250
@@ -214,7 +215,8 @@ def validate_config(config):
                'sample.karras_rho', 'sample.flow_shift', 'train.steps_per_call'):
     _positive(config, path)
   for path in ('data.num_classes', 'optim.warmup_steps', 'optim.weight_decay', 'optim.grad_clip',
-               'train.sample_every', 'train.sample_grid', 'mesh.min_shard_size', 'sample.eta', 'data.prefetch'):
+               'train.sample_every', 'train.sample_grid', 'mesh.min_shard_size', 'sample.eta', 'data.prefetch',
+               'sample.karras_sigma_max'):
     _positive(config, path, allow_zero=True)
   if not 0 < config.optim.learning_rate < 1:
     raise ValueError(f'config.optim.learning_rate={config.optim.learning_rate} must be in (0, 1)')
@@ -232,6 +234,10 @@ def validate_config(config):
   if flow and config.sample.sampler not in flow_samplers:
     raise ValueError(f'config.sample.sampler={config.sample.sampler!r} does not apply to '
                      f'config.diffusion.objective=\'flow\'; choose one of {flow_samplers}')
+  if config.sample.get('karras_sigma_max', 0.0) and not flow and config.sample.sampler in flow_samplers:
+    from diffusion.karras import schedule_karras_sigmas
+    from diffusion.schedules import alphas_cumprod_for
+    schedule_karras_sigmas(alphas_cumprod_for(config), 2, sigma_max=config.sample.karras_sigma_max)  # in range?
   if config.diffusion.preconditioning == 'edm' and config.diffusion.objective != 'x0':
     raise ValueError("config.diffusion.preconditioning='edm' makes the network an x0 denoiser; set "
                      f"config.diffusion.objective='x0' (got {config.diffusion.objective!r})")

@@ -22,22 +22,32 @@ def karras_sigmas(num_steps, sigma_min, sigma_max, rho=7.0):
   return np.concatenate([sigmas, [0.0]])
 
 
-def schedule_karras_sigmas(alphas_cumprod, num_steps, rho=7.0):
-  """karras_sigmas between the schedule's extreme noise levels, sigma(t=0) and sigma(t=T-1)."""
+def schedule_karras_sigmas(alphas_cumprod, num_steps, rho=7.0, sigma_max=None):
+  """karras_sigmas from sigma_max (default: the schedule's largest, sigma(t=T-1)) down to sigma(t=0).
+
+  A cosine schedule's largest sigma is about 2e4, where few-step samplers waste their first steps; EDM
+  starts at 80. sigma_max above the schedule's largest would ask the network for noise levels it never saw.
+  """
   sigmas = sigmas_from_alphas_cumprod(alphas_cumprod)
-  return karras_sigmas(num_steps, sigmas[0], sigmas[-1], rho)
+  if sigma_max is None:
+    sigma_max = sigmas[-1]
+  if not sigmas[0] < sigma_max <= sigmas[-1] * (1 + 1e-6):
+    raise ValueError(f'config.sample.karras_sigma_max={sigma_max:g} must lie in the schedule\'s noise levels '
+                     f'({sigmas[0]:.4g}, {sigmas[-1]:.6g}]; 0 uses the largest')
+  return karras_sigmas(num_steps, sigmas[0], min(sigma_max, sigmas[-1]), rho)
 
 
 def karras_sample(model_fn, noise, alphas_cumprod, num_steps, objective='eps', rho=7.0, order=2,
-                  clip_denoised=False):
-  """EDM's deterministic sampler from noise (a VP x_T ~ N(0, I)); returns the x_0 estimate.
+                  clip_denoised=False, sigma_max=None):
+  """EDM's deterministic sampler from noise (a VP x_T ~ N(0, I), read as x at sigma_max: its signal, of
+  variance 1 / (1 + sigma_max^2), is dropped); returns the x_0 estimate.
 
   order=2 is Heun's method on every step but the last (2 num_steps - 1 network calls); order=1 is
   Euler (num_steps calls). The last step, to sigma = 0, is an Euler step, which lands on D.
   """
   if order not in (1, 2):
     raise ValueError(f'order must be 1 (Euler) or 2 (Heun), got {order}')
-  sigmas_np = schedule_karras_sigmas(alphas_cumprod, num_steps, rho)
+  sigmas_np = schedule_karras_sigmas(alphas_cumprod, num_steps, rho, sigma_max)
   timesteps = jnp.asarray(timestep_at_sigma(alphas_cumprod, sigmas_np[:-1]), jnp.float32)
   sigmas = jnp.asarray(sigmas_np, jnp.float32)
 
@@ -59,11 +69,3 @@ def karras_sample(model_fn, noise, alphas_cumprod, num_steps, objective='eps', r
   x = noise * jnp.sqrt(1 + sigmas[0] ** 2)
   x = jax.lax.fori_loop(0, num_steps - 1, step, x)
   return denoised(x, num_steps - 1)
-
-
-def karras_heun_sample(model_fn, noise, alphas_cumprod, num_steps, objective='eps', rho=7.0, clip_denoised=False):
-  return karras_sample(model_fn, noise, alphas_cumprod, num_steps, objective, rho, 2, clip_denoised)
-
-
-def karras_euler_sample(model_fn, noise, alphas_cumprod, num_steps, objective='eps', rho=7.0, clip_denoised=False):
-  return karras_sample(model_fn, noise, alphas_cumprod, num_steps, objective, rho, 1, clip_denoised)

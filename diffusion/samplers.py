@@ -75,7 +75,8 @@ def run_sampler(sample_config, objective, alphas_cumprod, model_fn, noise, rng, 
   """Runs the sampler `sample_config.sampler` from initial noise; returns x_0 estimates.
 
   VP objectives (eps, x0, v): 'ddpm', 'ddim', 'dpm++2m' on `sample_config.spacing` timesteps;
-  'heun' and 'euler' on Karras noise levels (rho = sample_config.karras_rho). Objective 'flow':
+  'heun' and 'euler' on Karras noise levels (rho = sample_config.karras_rho, from karras_sigma_max or the
+  schedule's largest sigma). Objective 'flow':
   'euler' and 'heun' on uniform flow times, shifted by sample_config.flow_shift.
   preconditioning='edm' reads model_fn as EDM's preconditioned network F (objectives.edm_denoiser).
   """
@@ -104,5 +105,5 @@ def run_sampler(sample_config, objective, alphas_cumprod, model_fn, noise, rng, 
   if name in ('heun', 'euler'):
     return karras_sample(model_fn, noise, alphas_cumprod, num_steps, objective,
                          rho=sample_config.get('karras_rho', 7.0), order=2 if name == 'heun' else 1,
-                         clip_denoised=clip)
+                         clip_denoised=clip, sigma_max=sample_config.get('karras_sigma_max', 0.0) or None)
   raise ValueError(f'config.sample.sampler={name!r} is not available')
