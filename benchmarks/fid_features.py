@@ -13,7 +13,9 @@ import time
 import jax
 import numpy as np
 
-from evaluation import inception, inception_convert, inception_metrics
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from evaluation import device_batches, inception, inception_convert, inception_metrics
 
 
 def _variables(weights):
@@ -25,13 +27,15 @@ def _variables(weights):
 def benchmark(batch_size, num_images, image_size, precision='highest', weights=None, repeats=5):
   """{'median_batch_img_per_s', 'end_to_end_img_per_s', 'compile_s', ...} for the given setting."""
   model = inception.FIDInceptionV3(precision=precision)
-  variables = jax.device_put(_variables(weights))
+  mesh = device_batches.local_mesh()  # every local device, as the evaluators run
+  variables = device_batches.replicate(_variables(weights), mesh)
+  batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
   rng = np.random.default_rng(0)
   batch = rng.integers(0, 256, (batch_size, image_size, image_size, 3), dtype=np.uint8)
+  device_batch = jax.device_put(batch, NamedSharding(mesh, P('batch')))
   start = time.perf_counter()
-  jax.block_until_ready(inception_metrics._inception_forward(model, variables, batch))  # pylint: disable=protected-access
+  jax.block_until_ready(inception_metrics._inception_forward(model, variables, device_batch))  # pylint: disable=protected-access
   compile_s = time.perf_counter() - start
-  device_batch = jax.device_put(batch)
   batch_times = []
   for _ in range(repeats):
     start = time.perf_counter()
@@ -39,9 +43,9 @@ def benchmark(batch_size, num_images, image_size, precision='highest', weights=N
     batch_times.append(time.perf_counter() - start)
   images = rng.integers(0, 256, (num_images, image_size, image_size, 3), dtype=np.uint8)
   start = time.perf_counter()
-  inception_metrics.extract_features(variables, images, batch_size, model)
+  inception_metrics.extract_features(variables, images, batch_size, model, mesh)
   end_to_end_s = time.perf_counter() - start
-  return {'device': str(jax.devices()[0].device_kind), 'platform': jax.default_backend(),
+  return {'device': f'{jax.devices()[0].device_kind} x{mesh.devices.size}', 'platform': jax.default_backend(),
           'batch_size': batch_size, 'image_size': image_size, 'precision': precision,
           'compile_s': compile_s, 'median_batch_img_per_s': batch_size / np.median(batch_times),
           'end_to_end_img_per_s': num_images / end_to_end_s, 'num_images': num_images}

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from evaluation import device_batches
 from models.clip import CLIPModel, l2_normalize
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -118,27 +119,14 @@ def text_embeddings(model, params, input_ids):
   return l2_normalize(model.apply({'params': params}, input_ids, method=CLIPModel.get_text_features))
 
 
-def _padded_batches(array, batch_size):
-  """Yields (batch padded with zeros to batch_size, number of real rows)."""
-  for start in range(0, len(array), batch_size):
-    chunk = array[start:start + batch_size]
-    pad = batch_size - len(chunk)
-    if pad:
-      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-    yield chunk, batch_size - pad
-
-
-def _batched(fn, model, params, array, batch_size):
-  outputs = [np.asarray(fn(model, params, jnp.asarray(chunk)))[:n] for chunk, n in _padded_batches(array, batch_size)]
-  return np.concatenate(outputs)
-
-
 class CLIPScorer:
-  """CLIP model + params + tokenizer; every batch is padded to `batch_size`, so each tower compiles once."""
+  """CLIP model + params + tokenizer; every batch is padded to `batch_size` (rounded up to a multiple of the local
+  device count) and split over this host's devices, so each tower compiles once."""
 
   def __init__(self, config, params, tokenizer, batch_size=64, dtype=jnp.float32):
     self.model = CLIPModel(config, dtype)
-    self.params = params
+    self.mesh = device_batches.local_mesh()
+    self.params = device_batches.replicate(params, self.mesh)
     self.tokenizer = tokenizer
     self.batch_size = batch_size
 
@@ -156,14 +144,17 @@ class CLIPScorer:
 
   def embed_pixels(self, pixel_values):
     """Normalized embeddings [N, D] of preprocessed float32 [N, S, S, 3] pixels."""
-    return _batched(image_embeddings, self.model, self.params, np.asarray(pixel_values, np.float32),
-                    self.batch_size)
+    return self._map(image_embeddings, np.asarray(pixel_values, np.float32))
+
+  def _map(self, embed, array):
+    return device_batches.map_batches(functools.partial(embed, self.model, self.params), array, self.batch_size,
+                                      self.mesh)
 
   def embed_images(self, images):
     return self.embed_pixels(preprocess_images(images, self.image_size))
 
   def embed_token_ids(self, input_ids):
-    return _batched(text_embeddings, self.model, self.params, np.asarray(input_ids, np.int32), self.batch_size)
+    return self._map(text_embeddings, np.asarray(input_ids, np.int32))
 
   def embed_texts(self, texts):
     return self.embed_token_ids(self.tokenizer.tokenize(texts, self.model.config.text.max_length))

@@ -2,7 +2,8 @@
 
 Reference statistics use the ADM evaluator's npz layout: `arr_0` uint8 NHWC images and/or `mu`,
 `sigma` (pool3 mean and covariance). Precision/recall follow Kynkäänniemi et al. 2019 (k-NN
-manifolds on pool3 features, k = 3), computed in row chunks so 50k x 50k never materialises.
+manifolds on pool3 features, k = 3), computed in row chunks so 50k x 50k never materialises. Features,
+distances and ball tests run on every local device (evaluation/device_batches.py).
 """
 import functools
 import logging
@@ -12,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from evaluation import device_batches
 from evaluation import frechet
 from evaluation import inception
 
@@ -24,36 +26,22 @@ def _inception_forward(model, variables, images):
   return outputs.pool3, outputs.logits_unbiased
 
 
-def _padded_batches(images, batch_size):
-  """Yield (batch of exactly batch_size rows, number of real rows); the last one is zero-padded."""
-  for start in range(0, len(images), batch_size):
-    batch = np.asarray(images[start:start + batch_size])
-    valid = len(batch)
-    if valid < batch_size:
-      batch = np.concatenate([batch, np.zeros((batch_size - valid, *batch.shape[1:]), batch.dtype)])
-    yield batch, valid
-
-
-def extract_features(variables, images, batch_size=200, model=None, sharding=None):
+def extract_features(variables, images, batch_size=200, model=None, mesh=None):
   """Pool3 features [N, 2048] and unbiased logits [N, 1008] (float32 numpy) of images in [0, 255].
 
   images: [N, H, W, 3] (or greyscale [N, H, W, 1]) uint8 or float array (a numpy memmap works); any
-  size, resized to 299 inside the network. One compilation per
-  (batch_size, H, W, dtype): the last batch is padded. `sharding` optionally places each image
-  batch (e.g. NamedSharding(mesh, P('data'))), with batch_size divisible by its device count.
+  size, resized to 299 inside the network. Each batch is split over the devices of `mesh` (default: all
+  of this host's), batch_size rounded up to a multiple of their number; one compilation per
+  (batch_size, H, W, dtype): the last batch is padded.
   """
   model = model or inception.FIDInceptionV3()
   if len(images) == 0:
     raise ValueError('no images to extract features from')
-  pool3, logits = [], []
-  for batch, valid in _padded_batches(images, batch_size):
-    if sharding is not None:
-      batch = jax.device_put(batch, sharding)
-    batch_pool3, batch_logits = _inception_forward(model, variables, batch)
-    pool3.append(batch_pool3[:valid])
-    logits.append(batch_logits[:valid])
-  return (np.concatenate(jax.device_get(pool3)).astype(np.float32),
-          np.concatenate(jax.device_get(logits)).astype(np.float32))
+  mesh = mesh or device_batches.local_mesh()
+  variables = device_batches.replicate(variables, mesh)
+  pool3, logits = device_batches.map_batches(functools.partial(_inception_forward, model, variables), images,
+                                             batch_size, mesh)
+  return pool3.astype(np.float32), logits.astype(np.float32)
 
 
 def inception_score(logits, splits=10):
@@ -96,26 +84,24 @@ def _inside_any_ball(rows, centres, sq_radii):
   return jnp.any(_squared_distances(rows, centres) <= sq_radii[None], axis=1)
 
 
-def _map_row_chunks(fn, rows, chunk_size):
-  """Apply fn to fixed-size (padded) chunks of rows and concatenate the valid outputs."""
-  outputs = [fn(chunk)[:valid] for chunk, valid in _padded_batches(rows, chunk_size)]
-  return np.concatenate(jax.device_get(outputs))
-
-
 def manifold_sq_radii(features, k=3, chunk_size=1000):
   """Squared k-NN radius of every point within its own set (Kynkäänniemi et al.)."""
-  features = jnp.asarray(features, jnp.float32)
   if len(features) <= k:
     raise ValueError(f'need more than k={k} points, got {len(features)}')
-  return _map_row_chunks(lambda rows: _kth_neighbour_sq_distance(rows, features, k=k),
-                         np.asarray(features), chunk_size)
+  mesh = device_batches.local_mesh()
+  features = np.asarray(features, np.float32)
+  everyone = device_batches.replicate(features, mesh)
+  return device_batches.map_batches(lambda rows: _kth_neighbour_sq_distance(rows, everyone, k=k), features,
+                                    chunk_size, mesh)
 
 
 def fraction_inside_manifold(points, centres, sq_radii, chunk_size=1000):
   """Fraction of points within the k-NN ball of at least one centre."""
-  centres, sq_radii = jnp.asarray(centres, jnp.float32), jnp.asarray(sq_radii, jnp.float32)
-  inside = _map_row_chunks(lambda rows: _inside_any_ball(rows, centres, sq_radii),
-                           np.asarray(points, np.float32), chunk_size)
+  mesh = device_batches.local_mesh()
+  centres, sq_radii = device_batches.replicate((np.asarray(centres, np.float32), np.asarray(sq_radii, np.float32)),
+                                               mesh)
+  inside = device_batches.map_batches(lambda rows: _inside_any_ball(rows, centres, sq_radii),
+                                      np.asarray(points, np.float32), chunk_size, mesh)
   return float(inside.mean())
 
 
@@ -235,7 +221,8 @@ class InceptionEvaluator:
     for field in ('inception_weights', 'reference_npz'):
       if not eval_config.get(field):
         raise ValueError(f'config.evals.inception.{field} is not set')
-    self.variables = inception_convert.load_inception_params(eval_config.inception_weights)
+    self.variables = device_batches.replicate(inception_convert.load_inception_params(eval_config.inception_weights),
+                                              device_batches.local_mesh())
     self.reference_npz = eval_config.reference_npz
     keys = check_reference_npz(self.reference_npz)
     self.with_precision_recall = eval_config.get('precision_recall', True) and 'arr_0' in keys

@@ -254,7 +254,9 @@ def reference_statistics(variables, chunks, total, batch_size, keep_images=False
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   from evaluation.frechet import RunningFeatureStatistics  # pylint: disable=import-outside-toplevel
   from evaluation.inception_metrics import extract_features  # pylint: disable=import-outside-toplevel
+  from evaluation.device_batches import local_mesh, replicate  # pylint: disable=import-outside-toplevel
   statistics, kept = RunningFeatureStatistics(), []
+  variables = replicate(variables, local_mesh())  # once, not per chunk
   with tqdm(total=total, desc='FID features', unit='img', disable=not is_main_process()) as bar:
     for chunk in chunks:
       pool3, _ = extract_features(variables, chunk, batch_size)

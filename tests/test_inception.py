@@ -8,6 +8,7 @@ import math
 import jax
 import numpy as np
 import pytest
+from jax.sharding import Mesh
 
 from evaluation import inception, inception_convert, inception_metrics
 
@@ -248,14 +249,22 @@ def test_evaluate_samples_against_itself(tmp_path, monkeypatch, variables, image
   assert metrics['inception_score'] >= 1.0
 
 
-def test_extract_features_with_batch_sharded_over_devices(variables, images):
-  if jax.device_count() < 2:
-    pytest.skip('needs several (fake) devices; tests/conftest.py asks XLA for 8 CPU devices')
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
-  mesh = Mesh(np.array(jax.devices()), ('data',))
-  sharding = NamedSharding(mesh, PartitionSpec('data'))
-  batch_size = jax.device_count()
-  many = np.concatenate([images, images[::-1]])[:batch_size + 2]  # two batches, the last padded
-  pool3, _ = inception_metrics.extract_features(variables, many, batch_size, SMALL, sharding)
-  expected, _ = inception_metrics.extract_features(variables, many, batch_size, SMALL)
+def test_extract_features_splits_batches_over_every_local_device(variables, images):
+  """The default mesh is all 8 (fake) devices; features equal those of a one-device run, and the padding of a
+  batch rounded up to the device count is dropped."""
+  assert jax.local_device_count() == 8  # tests/conftest.py asks XLA for 8 CPU devices
+  one_device = Mesh(np.array(jax.local_devices()[:1]), ('batch',))
+  many = np.concatenate([images, images[::-1], images])[:11]  # batch 3 -> 8: one full batch and one padded
+  calls = []
+  forward = inception_metrics._inception_forward  # pylint: disable=protected-access
+
+  def spy(model, variables, batch):
+    calls.append(len(batch.sharding.device_set))
+    return forward(model, variables, batch)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(inception_metrics, '_inception_forward', spy)
+    pool3, logits = inception_metrics.extract_features(variables, many, 3, SMALL)
+  assert calls == [8, 8] and len(pool3) == len(logits) == len(many) == 11
+  expected, expected_logits = inception_metrics.extract_features(variables, many, 3, SMALL, mesh=one_device)
   np.testing.assert_allclose(pool3, expected, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(logits, expected_logits, rtol=1e-4, atol=1e-4)
