@@ -1,4 +1,4 @@
-"""Entry point: python main.py --config=configs/<name>.py[:arg] --workdir=DIR [--mode=train|sample|eval|fid_stats|encode].
+"""Entry point: python main.py --config=configs/<name>.py[:arg] --workdir=DIR [--mode=train|sample|eval|fid_stats|encode|edit].
 
 Any config field can be overridden on the command line, e.g. --config.train.batch_size=64.
 """
@@ -11,21 +11,32 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file('config', None, 'Path to a config file, with an optional :argument.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard events, samples and metrics.')
-flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'fid_stats', 'encode'],
-                  'What to do (encode: config.data.pixels -> VAE latents in config.data.path).')
-flags.DEFINE_bool('overwrite', False, 'Allow --mode=sample, eval and fid_stats to replace an existing output file.')
+flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'fid_stats', 'encode', 'edit'],
+                  'What to do (encode: config.data.pixels -> VAE latents in config.data.path; edit: img2img and '
+                  'inpainting of --images, edit.py).')
+flags.DEFINE_bool('overwrite', False, 'Allow --mode=sample, eval, fid_stats and edit to replace an existing output '
+                  'file.')
 # --mode=eval and --mode=fid_stats (evaluation/jobs.py, docs/evaluation.md)
 flags.DEFINE_string('samples', None, 'eval: an npz of samples (arr_0 uint8 NHWC, arr_1 labels); default: draw '
                     'config.sample.num_samples from the newest checkpoint.')
 flags.DEFINE_string('eval_name', None, 'eval: results go to <workdir>/eval/<eval_name>.json (default: the npz '
                     'name, or step_<checkpoint step>).')
-flags.DEFINE_string('images', None, 'fid_stats: an image folder or an npz (arr_0) instead of the config dataset.')
+flags.DEFINE_string('images', None, 'fid_stats: an image folder or an npz (arr_0) instead of the config dataset; '
+                    'edit: the images to edit (a file, a folder or an npz).')
 flags.DEFINE_string('output', None, 'fid_stats: the reference npz to write (default: '
                     'config.evals.inception.reference_npz).')
 flags.DEFINE_string('inception_weights', None, 'fid_stats: converted FID Inception weights (default: '
                     'config.evals.inception.inception_weights).')
 flags.DEFINE_integer('num_images', 0, 'fid_stats: use a fixed random subset of this many images (0: all).')
 flags.DEFINE_bool('keep_images', False, 'fid_stats: store the images as arr_0 too (precision/recall needs them).')
+# --mode=edit (edit.py)
+flags.DEFINE_string('mask', None, 'edit: inpainting mask image, white = repaint, black = keep (none: img2img).')
+flags.DEFINE_float('strength', None, 'edit: fraction of the sampler steps that run, in [0, 1] (default 0.6 for '
+                   'img2img, 1.0 for inpainting).')
+flags.DEFINE_string('labels', None, 'edit: class label(s), one for all images or comma-separated, one per image '
+                    '(none: the null label).')
+flags.DEFINE_string('prompt', None, 'edit: the prompt, for text-conditional models.')
+flags.DEFINE_string('edit_name', None, 'edit: outputs go to <workdir>/edits/<edit_name>.npz and .png.')
 flags.DEFINE_bool('jax_distributed', False, 'Call jax.distributed.initialize() first (multi-host runs; '
                   'coordinator and process ids come from the environment, e.g. SLURM or TPU metadata).')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -71,6 +82,10 @@ def main(argv):
   elif FLAGS.mode == 'encode':
     from input_pipeline import encode
     encode.run_encode_job(config, workdir)
+  elif FLAGS.mode == 'edit':
+    import edit
+    edit.run_edit_job(config, workdir, FLAGS.images, mask=FLAGS.mask, strength=FLAGS.strength, labels=FLAGS.labels,
+                      prompt=FLAGS.prompt, name=FLAGS.edit_name, overwrite=FLAGS.overwrite)
 
 
 def run():

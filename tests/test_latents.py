@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import edit
 import sharding as sharding_lib
 import train
 from configs.common import validate_config
@@ -89,6 +90,16 @@ def test_train_latent_dit_then_sample_and_decode(encoded, tmp_path):
   np.testing.assert_array_equal(cond['y'], np.arange(8) % 2)
   pixels = make_latent_decoder(c)(create_source(c.data).get(np.arange(3))['image'])
   assert pixels.shape == (3, 16, 16, 3) and pixels.min() >= -1 and pixels.max() <= 1
+  # --mode=edit on the latent model: encoded, inpainted in the latent grid, decoded, the kept pixels pasted back
+  mask = np.zeros((16, 16), np.uint8)
+  mask[5:11, 5:11] = 255  # repaint the centre: latent pixels 2-5 of 8 (factor 2)
+  Image.fromarray(mask).save(tmp_path / 'mask.png')
+  path = edit.run_edit_job(c, str(tmp_path / 'run'), c.data.pixels.path, mask=str(tmp_path / 'mask.png'), labels='1')
+  with np.load(path) as out:
+    edited, inputs, keep = out['arr_0'], out['inputs'], out['keep']
+  assert edited.shape == inputs.shape == (10, 16, 16, 3) and keep.sum() == 256 - 36
+  np.testing.assert_array_equal(edited[:, keep], inputs[:, keep])
+  assert np.abs(edited[:, ~keep].astype(int) - inputs[:, ~keep]).mean() > 5
 
 
 def test_scale_mismatch_and_missing_files_fail_clearly(files, encoded, tmp_path):
