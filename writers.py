@@ -119,4 +119,8 @@ def create_writer(workdir, is_main_process=True):
   jsonl = JsonlWriter(os.path.join(workdir, 'metrics.jsonl'))
   if importlib.util.find_spec('tensorflow') is not None:
     return MultiWriter([CluWriter(logdir, just_logging=False), jsonl])
+  if importlib.util.find_spec('tensorboardX') is None:  # e.g. a bare accelerator image: keep training, say so
+    logging.warning('neither tensorflow nor tensorboardX is installed: no TensorBoard events, metrics go to %s and '
+                    'the console (pip install tensorboardX)', jsonl.path)
+    return MultiWriter([ConsoleWriter(), jsonl])
   return MultiWriter([TensorboardXWriter(logdir), ConsoleWriter(), jsonl])

@@ -99,6 +99,20 @@ def test_loss_falls_and_outputs_are_written(tmp_path):
   assert os.path.exists(tmp_path / 'samples' / 'step_00000060.png')
 
 
+def test_writer_without_tensorboard_backends_keeps_jsonl_and_warns(tmp_path, monkeypatch, caplog):
+  """The GPU image has neither TensorFlow nor tensorboardX: training must still log (metrics.jsonl, console)."""
+  import importlib.util
+  import writers
+  real_find_spec = importlib.util.find_spec
+  monkeypatch.setattr(writers.importlib.util, 'find_spec',
+                      lambda name, *a: None if name in ('tensorflow', 'tensorboardX') else real_find_spec(name, *a))
+  writer = writers.create_writer(str(tmp_path))
+  writer.write_scalars(3, {'loss': 0.5})
+  writer.close()
+  assert read_metrics(tmp_path, 'loss') == [(3, 0.5)] and not os.path.exists(tmp_path / 'tensorboard')
+  assert any('pip install tensorboardX' in r.getMessage() for r in caplog.records)
+
+
 def test_checkpoint_restores_under_another_mesh(tmp_path):
   from checkpoints import CheckpointStore
   c = tiny_unet_config(train__num_steps=2, train__checkpoint_every=2)
