@@ -33,7 +33,8 @@ import numpy as np
 
 from diffusion import editing
 from models.conditioning import uses_labels, uses_text
-from sample import image_grid, to_uint8, write_png
+import sharding as sharding_lib
+from sample import gather_to_host, image_grid, to_uint8, write_png
 
 EDIT_DIR = 'edits'
 
@@ -147,20 +148,23 @@ def run_edit_job(config, workdir, images, mask=None, strength=None, labels=None,
   for path in (out_path, png_path):
     refuse_existing(path, overwrite, '--edit_name=<another name>')
 
-  model, params, step, _ = restore_for_inference(config, workdir, use_ema=config.sample.use_ema)
+  model, params, step, mesh = restore_for_inference(config, workdir, use_ema=config.sample.use_ema)
   x, model_keep, decode = to_model_space(config, inputs, keep)
   edit_fn = editing.make_edit_fn(config, model)
   logging.info('%s of %d images with %s, %d steps at strength %.2f, guidance %.2f, from step %d',
                'inpainting' if inpainting else 'img2img', len(inputs), config.sample.sampler,
                config.sample.num_steps, strength, config.sample.guidance_scale, step)
-  outputs, batch = [], config.sample.batch_size
-  mask_arg = None if model_keep is None else jnp.asarray(model_keep, jnp.float32)
+  outputs, devices = [], mesh.devices.size
+  batch = -(-min(config.sample.batch_size, len(inputs)) // devices) * devices  # split over the mesh
+  mask_arg = None if model_keep is None else np.asarray(model_keep, np.float32)
   for start in range(0, len(inputs), batch):
+    count = min(batch, len(inputs) - start)
+    pad = lambda v: np.concatenate([v[start:start + count], np.repeat(v[start:start + 1], batch - count, axis=0)])
+    batch_x, batch_cond = sharding_lib.shared_batch_to_global((pad(x), {k: pad(v) for k, v in cond.items()}), mesh)
     rng = jax.random.fold_in(jax.random.PRNGKey(config.sample.seed), start)
-    batch_cond = {k: jnp.asarray(v[start:start + batch]) for k, v in cond.items()}
-    out = edit_fn(params, batch_cond, jnp.asarray(x[start:start + batch]), rng,
-                  jnp.float32(config.sample.guidance_scale), strength=float(strength), mask=mask_arg)
-    outputs.append(decode(np.asarray(out)))
+    out = edit_fn(params, batch_cond, batch_x, rng, jnp.float32(config.sample.guidance_scale),
+                  strength=float(strength), mask=mask_arg)
+    outputs.append(decode(gather_to_host(out)[:count]))
   edited = np.concatenate(outputs)
   if keep is not None:
     edited = np.where(keep[None], inputs, edited)  # exact for pixel models already; latent ones lose detail

@@ -38,7 +38,8 @@ flags.DEFINE_string('labels', None, 'edit: class label(s), one for all images or
 flags.DEFINE_string('prompt', None, 'edit: the prompt, for text-conditional models.')
 flags.DEFINE_string('edit_name', None, 'edit: outputs go to <workdir>/edits/<edit_name>.npz and .png.')
 flags.DEFINE_bool('jax_distributed', False, 'Call jax.distributed.initialize() first (multi-host runs; '
-                  'coordinator and process ids come from the environment, e.g. SLURM or TPU metadata).')
+                  'coordinator and process ids come from the environment: SLURM, Open MPI or TPU metadata, or '
+                  'JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID).')
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
@@ -48,6 +49,22 @@ class _QuietLibraries(logging.Filter):
 
   def filter(self, record):
     return record.levelno >= logging.WARNING or 'orbax' not in record.pathname
+
+
+def distributed_settings(environ):
+  """jax.distributed.initialize arguments from JAX_NUM_PROCESSES and JAX_PROCESS_ID (with jax's own
+  JAX_COORDINATOR_ADDRESS), for launchers jax cannot detect; none set: jax detects SLURM, Open MPI or TPUs."""
+  settings = {}
+  for key, name in (('num_processes', 'JAX_NUM_PROCESSES'), ('process_id', 'JAX_PROCESS_ID')):
+    if environ.get(name):
+      try:
+        settings[key] = int(environ[name])
+      except ValueError as e:
+        raise ValueError(f'{name}={environ[name]!r} is not an integer') from e
+  if settings and (len(settings) != 2 or not environ.get('JAX_COORDINATOR_ADDRESS')):
+    raise ValueError('--jax_distributed without cluster detection needs all of JAX_COORDINATOR_ADDRESS (host:port of '
+                     'process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID')
+  return settings
 
 
 def main(argv):
@@ -61,7 +78,7 @@ def main(argv):
 
   import jax
   if FLAGS.jax_distributed:
-    jax.distributed.initialize()
+    jax.distributed.initialize(**distributed_settings(os.environ))
   logging.info('JAX %s, process %d of %d, %d local / %d global devices (%s)', jax.__version__, jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
   workdir = os.path.abspath(FLAGS.workdir)

@@ -81,7 +81,8 @@ def generate_samples(config, generate_fn, params, mesh, num_samples, seed, cond=
     pad = batch_size - count
     batch_cond = {k: np.pad(v[start:start + count], [(0, pad)] + [(0, 0)] * (v.ndim - 1))
                   for k, v in model_cond.items()}
-    noise = initial_noise(seed, start, batch_size, shape)
+    noise = np.asarray(initial_noise(seed, start, batch_size, shape))
+    batch_cond, noise = sharding_lib.shared_batch_to_global((batch_cond, noise), mesh)  # same on every host
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1_000_000_007 + start)
     x = generate_fn(params, batch_cond, noise, rng, jnp.float32(scale))
     out.append(decode(gather_to_host(x)[:count]))

@@ -74,3 +74,13 @@ def host_batch_to_global(batch, mesh, stacked=False):
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def shared_batch_to_global(batch, mesh):
+  """A batch every host holds whole (the same numpy values on each, e.g. sampling noise and labels) -> global
+  jax.Arrays split over the data axes, each host placing only its devices' rows."""
+  sharding = batch_sharding(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(batch, sharding)
+  return jax.tree.map(lambda x: jax.make_array_from_callback(x.shape, sharding, lambda index: x[index]),
+                      jax.tree.map(np.asarray, batch))

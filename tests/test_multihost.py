@@ -1,0 +1,98 @@
+"""Multi-host runs, for real: two processes of main.py with 4 CPU devices each, joined by jax.distributed
+(gloo collectives on localhost), against one process with 8 devices.
+
+Each process reads only its host's slice of every batch, checkpoints are written by both together, and
+sample arrays are gathered from both; the results must match the one-process run.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import main
+import train
+from sample import run_sample_job
+from tests.test_reliability import restore
+from tests.tiny import tiny_unet_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def run_two_processes(*args, timeout=500):
+  """main.py in two processes of 4 devices each; returns their stderr (both must exit 0)."""
+  port = free_port()
+  procs = []
+  for process_id in range(2):
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo',
+               JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(process_id))
+    procs.append(subprocess.Popen([sys.executable, 'main.py', '--config=tests/tiny_config.py', '--jax_distributed',
+                                   *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True))
+  errors = []
+  for proc in procs:
+    _, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    errors.append(err)
+  return errors
+
+
+def logged(workdir, name):
+  records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  return {r['step']: r[name] for r in records if name in r}
+
+
+@pytest.fixture(scope='module')
+def two_host_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp('multihost')
+  errors = run_two_processes(f'--workdir={root / "two"}')
+  assert 'process 0 of 2, 4 local / 8 global devices' in errors[0]
+  assert 'process 1 of 2, 4 local / 8 global devices' in errors[1]
+  return root
+
+
+def test_two_hosts_train_like_one_host_with_as_many_devices(two_host_run, tmp_path):
+  config = tiny_unet_config()  # tests/tiny_config.py, on this process's 8 devices
+  train.train_and_evaluate(config, str(tmp_path / 'one'))
+  for name in ('loss', 'grad_norm'):
+    two, one = logged(two_host_run / 'two', name), logged(tmp_path / 'one', name)
+    assert sorted(two) == sorted(one) == [2, 4]
+    np.testing.assert_allclose([two[s] for s in (2, 4)], [one[s] for s in (2, 4)], rtol=1e-5)
+  # the checkpoint both hosts wrote restores in one process, equal to the one-host run's state
+  (state_two, step_two), (state_one, step_one) = restore(config, str(two_host_run / 'two')), restore(
+      config, str(tmp_path / 'one'))
+  assert step_two == step_one == 4
+  for a, b in zip(jax.tree.leaves(state_two), jax.tree.leaves(state_one)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_two_hosts_sample_the_same_images(two_host_run):
+  run_two_processes(f'--workdir={two_host_run / "two"}', '--mode=sample', '--config.sample.num_samples=12',
+                    '--config.sample.output=two_hosts.npz')
+  config = tiny_unet_config()
+  config.sample.num_samples, config.sample.output = 12, 'one_host.npz'
+  run_sample_job(config, str(two_host_run / 'two'))
+  with np.load(two_host_run / 'two' / 'two_hosts.npz') as two, np.load(two_host_run / 'two' / 'one_host.npz') as one:
+    assert two['arr_0'].shape == (12, 8, 8, 1)
+    assert np.abs(two['arr_0'].astype(int) - one['arr_0']).max() <= 1  # uint8 rounding of equal floats
+    np.testing.assert_array_equal(two['arr_1'], one['arr_1'])
+
+
+def test_distributed_settings_from_the_environment():
+  assert main.distributed_settings({}) == {}  # jax detects SLURM, Open MPI or TPUs itself
+  env = {'JAX_COORDINATOR_ADDRESS': 'host0:1234', 'JAX_NUM_PROCESSES': '4', 'JAX_PROCESS_ID': '3'}
+  assert main.distributed_settings(env) == {'num_processes': 4, 'process_id': 3}
+  with pytest.raises(ValueError, match='needs all of JAX_COORDINATOR_ADDRESS'):
+    main.distributed_settings({'JAX_NUM_PROCESSES': '4', 'JAX_PROCESS_ID': '3'})
+  with pytest.raises(ValueError, match="JAX_PROCESS_ID='x' is not an integer"):
+    main.distributed_settings({**env, 'JAX_PROCESS_ID': 'x'})
