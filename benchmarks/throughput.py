@@ -29,9 +29,6 @@ flags.DEFINE_integer('windows', 5, 'Timing windows; the median is reported.')
 flags.DEFINE_float('peak_tflops', 989.0, 'Peak dense bf16 TFLOP/s of the device, for MFU.')
 FLAGS = flags.FLAGS
 
-# DiT paper Table 4: forward Gflops (multiply-adds) at 256x256 for patch 2 / 4 / 8.
-DIT_GMACS = {'dit_s': {2: 6.06, 4: 1.41, 8: 0.36}, 'dit_b': {2: 23.01, 4: 5.56, 8: 1.42},
-             'dit_l': {2: 80.71, 4: 19.70, 8: 5.01}, 'dit_xl': {2: 118.64, 4: 29.05, 8: 7.39}}
 
 
 def build_config():
@@ -52,8 +49,9 @@ def build_config():
 def forward_flops_per_image(config, model, params):
   import jax
   from train_state import dummy_inputs
-  if FLAGS.model in DIT_GMACS and config.data.image_size == 32:
-    return 2e9 * DIT_GMACS[FLAGS.model][FLAGS.patch]
+  from models.dit import DIT_PAPER_GMACS
+  if FLAGS.model != 'unet' and config.data.image_size == 32:
+    return 2e9 * DIT_PAPER_GMACS[FLAGS.model.split('_')[1].upper()][FLAGS.patch]
   x, t, cond = dummy_inputs(config, 1)
   compiled = jax.jit(lambda p: model.apply({'params': p}, x, t, **cond)).lower(params).compile()
   analysis = compiled.cost_analysis()

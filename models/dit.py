@@ -19,6 +19,15 @@ DIT_VARIANTS = {
     'XL': dict(depth=28, hidden_size=1152, num_heads=16),
 }
 
+# Table 4: forward Gflops, counted as multiply-adds, at 256x256 (a 32x32x4 latent), by patch size. The MFU of
+# benchmarks/throughput.py uses them; tests/test_models.py checks this model's own count against them.
+DIT_PAPER_GMACS = {
+    'S': {2: 6.06, 4: 1.41, 8: 0.36},
+    'B': {2: 23.01, 4: 5.56, 8: 1.42},
+    'L': {2: 80.71, 4: 19.70, 8: 5.01},
+    'XL': {2: 118.64, 4: 29.05, 8: 7.39},
+}
+
 
 def sincos_pos_embed_2d(dim, grid_size):
   """Fixed [grid*grid, dim] embedding: half the channels encode the column, half the row (MAE/DiT)."""
