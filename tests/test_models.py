@@ -97,3 +97,21 @@ def test_bfloat16_compute_keeps_float32_params():
   params = model.init(jax.random.PRNGKey(0), x, t, **cond)['params']
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
   assert model.apply({'params': params}, x, t, **cond).dtype == jnp.float32
+
+
+def test_attention_key_lengths_mask_the_padding_on_every_path():
+  """Key lengths are a padding mask; the 'cudnn' request (falling back here, after padding 7 keys to 8 as the
+  kernel needs) computes what XLA's attention with an explicit boolean mask does."""
+  from models.layers import attention
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in ((3, 5, 2, 8), (3, 7, 2, 8),
+                                                                                 (3, 7, 2, 8)))
+  lengths = jnp.array([1, 4, 7])
+  mask = (jnp.arange(7)[None] < lengths[:, None])[:, None, None, :]
+  expected = jax.nn.dot_product_attention(q, k, v, mask=mask)
+  for implementation in (None, 'cudnn'):
+    np.testing.assert_allclose(attention(q, k, v, implementation, lengths), expected, atol=1e-6)
+  # a key past the length changes nothing; within it, it does
+  moved = v.at[:, 3].add(10.0)  # key 3: padding for example 0 (length 1), attended by example 1 (length 4)
+  np.testing.assert_allclose(attention(q, k, moved, None, lengths)[0], expected[0], atol=1e-6)
+  assert float(jnp.abs(attention(q, k, moved, None, lengths)[1] - expected[1]).max()) > 1e-2
