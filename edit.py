@@ -51,13 +51,13 @@ def read_images(path, image_size, channels):
   """uint8 [N, S, S, channels] from an image file, a folder of images, or an npz (arr_0)."""
   from PIL import Image
   from evaluation.jobs import image_files, load_samples_npz
-  from input_pipeline.sources import _center_crop_resize, _resize_images
+  from input_pipeline.sources import center_crop_resize, resize_images
   if not path:
     raise ValueError('--mode=edit needs --images=<an image file, a folder of images, or an npz>')
   if path.endswith('.npz') and os.path.isfile(path):
     images = load_samples_npz(path)[0]
     if images.shape[1:3] != (image_size, image_size):
-      images = _resize_images(images, image_size)
+      images = resize_images(images, image_size)
   elif os.path.isdir(path) or os.path.isfile(path):
     files = image_files(path) if os.path.isdir(path) else [path]
     mode = 'L' if channels == 1 else 'RGB'
@@ -65,7 +65,7 @@ def read_images(path, image_size, channels):
     for file in files:
       try:
         with Image.open(file) as image:
-          images.append(_center_crop_resize(image.convert(mode), image_size))
+          images.append(center_crop_resize(image.convert(mode), image_size))
       except OSError as e:
         raise ValueError(f'--images: cannot read {file} as an image ({e})') from e
     images = np.stack(images)

@@ -218,9 +218,9 @@ def image_files(root):
 def read_rgb(path, image_size):
   """One image file as uint8 RGB, centre-cropped and resized to image_size as the training data is."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
-  from input_pipeline.sources import _center_crop_resize  # pylint: disable=import-outside-toplevel
+  from input_pipeline.sources import center_crop_resize  # pylint: disable=import-outside-toplevel
   with Image.open(path) as image:
-    return _center_crop_resize(image.convert('RGB'), image_size)
+    return center_crop_resize(image.convert('RGB'), image_size)
 
 
 def folder_image_chunks(root, image_size, num_images=0):

@@ -93,11 +93,11 @@ class CocoCaptionsSource:
   def get(self, indices):
     from PIL import Image
 
-    from input_pipeline.sources import _center_crop_resize, to_unit_range
+    from input_pipeline.sources import center_crop_resize, to_unit_range
     images, captions = [], []
     for i in indices:
       record = self.images.data[int(i) // COCO_CAPTIONS_PER_IMAGE]
-      images.append(_center_crop_resize(Image.fromarray(np.asarray(record['image'])), self.images.image_size))
+      images.append(center_crop_resize(Image.fromarray(np.asarray(record['image'])), self.images.image_size))
       text = record['captions']['text'][int(i) % COCO_CAPTIONS_PER_IMAGE]
       captions.append(text.decode('utf-8') if isinstance(text, bytes) else str(text))
     return {'image': to_unit_range(np.stack(images)), 'label': np.zeros(len(indices), np.int32),

@@ -11,17 +11,19 @@ import numpy as np
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.gif')
 
 
-def _resize_images(images_uint8, size):
+def resize_images(images_uint8, size):
   """[N, H, W, C] uint8 -> [N, size, size, C] uint8, ADM-style: box-downscale, then bicubic, centre crop."""
   from PIL import Image
   out = []
   for img in images_uint8:
     pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
-    out.append(_center_crop_resize(pil, size))
+    out.append(center_crop_resize(pil, size))
   return np.stack(out)
 
 
-def _center_crop_resize(pil_image, size):
+def center_crop_resize(pil_image, size):
+  """A PIL image -> uint8 [size, size, C]: halved with a box filter while at least twice the size (ADM), resized
+  bicubic so the short side is `size`, then centre-cropped."""
   from PIL import Image
   while min(pil_image.size) >= 2 * size:
     pil_image = pil_image.resize(tuple(s // 2 for s in pil_image.size), resample=Image.BOX)
@@ -58,7 +60,7 @@ def digits_source(image_size=8, channels=1):
   digits = load_digits()
   images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
   if image_size != 8:
-    images = _resize_images(images, image_size)
+    images = resize_images(images, image_size)
   if channels == 3:
     images = np.repeat(images, 3, axis=-1)
   return ArraySource(to_unit_range(images), digits.target)
@@ -90,7 +92,7 @@ class ImageFolderSource:
   def load_uint8(self, index):
     from PIL import Image
     with Image.open(self.files[index]) as img:
-      return _center_crop_resize(img.convert(self.mode), self.image_size)
+      return center_crop_resize(img.convert(self.mode), self.image_size)
 
   def get(self, indices):
     images = np.stack([self.load_uint8(i) for i in indices])
@@ -121,7 +123,7 @@ class TfdsSource:
   def get(self, indices):
     from PIL import Image
     records = [self.data[int(i)] for i in indices]
-    images = np.stack([_center_crop_resize(Image.fromarray(np.asarray(r['image']).squeeze()), self.image_size)
+    images = np.stack([center_crop_resize(Image.fromarray(np.asarray(r['image']).squeeze()), self.image_size)
                        for r in records])
     return {'image': to_unit_range(images), 'label': np.asarray([r['label'] for r in records], np.int32)}
 
