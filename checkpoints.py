@@ -18,6 +18,8 @@ def model_signature(config):
   """What must match between a checkpoint and the config that restores it."""
   signature = {'model': config.model.to_dict(), 'image_size': config.data.image_size,
                'channels': config.data.channels, 'num_classes': config.data.num_classes}
+  if config.diffusion.get('learn_sigma', False):  # twice the output channels
+    signature['learn_sigma'] = True
   text = config.get('text')
   if text is not None and text.get('encoder', ''):  # text models: the tower, the tokenizer and their use of labels
     signature['text'] = {k: text[k] for k in ('encoder', 'width', 'depth', 'num_heads', 'mlp_ratio', 'use_labels')}

@@ -33,15 +33,19 @@ def make_generate_fn(config, model, mesh):
   interval = tuple(config.sample.get('guidance_interval', ())) or None
   batch_sharding = sharding_lib.batch_sharding(mesh)
 
+  learn_sigma = config.diffusion.get('learn_sigma', False)
+
   def generate(params, cond, noise, rng, guidance_scale):
     def apply(x, t, c):
       return model.apply({'params': params}, x, t, **c)
     if cond:
-      model_fn = classifier_free_guidance(apply, cond, null_condition(cond, config), guidance_scale, interval)
+      model_fn = classifier_free_guidance(apply, cond, null_condition(cond, config), guidance_scale, interval,
+                                          learned_variance=learn_sigma)
     else:
       model_fn = lambda x, t: apply(x, t, cond)
     return run_sampler(config.sample, objective, alphas_cumprod, model_fn, noise, rng,
-                       config.diffusion.get('preconditioning', 'none'), config.diffusion.get('sigma_data', 0.5))
+                       config.diffusion.get('preconditioning', 'none'), config.diffusion.get('sigma_data', 0.5),
+                       learn_sigma)
 
   replicated = NamedSharding(mesh, P())
   return jax.jit(generate, in_shardings=(None, batch_sharding, batch_sharding, replicated, replicated),

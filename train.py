@@ -18,6 +18,7 @@ import optax
 
 import sharding as sharding_lib
 from checkpoints import CheckpointStore, model_signature
+from diffusion.learned_variance import hybrid_loss_per_example
 from diffusion.objectives import mse_per_example, noised_batch
 from diffusion.schedules import alphas_cumprod_for
 from evaluation import create_evaluator
@@ -52,9 +53,13 @@ def train_step(state, batch, *, model, tx, alphas_cumprod, config):
   def loss_fn(params):
     x_t, t, target = noised_batch(noise_rng, x0, alphas_cumprod, config.diffusion)
     out = model.apply({'params': params}, x_t, t, **cond, train=True, rngs={'dropout': dropout_rng})
-    return mse_per_example(out, target).mean()
+    if config.diffusion.get('learn_sigma', False):  # Improved DDPM's hybrid loss (diffusion/learned_variance.py)
+      loss, vlb = hybrid_loss_per_example(config.diffusion.objective, out, target, x0, x_t, t.astype(jnp.int32),
+                                          alphas_cumprod)
+      return loss.mean(), {'vlb': vlb.mean()}
+    return mse_per_example(out, target).mean(), {}
 
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  (loss, extra), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grad_norm = optax.tree_utils.tree_norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -69,7 +74,8 @@ def train_step(state, batch, *, model, tx, alphas_cumprod, config):
       nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32),
       first_nonfinite_step=jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step,
                                      state.first_nonfinite_step))
-  metrics = {'loss': loss, 'grad_norm': grad_norm, 'learning_rate': learning_rate_schedule(config.optim)(state.step)}
+  metrics = {'loss': loss, 'grad_norm': grad_norm, 'learning_rate': learning_rate_schedule(config.optim)(state.step),
+             **extra}
   return new_state, metrics
 
 

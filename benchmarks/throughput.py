@@ -133,7 +133,8 @@ def main(_):
     @jax.jit
     def guided(params, x, t, cond):
       apply = lambda x, t, c: model.apply({'params': params}, x, t, **c)
-      return classifier_free_guidance(apply, cond, null_condition(cond, config), 1.5)(x, t)
+      return classifier_free_guidance(apply, cond, null_condition(cond, config), 1.5,
+                                      learned_variance=config.diffusion.learn_sigma)(x, t)
     kernels = fused_attention_kernels(guided, state.ema_params, x, t, cond)
     run = lambda: guided(state.ema_params, x, t, cond)
     flops_per_image = 2 * flops  # conditional + unconditional forward per output image

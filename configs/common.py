@@ -75,6 +75,7 @@ def base_config():
   c.diffusion.label_dropout = 0.1  # probability a label is replaced by the null class
   c.diffusion.preconditioning = 'none'  # 'edm': Karras et al. 2022 c_skip/c_out/c_in; needs objective 'x0'
   c.diffusion.sigma_data = 0.5   # EDM's data standard deviation (preconditioning='edm')
+  c.diffusion.learn_sigma = False  # Improved DDPM learned variances + hybrid loss (ADM, DiT); DDPM samples with them
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-4
@@ -238,6 +239,9 @@ def validate_config(config):
     from diffusion.karras import schedule_karras_sigmas
     from diffusion.schedules import alphas_cumprod_for
     schedule_karras_sigmas(alphas_cumprod_for(config), 2, sigma_max=config.sample.karras_sigma_max)  # in range?
+  if config.diffusion.learn_sigma and (flow or config.diffusion.preconditioning != 'none'):
+    raise ValueError('config.diffusion.learn_sigma=True learns the variances of discrete VP steps: it needs '
+                     "objective eps, x0 or v and preconditioning 'none'")
   if config.diffusion.preconditioning == 'edm' and config.diffusion.objective != 'x0':
     raise ValueError("config.diffusion.preconditioning='edm' makes the network an x0 denoiser; set "
                      f"config.diffusion.objective='x0' (got {config.diffusion.objective!r})")

@@ -1,7 +1,7 @@
 """DiT on ImageNet 256x256 in the SD-VAE latent space (32x32x4), the setup of Peebles & Xie (2023).
 
 Shared by configs/dit_{s,b,l,xl}.py; the argument after ':' is the patch size (2, 4 or 8).
-AdamW 1e-4, no weight decay, batch 256, EMA 0.9999, horizontal flips, label dropout 0.1,
+AdamW 1e-4, no weight decay, batch 256, EMA 0.9999, horizontal flips, label dropout 0.1, learned sigma,
 linear schedule with 1000 steps; sampling with guidance 1.5.
 
 Training reads pre-encoded latents from data/imagenet256_latents (input_pipeline/latents.py). Once:
@@ -49,6 +49,8 @@ def dit_config(variant, patch_size=None):
     c.model[key] = value
   c.model.mlp_ratio = 4.0
   c.model.attention_impl = 'cudnn'
+
+  c.diffusion.learn_sigma = True  # the paper's models: learned variances, Improved DDPM's hybrid loss
 
   c.optim.learning_rate = 1e-4
   c.optim.weight_decay = 0.0

@@ -128,6 +128,7 @@ def make_edit_fn(config, model):
   cond holds the model's inputs ({'y'}, {'tokens'}, or {}), guided like sample.make_generate_fn;
   strength is static (one compilation per value)."""
   from diffusion.guidance import classifier_free_guidance
+  from diffusion.samplers import prediction_only
   from diffusion.schedules import alphas_cumprod_for
   from models.conditioning import null_condition
   alphas_cumprod = alphas_cumprod_for(config)
@@ -136,9 +137,13 @@ def make_edit_fn(config, model):
   @functools.partial(jax.jit, static_argnames=('strength',))
   def edit_fn(params, cond, x0, rng, guidance_scale, strength=1.0, mask=None):
     apply = lambda x, t, c: model.apply({'params': params}, x, t, **c)
+    learn_sigma = config.diffusion.get('learn_sigma', False)
     if cond:
-      model_fn = classifier_free_guidance(apply, cond, null_condition(cond, config), guidance_scale, interval)
+      model_fn = classifier_free_guidance(apply, cond, null_condition(cond, config), guidance_scale, interval,
+                                          learned_variance=learn_sigma)
     else:
       model_fn = lambda x, t: apply(x, t, cond)
+    if learn_sigma:  # editing runs the fixed-variance updates
+      model_fn = prediction_only(model_fn)
     return edit(config.sample, config.diffusion.objective, alphas_cumprod, model_fn, x0, rng, strength, mask)
   return edit_fn

@@ -50,8 +50,13 @@ def predict_x0_eps(objective, output, x_t, alpha, sigma):
 def denoise(model_fn, objective, x_t, t, alpha, sigma, clip_denoised=False):
   """One network call at network time t (a scalar, for the whole batch) read as (x_0, eps) at the
   noise level (alpha, sigma); with clip_denoised, x_0 is clipped to [-1, 1] and eps recomputed."""
-  out = model_fn(x_t, jnp.full((x_t.shape[0],), t, jnp.float32))
-  x0, eps = predict_x0_eps(objective, out, x_t, alpha, sigma)
+  return read_output(objective, model_fn(x_t, jnp.full((x_t.shape[0],), t, jnp.float32)), x_t, alpha, sigma,
+                     clip_denoised)
+
+
+def read_output(objective, output, x_t, alpha, sigma, clip_denoised=False):
+  """`predict_x0_eps`, with x_0 optionally clipped to [-1, 1] and eps recomputed from it."""
+  x0, eps = predict_x0_eps(objective, output, x_t, alpha, sigma)
   if clip_denoised:
     x0 = jnp.clip(x0, -1, 1)
     eps = (x_t - alpha * x0) / sigma

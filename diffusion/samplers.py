@@ -12,7 +12,8 @@ import numpy as np
 from diffusion.dpm_solver import dpm_solver_2m_sample, dpm_solver_timesteps
 from diffusion.flow_samplers import flow_sample
 from diffusion.karras import karras_sample
-from diffusion.objectives import denoise, edm_denoiser
+from diffusion.learned_variance import interpolated_log_variance, split_output, step_log_variance_bounds
+from diffusion.objectives import denoise, edm_denoiser, read_output
 from diffusion.schedules import timestep_spacing
 
 
@@ -50,19 +51,28 @@ def ddpm_sample(model_fn, x, alphas_cumprod, timesteps, objective='eps', rng=Non
                 clip_denoised=True):
   """Ancestral sampling (Ho et al., 2020) over `timesteps`, respaced as in improved DDPM.
 
-  variance: 'posterior' uses beta~_t = beta_t (1 - a_prev) / (1 - a_t), 'beta' uses beta_t; no noise
-  is added on the final step.
+  variance: 'posterior' uses beta~_t = beta_t (1 - a_prev) / (1 - a_t), 'beta' uses beta_t, 'learned' reads
+  model_fn's 2C-channel output as prediction and Improved DDPM's variance values, interpolating between the
+  logs of the two (learned_variance.py) for the respaced steps; no noise is added on the final step.
   """
+  if variance not in ('posterior', 'beta', 'learned'):
+    raise ValueError(f"DDPM variance {variance!r} is not one of 'posterior', 'beta', 'learned'")
   ts, a_ts, a_prevs = _schedule_pairs(alphas_cumprod, timesteps)
   rng = jax.random.PRNGKey(0) if rng is None else rng
   n = len(timesteps)
+  min_logs, max_logs = step_log_variance_bounds(a_ts, a_prevs)
 
   def step(i, x):
     t, a_t, a_prev = ts[i], a_ts[i], a_prevs[i]
-    x0, _ = _read_output(objective, model_fn, x, t, a_t, clip_denoised)
     beta = 1 - a_t / a_prev
+    if variance == 'learned':
+      prediction, values = split_output(model_fn(x, jnp.full((x.shape[0],), t, jnp.float32)))
+      x0, _ = read_output(objective, prediction, x, jnp.sqrt(a_t), jnp.sqrt(1 - a_t), clip_denoised)
+      var = jnp.exp(interpolated_log_variance(values, min_logs[i], max_logs[i]))
+    else:
+      x0, _ = _read_output(objective, model_fn, x, t, a_t, clip_denoised)
+      var = beta * (1 - a_prev) / (1 - a_t) if variance == 'posterior' else beta
     mean = (jnp.sqrt(a_prev) * beta / (1 - a_t)) * x0 + (jnp.sqrt(1 - beta) * (1 - a_prev) / (1 - a_t)) * x
-    var = beta * (1 - a_prev) / (1 - a_t) if variance == 'posterior' else beta
     var = jnp.where(i == n - 1, 0.0, var)
     noise = jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
     return mean + jnp.sqrt(var) * noise
@@ -71,7 +81,7 @@ def ddpm_sample(model_fn, x, alphas_cumprod, timesteps, objective='eps', rng=Non
 
 
 def run_sampler(sample_config, objective, alphas_cumprod, model_fn, noise, rng, preconditioning='none',
-                sigma_data=0.5):
+                sigma_data=0.5, learn_sigma=False):
   """Runs the sampler `sample_config.sampler` from initial noise; returns x_0 estimates.
 
   VP objectives (eps, x0, v): 'ddpm', 'ddim', 'dpm++2m' on `sample_config.spacing` timesteps;
@@ -79,8 +89,16 @@ def run_sampler(sample_config, objective, alphas_cumprod, model_fn, noise, rng, 
   schedule's largest sigma). Objective 'flow':
   'euler' and 'heun' on uniform flow times, shifted by sample_config.flow_shift.
   preconditioning='edm' reads model_fn as EDM's preconditioned network F (objectives.edm_denoiser).
+  learn_sigma: model_fn outputs prediction and variance values (learned_variance.py); 'ddpm' samples with
+  the learned variance, the other samplers read the prediction only.
   """
   name, num_steps = sample_config.sampler, sample_config.num_steps
+  if learn_sigma and name == 'ddpm':
+    timesteps = timestep_spacing(len(alphas_cumprod), num_steps, sample_config.spacing)
+    return ddpm_sample(model_fn, noise, alphas_cumprod, timesteps, objective, rng, 'learned',
+                       sample_config.clip_denoised)
+  if learn_sigma:
+    model_fn = prediction_only(model_fn)
   clip = sample_config.clip_denoised
   if preconditioning == 'edm':
     model_fn, objective = edm_denoiser(model_fn, alphas_cumprod, sigma_data), 'x0'
@@ -107,3 +125,8 @@ def run_sampler(sample_config, objective, alphas_cumprod, model_fn, noise, rng, 
                          rho=sample_config.get('karras_rho', 7.0), order=2 if name == 'heun' else 1,
                          clip_denoised=clip, sigma_max=sample_config.get('karras_sigma_max', 0.0) or None)
   raise ValueError(f'config.sample.sampler={name!r} is not available')
+
+
+def prediction_only(model_fn):
+  """model_fn of a learned-variance network, without its variance channels."""
+  return lambda x, t: split_output(model_fn(x, t))[0]

@@ -16,7 +16,7 @@ def build_model(config):
     raise ValueError(f'config.model.name={name!r} is not a known model; choose one of {", ".join(MODELS)}')
   cls = MODELS[name]
   kwargs = {k: v for k, v in config.model.items() if k != 'name'}
-  fields = set(cls.__dataclass_fields__) - {'parent', 'name', 'text'}  # text comes from config.text
+  fields = set(cls.__dataclass_fields__) - {'parent', 'name', 'text', 'learn_sigma'}  # config.text, .diffusion
   unknown = set(kwargs) - fields
   if unknown:
     raise ValueError(f'config.model has fields {sorted(unknown)} that model {name!r} does not take; '
@@ -29,4 +29,4 @@ def build_model(config):
     kwargs['text'] = text
   return cls(image_size=config.data.image_size, channels=config.data.channels,
              num_classes=model_num_classes(config), dtype=jnp.dtype(config.train.compute_dtype),
-             remat=config.train.remat, **kwargs)
+             remat=config.train.remat, learn_sigma=config.diffusion.get('learn_sigma', False), **kwargs)

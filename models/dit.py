@@ -92,7 +92,8 @@ class FinalLayer(nn.Module):
 class DiT(nn.Module):
   """Class-conditional DiT on NHWC inputs; `y == num_classes` is the null label.
 
-  `num_classes=0` makes it unconditional. The output has the input's channels (no learned sigma).
+  `num_classes=0` makes it unconditional. The output has the input's channels, or twice as many with
+  `learn_sigma` (the paper's models: prediction, then Improved DDPM's variance values).
   With `text` (models/text_encoder.py) it takes `tokens` [B, L]: every block cross-attends to the text
   token states after its self-attention, and the pooled text state is added to the adaLN input.
   """
@@ -107,6 +108,7 @@ class DiT(nn.Module):
   dtype: jnp.dtype = jnp.float32
   attention_impl: str | None = None
   remat: bool = False
+  learn_sigma: bool = False  # twice the channels out: the prediction, then variance values (learned_variance.py)
   text: TextEncoderSpec | None = None
 
   @nn.compact
@@ -133,6 +135,7 @@ class DiT(nn.Module):
     for i in range(self.depth):
       x = block(self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype, self.attention_impl,
                 name=f'blocks_{i}')(x, c, context, context_lengths)
-    x = FinalLayer(self.hidden_size, p, self.channels, self.dtype, name='final_layer')(x, c)
-    x = x.reshape(b, gh, gw, p, p, self.channels).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, gh * p, gw * p, self.channels).astype(jnp.float32)
+    out_channels = 2 * self.channels if self.learn_sigma else self.channels
+    x = FinalLayer(self.hidden_size, p, out_channels, self.dtype, name='final_layer')(x, c)
+    x = x.reshape(b, gh, gw, p, p, out_channels).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, gh * p, gw * p, out_channels).astype(jnp.float32)

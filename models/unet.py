@@ -84,6 +84,7 @@ class UNet(nn.Module):
   dtype: jnp.dtype = jnp.float32
   attention_impl: str | None = None
   remat: bool = False
+  learn_sigma: bool = False  # twice the channels out: the prediction, then variance values (learned_variance.py)
   text: TextEncoderSpec | None = None
 
   @nn.compact
@@ -137,5 +138,6 @@ class UNet(nn.Module):
         resolution *= 2
 
     h = nn.silu(nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-5, dtype=self.dtype, name='norm_out')(h))
-    h = nn.Conv(self.channels, (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype, name='conv_out')(h)
+    h = nn.Conv(2 * self.channels if self.learn_sigma else self.channels, (3, 3), kernel_init=nn.initializers.zeros,
+                dtype=self.dtype, name='conv_out')(h)
     return h.astype(jnp.float32)
