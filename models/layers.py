@@ -62,7 +62,7 @@ def attention(q, k, v, implementation=None, kv_lengths=None):
       k, v = pad(k), pad(v)
     try:
       return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=kv_lengths, implementation='cudnn')
-    except (NotImplementedError, RuntimeError, ValueError) as e:  # the XLA path computes the same
+    except (RuntimeError, ValueError) as e:  # backend, dtype or shape unsupported: the XLA path computes the same
       _warn_cudnn_fallback(f'{type(e).__name__}: {e}')
   return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=kv_lengths)
 
