@@ -119,10 +119,7 @@ def edit_conditions(config, count, labels=None, prompt=None):
 
 
 def check_edit_settings(config, strength, inpainting):
-  supported = editing.EDIT_SAMPLERS + (() if inpainting else ('dpm++2m',))
-  if config.sample.sampler not in supported:
-    raise ValueError(f'config.sample.sampler={config.sample.sampler!r}: {"inpainting" if inpainting else "img2img"} '
-                     f'supports {", ".join(supported)}; pass e.g. --config.sample.sampler=ddim')
+  editing.check_edit_sampler(config.sample.sampler, inpainting)
   if not 0 <= strength <= 1:
     raise ValueError(f'--strength={strength} must be in [0, 1] (the fraction of the sampler steps that run)')
   if config.diffusion.objective == 'flow':
