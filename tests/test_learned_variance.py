@@ -7,14 +7,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import sharding as sharding_lib
 import train
 from configs.common import validate_config
 from diffusion import learned_variance as lv
 from diffusion.guidance import classifier_free_guidance
 from diffusion.samplers import _schedule_pairs, ddpm_sample  # pylint: disable=protected-access
 from diffusion.schedules import linear_alphas_cumprod, timestep_spacing
-from tests.test_reliability import losses
+from models import build_model
+from sample import generate_samples, make_generate_fn
 from tests.test_samplers import golden_model, golden_sample
+from tests.test_train import read_metrics
 from tests.tiny import tiny_unet_config
 
 AC = linear_alphas_cumprod()
@@ -103,16 +106,8 @@ def test_training_with_learned_sigma_lowers_both_terms_and_samples(tmp_path):
   validate_config(c)
   state = train.train_and_evaluate(c, str(tmp_path))
   assert state.params['conv_out']['kernel'].shape[-1] == 2  # 1 channel: prediction + variance values
-  loss, vlb = losses(tmp_path), {}
-  import json
-  for line in open(tmp_path / 'metrics.jsonl'):
-    record = json.loads(line)
-    if 'vlb' in record:
-      vlb[record['step']] = record['vlb']
+  loss, vlb = dict(read_metrics(tmp_path, 'loss')), dict(read_metrics(tmp_path, 'vlb'))
   assert sorted(vlb) == [20, 40, 60] and vlb[60] < vlb[20] and loss[60] < loss[20], (vlb, loss)
-  import sharding as sharding_lib
-  from models import build_model
-  from sample import generate_samples, make_generate_fn
   mesh = sharding_lib.create_mesh(c.mesh)
   images, _ = generate_samples(c, make_generate_fn(c, build_model(c), mesh), state.ema_params, mesh, 8, seed=0,
                                guidance_scale=2.0)

@@ -4,7 +4,6 @@
 Each process reads only its host's slice of every batch, checkpoints are written by both together, and
 sample arrays are gathered from both; the results must match the one-process run.
 """
-import json
 import os
 import socket
 import subprocess
@@ -18,6 +17,7 @@ import main
 import train
 from sample import run_sample_job
 from tests.test_reliability import restore
+from tests.test_train import read_metrics
 from tests.tiny import tiny_unet_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,47 +42,36 @@ def run_two_processes(*args, timeout=500):
   errors = []
   for proc in procs:
     _, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == 0, err.split('\nExtension modules:')[0][-3000:]  # the error, not the module list
     errors.append(err)
   return errors
 
 
-def logged(workdir, name):
-  records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
-  return {r['step']: r[name] for r in records if name in r}
-
-
-@pytest.fixture(scope='module')
-def two_host_run(tmp_path_factory):
-  root = tmp_path_factory.mktemp('multihost')
-  errors = run_two_processes(f'--workdir={root / "two"}')
+def test_two_hosts_train_and_sample_like_one_host_with_as_many_devices(tmp_path):
+  """One test, not a module fixture shared by several: under pytest-xdist each worker would start its own pair of
+  processes, and four jax processes on two cores once made one abort (SIGABRT)."""
+  errors = run_two_processes(f'--workdir={tmp_path / "two"}')
   assert 'process 0 of 2, 4 local / 8 global devices' in errors[0]
   assert 'process 1 of 2, 4 local / 8 global devices' in errors[1]
-  return root
-
-
-def test_two_hosts_train_like_one_host_with_as_many_devices(two_host_run, tmp_path):
   config = tiny_unet_config()  # tests/tiny_config.py, on this process's 8 devices
   train.train_and_evaluate(config, str(tmp_path / 'one'))
   for name in ('loss', 'grad_norm'):
-    two, one = logged(two_host_run / 'two', name), logged(tmp_path / 'one', name)
+    two, one = dict(read_metrics(tmp_path / 'two', name)), dict(read_metrics(tmp_path / 'one', name))
     assert sorted(two) == sorted(one) == [2, 4]
     np.testing.assert_allclose([two[s] for s in (2, 4)], [one[s] for s in (2, 4)], rtol=1e-5)
   # the checkpoint both hosts wrote restores in one process, equal to the one-host run's state
-  (state_two, step_two), (state_one, step_one) = restore(config, str(two_host_run / 'two')), restore(
+  (state_two, step_two), (state_one, step_one) = restore(config, str(tmp_path / 'two')), restore(
       config, str(tmp_path / 'one'))
   assert step_two == step_one == 4
   for a, b in zip(jax.tree.leaves(state_two), jax.tree.leaves(state_one)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
-
-def test_two_hosts_sample_the_same_images(two_host_run):
-  run_two_processes(f'--workdir={two_host_run / "two"}', '--mode=sample', '--config.sample.num_samples=12',
+  # sampling: both hosts build the same noise and labels, place their rows, and gather the images
+  run_two_processes(f'--workdir={tmp_path / "two"}', '--mode=sample', '--config.sample.num_samples=12',
                     '--config.sample.output=two_hosts.npz')
-  config = tiny_unet_config()
   config.sample.num_samples, config.sample.output = 12, 'one_host.npz'
-  run_sample_job(config, str(two_host_run / 'two'))
-  with np.load(two_host_run / 'two' / 'two_hosts.npz') as two, np.load(two_host_run / 'two' / 'one_host.npz') as one:
+  run_sample_job(config, str(tmp_path / 'two'))
+  with np.load(tmp_path / 'two' / 'two_hosts.npz') as two, np.load(tmp_path / 'two' / 'one_host.npz') as one:
     assert two['arr_0'].shape == (12, 8, 8, 1)
     assert np.abs(two['arr_0'].astype(int) - one['arr_0']).max() <= 1  # uint8 rounding of equal floats
     np.testing.assert_array_equal(two['arr_1'], one['arr_1'])
