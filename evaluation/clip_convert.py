@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from models import weight_files
 from models.clip import (CLIP_CONFIGS, CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextTransformer,
                          CLIPVisionConfig)
 
@@ -214,24 +215,9 @@ def find_hf_weights(path):
                           f' (or a folder holding one) from {WHERE_TO_GET}')
 
 
-def _torch_state_dict(path):
-  """A pytorch_model.bin as numpy; torch is imported only here."""
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(f'reading {path} needs torch (`pip install torch`); or use model.safetensors, '
-                      'which needs only safetensors') from e
-  tensors = torch.load(path, map_location='cpu', weights_only=True)
-  return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in tensors.items()}
-
-
 def load_hf_state_dict(path):
   """Numpy state dict from a Hugging Face `.safetensors` (no torch needed) or `.bin` file or its folder."""
-  path = find_hf_weights(path)
-  if path.endswith('.safetensors'):
-    import safetensors.numpy  # pylint: disable=g-import-not-at-top
-    return safetensors.numpy.load_file(path)
-  return _torch_state_dict(path)
+  return weight_files.read_state_dict(find_hf_weights(path))
 
 
 def read_hf_config(weights_path):

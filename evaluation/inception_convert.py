@@ -21,6 +21,7 @@ import flax.traverse_util
 import numpy as np
 
 from evaluation import inception
+from models import weight_files
 
 TORCH_WEIGHTS_NAME = 'pt_inception-2015-12-05-6726825d.pth'
 TORCH_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
@@ -149,15 +150,10 @@ def _missing_file_error(path):
 
 
 def read_torch_state_dict(path):
-  """Read a .pth state dict into {key: numpy array}; torch is imported only here."""
+  """Read a .pth state dict into {key: numpy array}; torch is imported only there."""
   if not os.path.exists(path):
     raise _missing_file_error(path)
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError(f'reading {path} needs torch (CPU build is enough): pip install torch') from e
-  state_dict = torch.load(path, map_location='cpu', weights_only=True)
-  return {k: v.detach().cpu().numpy() for k, v in state_dict.items()}
+  return weight_files.read_torch_file(path)
 
 
 def save_variables(variables, path):

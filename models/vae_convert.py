@@ -29,6 +29,7 @@ import jax
 import flax.serialization
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from models import weight_files
 from models.vae import SD_VAE_CONFIG, build_vae, vae_param_shapes
 
 WEIGHTS_FILENAME = "diffusion_pytorch_model.safetensors"
@@ -183,31 +184,9 @@ def resolve_weights_path(path: str) -> str:
     return path
 
 
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-    """All tensors of a .safetensors file as numpy (no torch needed)."""
-    from safetensors.numpy import load_file
-    return load_file(path)
-
-
-def read_torch_bin(path: str) -> dict[str, np.ndarray]:
-    """All tensors of a torch pickle (.bin/.pt) as float32 numpy; needs torch."""
-    try:
-        import torch
-    except ImportError as error:
-        raise ImportError(f"Reading {path!r} needs torch; use the .safetensors file instead "
-                          f"({WEIGHTS_FILENAME} from {HF_REPO}), which needs only safetensors") from error
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    if "state_dict" in state_dict and not hasattr(state_dict["state_dict"], "shape"):
-        state_dict = state_dict["state_dict"]
-    return {key: value.detach().float().numpy() for key, value in state_dict.items()}
-
-
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
     """A diffusers checkpoint (.safetensors, or .bin via torch) as {name: numpy array}."""
-    path = resolve_weights_path(path)
-    if path.endswith(".safetensors"):
-        return read_safetensors(path)
-    return read_torch_bin(path)
+    return weight_files.read_state_dict(resolve_weights_path(path))
 
 
 def save_params_msgpack(variables: Mapping, path: str) -> None:

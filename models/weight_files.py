@@ -1,0 +1,55 @@
+"""Reading public checkpoint files as {name: numpy array}, for the weight converters.
+
+`.safetensors` and `.npz` need no PyTorch; a torch pickle (`.pt`, `.pth`, `.bin`) imports torch here
+and nowhere else: training, sampling and evaluation never need it.
+"""
+import argparse
+import os
+
+import numpy as np
+
+# Training checkpoints keep the weights under one of these keys (DiT's train.py: 'ema' beside 'model' and
+# 'opt'; Lightning-style files: 'state_dict'); the first one present is the one read.
+NESTED_WEIGHT_KEYS = ('ema', 'state_dict', 'model')
+
+
+def _is_tensor_dict(tree):
+  return isinstance(tree, dict) and bool(tree) and all(hasattr(v, 'shape') for v in tree.values())
+
+
+def _unwrap(tree, path):
+  if _is_tensor_dict(tree):
+    return tree
+  if isinstance(tree, dict):
+    for key in NESTED_WEIGHT_KEYS:
+      if _is_tensor_dict(tree.get(key)):
+        return tree[key]
+    raise ValueError(f'{path} holds no state dict of tensors: its top-level keys are {sorted(tree)[:12]} '
+                     f'(looked for a flat dict of tensors, or one under {list(NESTED_WEIGHT_KEYS)})')
+  raise ValueError(f'{path} holds a {type(tree).__name__}, not a state dict')
+
+
+def read_torch_file(path):
+  """A torch pickle (.pt/.pth/.bin) as numpy; floating tensors become float32 (bf16/fp16 files too)."""
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError(f'reading {path} needs torch (a CPU build is enough: pip install torch); a .safetensors '
+                      'file needs only safetensors') from e
+  # weights_only: no arbitrary code from the pickle; DiT's training checkpoints also hold their argparse args.
+  with torch.serialization.safe_globals([argparse.Namespace]):
+    tree = _unwrap(torch.load(path, map_location='cpu', weights_only=True), path)
+  return {k: (v.float() if v.is_floating_point() else v).detach().numpy() for k, v in tree.items()}
+
+
+def read_state_dict(path, missing_help=''):
+  """{name: numpy array} from a .safetensors, .npz or torch file; a missing file names `missing_help`."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'weights file {path!r} does not exist. {missing_help}'.strip())
+  if path.endswith('.safetensors'):
+    from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+    return load_file(path)
+  if path.endswith('.npz'):
+    with np.load(path) as data:
+      return {k: data[k] for k in data.files}
+  return read_torch_file(path)
