@@ -2,6 +2,7 @@
 
   python -m benchmarks.throughput --model=dit_b --batch=256              # DiT-B/2 train step
   python -m benchmarks.throughput --model=dit_xl --batch=256 --remat     # XL/2 with per-block remat
+  python -m benchmarks.throughput --model=dit_xl --batch=256 --remat --remat_policy=dots  # keeping dense outputs
   python -m benchmarks.throughput --model=dit_b --batch=256 --mode=guided # forward with guidance (2x batch)
   python -m benchmarks.throughput --model=unet --batch=128
 
@@ -24,27 +25,14 @@ flags.DEFINE_enum('mode', 'train', ['train', 'guided'], 'Train step, or one guid
 flags.DEFINE_enum('dtype', 'bfloat16', ['bfloat16', 'float32'], 'Compute dtype (params stay float32).')
 flags.DEFINE_enum('attention', 'cudnn', ['cudnn', 'xla'], 'Attention implementation (cudnn falls back to xla).')
 flags.DEFINE_bool('remat', False, 'Rematerialise each block in the backward pass.')
+flags.DEFINE_enum('remat_policy', 'full', ['full', 'dots'], 'What a remat block keeps: its input only, or also its '
+                  'dense layers\' outputs (config.train.remat_policy).')
 flags.DEFINE_integer('steps_per_call', 1, 'Train steps per jitted call (config.train.steps_per_call; a scan).')
 flags.DEFINE_integer('steps', 10, 'Calls per timing window.')
 flags.DEFINE_integer('windows', 5, 'Timing windows; the median is reported.')
 flags.DEFINE_float('peak_tflops', 989.0, 'Peak dense bf16 TFLOP/s of the device, for MFU.')
 FLAGS = flags.FLAGS
 
-
-
-def build_config():
-  if FLAGS.model == 'unet':
-    from configs.unet_cifar10 import get_config
-    config = get_config()
-  else:
-    from configs.dit import dit_config
-    config = dit_config(FLAGS.model.split('_')[1].upper(), FLAGS.patch)
-  config.model.attention_impl = None if FLAGS.attention == 'xla' else 'cudnn'
-  config.data.source = 'digits'  # no dataset is read; keeps validation happy without paths
-  config.train.compute_dtype = FLAGS.dtype
-  config.train.remat = FLAGS.remat
-  config.train.batch_size = FLAGS.batch
-  return config
 
 
 def forward_flops_per_image(config, model, params):
@@ -95,12 +83,14 @@ def main(_):
 
   import sharding as sharding_lib
   import train
+  from benchmarks.benchmark_config import benchmark_config
   from diffusion.guidance import classifier_free_guidance
   from models import build_model
   from models.conditioning import null_condition
   from train_state import count_params, create_optimizer, create_state, state_shardings
 
-  config = build_config()
+  config = benchmark_config(FLAGS.model, FLAGS.patch, FLAGS.batch, FLAGS.dtype, FLAGS.attention, FLAGS.remat,
+                            FLAGS.remat_policy)
   model, tx = build_model(config), create_optimizer(config.optim)
   mesh = sharding_lib.create_mesh(config.mesh)
   _, shardings = state_shardings(config, model, tx, mesh)
@@ -146,7 +136,8 @@ def main(_):
   print(f'device={jax.devices()[0].device_kind} x{jax.device_count()} model={FLAGS.model}'
         f'{"/" + str(FLAGS.patch) if FLAGS.model != "unet" else ""} params={count_params(state.params) / 1e6:.1f}M '
         f'mode={FLAGS.mode} batch={FLAGS.batch} steps_per_call={FLAGS.steps_per_call} dtype={FLAGS.dtype} '
-        f'attention={FLAGS.attention} (cuDNN kernels: {kernels}) remat={FLAGS.remat}')
+        f'attention={FLAGS.attention} (cuDNN kernels: {kernels}) '
+        f'remat={FLAGS.remat_policy if FLAGS.remat else False}')
   print(f'img/s={images_per_second:.1f} step_ms={seconds * FLAGS.batch / b * 1e3:.2f} '
         f'GFLOP/img={flops_per_image / 1e9:.1f} MFU={100 * mfu:.1f}% '
         f'peak_mem={"n/a" if peak is None else f"{peak / 2**30:.2f}GiB"}')

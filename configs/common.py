@@ -21,6 +21,7 @@ TOKENIZERS = ('words', 'clip_bpe')
 VAE_CONFIGS = ('sd', 'tiny')  # models.vae SD_VAE_CONFIG, TINY_VAE_CONFIG (tests)
 LATENT_DTYPES = ('float16', 'float32')
 NONFINITE_POLICIES = ('stop', 'skip')
+REMAT_POLICIES = ('full', 'dots')  # models/layers.remat_block
 
 
 def base_config():
@@ -91,7 +92,8 @@ def base_config():
   c.train.num_steps = 400_000
   c.train.batch_size = 256        # global, across all devices and hosts
   c.train.compute_dtype = 'float32'
-  c.train.remat = False
+  c.train.remat = False           # recompute each block's activations in the backward pass, keeping less memory
+  c.train.remat_policy = 'full'   # what a remat block keeps: 'full' its input only; 'dots' also its dense outputs
   c.train.log_every = 100
   c.train.checkpoint_every = 5000
   c.train.keep_checkpoints = 3
@@ -210,6 +212,7 @@ def validate_config(config):
   _choice(config, 'sample.ddpm_variance', DDPM_VARIANCES)
   _choice(config, 'train.compute_dtype', COMPUTE_DTYPES)
   _choice(config, 'train.nonfinite', NONFINITE_POLICIES)
+  _choice(config, 'train.remat_policy', REMAT_POLICIES)
   for path in ('data.image_size', 'data.channels', 'diffusion.num_timesteps', 'train.num_steps',
                'train.batch_size', 'train.log_every', 'train.keep_checkpoints', 'sample.num_steps',
                'sample.num_samples', 'sample.batch_size', 'train.checkpoint_every', 'diffusion.sigma_data',

@@ -19,8 +19,9 @@ def build_model(config):
   fields = set(cls.__dataclass_fields__) - {'parent', 'name', 'text', 'learn_sigma'}  # config.text, .diffusion
   unknown = set(kwargs) - fields
   if unknown:
+    from_elsewhere = {'image_size', 'channels', 'num_classes', 'dtype', 'remat', 'remat_policy'}  # data, train
     raise ValueError(f'config.model has fields {sorted(unknown)} that model {name!r} does not take; '
-                     f'it takes {sorted(fields - {"image_size", "channels", "num_classes", "dtype", "remat"})}')
+                     f'it takes {sorted(fields - from_elsewhere)}')
   for key, value in kwargs.items():
     if isinstance(value, (list, tuple)):
       kwargs[key] = tuple(value)
@@ -29,4 +30,5 @@ def build_model(config):
     kwargs['text'] = text
   return cls(image_size=config.data.image_size, channels=config.data.channels,
              num_classes=model_num_classes(config), dtype=jnp.dtype(config.train.compute_dtype),
-             remat=config.train.remat, learn_sigma=config.diffusion.get('learn_sigma', False), **kwargs)
+             remat=config.train.remat, remat_policy=config.train.remat_policy,
+             learn_sigma=config.diffusion.get('learn_sigma', False), **kwargs)

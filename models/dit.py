@@ -8,7 +8,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from models.layers import LabelEmbedder, MultiHeadCrossAttention, MultiHeadSelfAttention, TimestepEmbedder
+from models.layers import (LabelEmbedder, MultiHeadCrossAttention, MultiHeadSelfAttention, TimestepEmbedder,
+                           remat_block)
 from models.text_encoder import PooledTextEmbedder, TextEncoderSpec, encode_text
 
 # Table 1 of the paper: depth, hidden size, heads.
@@ -108,6 +109,7 @@ class DiT(nn.Module):
   dtype: jnp.dtype = jnp.float32
   attention_impl: str | None = None
   remat: bool = False
+  remat_policy: str = 'full'  # models/layers.REMAT_POLICIES
   learn_sigma: bool = False  # twice the channels out: the prediction, then variance values (learned_variance.py)
   text: TextEncoderSpec | None = None
 
@@ -131,7 +133,7 @@ class DiT(nn.Module):
         raise ValueError('this DiT is text-conditional: pass tokens=int32 [B, L]')
       context, pooled, context_lengths = encode_text(self.text, tokens, self.dtype)
       c = c + PooledTextEmbedder(self.hidden_size, self.dtype, name='text_pooled_embedder')(pooled)
-    block = nn.remat(DiTBlock) if self.remat else DiTBlock
+    block = remat_block(DiTBlock, self.remat_policy) if self.remat else DiTBlock
     for i in range(self.depth):
       x = block(self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype, self.attention_impl,
                 name=f'blocks_{i}')(x, c, context, context_lengths)

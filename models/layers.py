@@ -19,6 +19,28 @@ def timestep_embedding(t, dim, max_period=10_000):
   return emb
 
 
+def _save_dense_and_conv_outputs(primitive, *avals, **params):
+  """Remat policy: keep the outputs of weight x activation products (dense layers: dot_generals without batch
+  dimensions; convolutions), recompute everything else."""
+  if primitive is jax.lax.conv_general_dilated_p:
+    return True
+  return jax.checkpoint_policies.dots_with_no_batch_dims_saveable(primitive, *avals, **params)
+
+
+# What a rematerialised block keeps for its backward pass (config.train.remat_policy); the rest is recomputed.
+REMAT_POLICIES = {
+    'full': jax.checkpoint_policies.nothing_saveable,  # the block's input only: least memory, a second forward
+    # also the outputs of its dense layers and convolutions (q/k/v, projections, MLP), so only norms, modulation,
+    # activations and attention are recomputed: most of the memory saving, little of the cost
+    'dots': _save_dense_and_conv_outputs,
+}
+
+
+def remat_block(block_cls, policy, static_argnums=()):
+  """block_cls rematerialised under REMAT_POLICIES[policy]."""
+  return nn.remat(block_cls, policy=REMAT_POLICIES[policy], static_argnums=static_argnums)
+
+
 class TimestepEmbedder(nn.Module):
   """Sinusoidal features followed by a two-layer SiLU MLP."""
   hidden_size: int

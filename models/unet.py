@@ -10,7 +10,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.layers import LabelEmbedder, MultiHeadCrossAttention, attention, timestep_embedding
+from models.layers import LabelEmbedder, MultiHeadCrossAttention, attention, remat_block, timestep_embedding
 from models.text_encoder import PooledTextEmbedder, TextEncoderSpec, encode_text
 
 
@@ -84,6 +84,7 @@ class UNet(nn.Module):
   dtype: jnp.dtype = jnp.float32
   attention_impl: str | None = None
   remat: bool = False
+  remat_policy: str = 'full'  # models/layers.REMAT_POLICIES
   learn_sigma: bool = False  # twice the channels out: the prediction, then variance values (learned_variance.py)
   text: TextEncoderSpec | None = None
 
@@ -102,7 +103,7 @@ class UNet(nn.Module):
       context, pooled, context_lengths = encode_text(self.text, tokens, self.dtype)
       emb = emb + PooledTextEmbedder(4 * ch, self.dtype, name='text_pooled_emb')(pooled)
 
-    res_block = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
+    res_block = remat_block(ResBlock, self.remat_policy, static_argnums=(3,)) if self.remat else ResBlock
     block = lambda out, name: res_block(out, self.dropout, self.num_groups, self.scale_shift_norm, self.dtype,
                                         name=name)
     attn_block = lambda name: AttnBlock(self.num_heads, self.num_groups, self.dtype, self.attention_impl, name=name)

@@ -43,6 +43,7 @@ def test_other_configs_validate():
     ('train.batch_size', 0, 'config.train.batch_size=0 must be positive'),
     ('optim.ema_decay', 1.5, 'config.optim.ema_decay=1.5'),
     ('model.name', 'vit', "config.model.name='vit' is not valid"),
+    ('train.remat_policy', 'dot', "config.train.remat_policy='dot' is not valid"),
 ])
 def test_invalid_values_are_named(path, value, message):
   c = quickstart_config()

@@ -13,10 +13,10 @@ import re
 import jax
 import jax.numpy as jnp
 import pytest
-from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
 
 import sharding as sharding_lib
 import train
+from benchmarks.cuda_probe import pretend_h100_cudnn
 from configs.common import validate_config
 from configs.dit import dit_config
 from diffusion.guidance import classifier_free_guidance
@@ -30,10 +30,9 @@ FORWARD, BACKWARD = '__cudnn$fmhaSoftmax', '__cudnn$fmhaSoftmaxBackward'
 
 
 @pytest.fixture(autouse=True)
-def pretend_h100_with_cudnn(monkeypatch):
-  monkeypatch.setattr(cudnn_attention, 'check_cudnn_version', lambda: 91000)
-  monkeypatch.setattr(cudnn_attention, 'check_compute_capability', lambda capability: float(capability) <= 9.0)
-  monkeypatch.setattr(cudnn_attention, 'is_cuda_compute_capability_equal', lambda capability: capability == '9.0')
+def pretend_h100_with_cudnn():
+  with pretend_h100_cudnn():
+    yield
 
 
 def custom_calls(jitted, *args):
@@ -41,12 +40,12 @@ def custom_calls(jitted, *args):
   return collections.Counter(re.findall(r'custom_call @([\w$]+)', text))
 
 
-def tiny_dit(dtype='bfloat16', remat=False, **model):
+def tiny_dit(dtype='bfloat16', remat=False, remat_policy='full', **model):
   c = dit_config('S', 2)
   c.data.source, c.data.image_size, c.data.num_classes = 'digits', 8, 10
   c.model.depth, c.model.hidden_size, c.model.num_heads = 3, 144, 2  # head dim 72, as in XL
   c.model.update(model)
-  c.train.batch_size, c.train.compute_dtype, c.train.remat = 8, dtype, remat
+  c.train.batch_size, c.train.compute_dtype, c.train.remat, c.train.remat_policy = 8, dtype, remat, remat_policy
   return validate_config(c)
 
 
@@ -65,10 +64,10 @@ def lowered_train_step(c):
   return custom_calls(step, abstract_state, batch)
 
 
-@pytest.mark.parametrize('remat', [False, True])
-def test_dit_train_step_runs_cudnn_flash_attention_forward_and_backward(remat):
-  calls = lowered_train_step(tiny_dit(remat=remat))
-  # remat recomputes each block's forward, attention included, in the backward pass
+@pytest.mark.parametrize('remat,policy', [(False, 'full'), (True, 'full'), (True, 'dots')])
+def test_dit_train_step_runs_cudnn_flash_attention_forward_and_backward(remat, policy):
+  calls = lowered_train_step(tiny_dit(remat=remat, remat_policy=policy))
+  # remat recomputes each block's forward, attention included (the 'dots' policy keeps only dense outputs)
   assert calls[FORWARD] == (6 if remat else 3) and calls[BACKWARD] == 3, calls
 
 
