@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.layers import (LabelEmbedder, MultiHeadCrossAttention, MultiHeadSelfAttention, TimestepEmbedder,
-                           remat_block)
+                           gelu_tanh, layer_norm, remat_block)
 from models.text_encoder import PooledTextEmbedder, TextEncoderSpec, encode_text
 
 # Table 1 of the paper: depth, hidden size, heads.
@@ -57,18 +57,17 @@ class DiTBlock(nn.Module):
     mod = nn.Dense(6 * self.hidden_size, kernel_init=nn.initializers.zeros, dtype=self.dtype,
                    name='adaLN_modulation')(nn.silu(c))
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
-    norm = lambda name: nn.LayerNorm(use_bias=False, use_scale=False, epsilon=1e-6, dtype=self.dtype, name=name)
-    h = modulate(norm('norm1')(x), shift_msa, scale_msa)
+    h = modulate(layer_norm(x), shift_msa, scale_msa)  # norm1 of the paper, without parameters
     x = x + gate_msa[:, None] * MultiHeadSelfAttention(self.num_heads, self.dtype, self.attention_impl,
                                                        name='attn')(h)
     if context is not None:  # text: cross-attention to the token states (PixArt-alpha), output projection zero-init
       h = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm_cross')(x)
       x = x + MultiHeadCrossAttention(self.num_heads, self.dtype, self.attention_impl, name='cross_attn')(
           h, context, context_lengths)
-    h = modulate(norm('norm2')(x), shift_mlp, scale_mlp)
+    h = modulate(layer_norm(x), shift_mlp, scale_mlp)  # norm2
     init = nn.initializers.xavier_uniform()
     h = nn.Dense(int(self.hidden_size * self.mlp_ratio), kernel_init=init, dtype=self.dtype, name='mlp_fc1')(h)
-    h = nn.gelu(h, approximate=True)
+    h = gelu_tanh(h)
     h = nn.Dense(self.hidden_size, kernel_init=init, dtype=self.dtype, name='mlp_fc2')(h)
     return x + gate_mlp[:, None] * h
 
@@ -84,8 +83,7 @@ class FinalLayer(nn.Module):
     mod = nn.Dense(2 * self.hidden_size, kernel_init=nn.initializers.zeros, dtype=self.dtype,
                    name='adaLN_modulation')(nn.silu(c))
     shift, scale = jnp.split(mod, 2, axis=-1)
-    x = modulate(nn.LayerNorm(use_bias=False, use_scale=False, epsilon=1e-6, dtype=self.dtype,
-                              name='norm_final')(x), shift, scale)
+    x = modulate(layer_norm(x), shift, scale)  # norm_final
     return nn.Dense(self.patch_size ** 2 * self.out_channels, kernel_init=nn.initializers.zeros,
                     dtype=self.dtype, name='linear')(x)
 

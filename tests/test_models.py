@@ -115,3 +115,23 @@ def test_attention_key_lengths_mask_the_padding_on_every_path():
   moved = v.at[:, 3].add(10.0)  # key 3: padding for example 0 (length 1), attended by example 1 (length 4)
   np.testing.assert_allclose(attention(q, k, moved, None, lengths)[0], expected[0], atol=1e-6)
   assert float(jnp.abs(attention(q, k, moved, None, lengths)[1] - expected[1]).max()) > 1e-2
+
+
+def test_layer_norm_and_gelu_with_lean_backward_passes_match_autodiff():
+  """models/layers.layer_norm and gelu_tanh keep less for their backward pass; values and gradients are
+  those of flax's LayerNorm and jax's tanh GELU (float32 and bfloat16)."""
+  import flax.linen as nn
+  from models.layers import gelu_tanh, layer_norm
+  x = 3 * jax.random.normal(jax.random.PRNGKey(0), (4, 16, 96)) + 0.5
+  weights = jax.random.normal(jax.random.PRNGKey(1), x.shape)
+  reference_norm = nn.LayerNorm(use_bias=False, use_scale=False, epsilon=1e-6)
+  pairs = [(layer_norm, lambda v: reference_norm.apply({}, v)), (gelu_tanh, lambda v: nn.gelu(v, approximate=True))]
+  for dtype, tol in ((jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)):
+    v = x.astype(dtype)
+    for ours, reference in pairs:
+      value_and_grad = lambda f: jax.value_and_grad(lambda v: jnp.sum(weights * f(v).astype(jnp.float32)))(v)
+      (got, got_grad), (want, want_grad) = value_and_grad(ours), value_and_grad(reference)
+      assert got_grad.dtype == dtype
+      np.testing.assert_allclose(got, want, rtol=tol)
+      np.testing.assert_allclose(np.asarray(got_grad, np.float32), np.asarray(want_grad, np.float32), rtol=tol,
+                                 atol=tol * float(jnp.abs(want_grad.astype(jnp.float32)).max()))
