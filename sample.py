@@ -40,7 +40,8 @@ def make_generate_fn(config, model, mesh):
       return model.apply({'params': params}, x, t, **c)
     if cond:
       model_fn = classifier_free_guidance(apply, cond, null_condition(cond, config), guidance_scale, interval,
-                                          learned_variance=learn_sigma)
+                                          learned_variance=learn_sigma,
+                                          channels=config.sample.get('guidance_channels', 0) or None)
     else:
       model_fn = lambda x, t: apply(x, t, cond)
     return run_sampler(config.sample, objective, alphas_cumprod, model_fn, noise, rng,

@@ -115,6 +115,7 @@ def base_config():
   c.sample.ddpm_variance = 'posterior'
   c.sample.clip_denoised = True
   c.sample.guidance_interval = ()  # (lo, hi) network times where guidance applies; () = everywhere
+  c.sample.guidance_channels = 0   # guide only the first k channels of the prediction (DiT's sampler: 3); 0 = all
   c.sample.karras_rho = 7.0       # 'heun'/'euler' on VP objectives: Karras noise-level spacing
   c.sample.karras_sigma_max = 0.0  # ... starting there (EDM: 80); 0 = the schedule's largest (cosine: ~2e4)
   c.sample.flow_shift = 1.0       # flow samplers: t -> shift t / (1 + (shift - 1) t); 1 = uniform
@@ -193,6 +194,9 @@ def _validate_text_and_latents(config):
   if config.data.source == 'latents' and config.data.random_flip:
     raise ValueError('config.data.random_flip flips latents, which is not the latent of the flipped image; '
                      'set it to False: the encode job stores the flipped images\' latents (config.encode.flips)')
+  if config.data.source == 'latents' and config.sample.clip_denoised:
+    raise ValueError('config.sample.clip_denoised=True clips the predicted x0 to [-1, 1], the range of pixels; '
+                     "latents (data.source='latents') are not confined to it: set --config.sample.clip_denoised=False")
   pixels = config.data.pixels
   if pixels.source and pixels.source not in ('digits', 'image_folder', 'tfds'):
     raise ValueError(f"config.data.pixels.source={pixels.source!r} is not one of 'digits', 'image_folder', 'tfds'")
@@ -252,6 +256,9 @@ def validate_config(config):
   if interval and (len(interval) != 2 or not 0 <= interval[0] <= interval[1]):
     raise ValueError(f'config.sample.guidance_interval={interval} must be () or (lo, hi) network times '
                      'with 0 <= lo <= hi')
+  if not 0 <= config.sample.guidance_channels <= config.data.channels:
+    raise ValueError(f'config.sample.guidance_channels={config.sample.guidance_channels} must be in [0, '
+                     f'data.channels={config.data.channels}] (0 guides every channel)')
   if config.data.source in ('image_folder', 'latents') and not config.data.path:
     raise ValueError(f'config.data.path is empty; data.source={config.data.source!r} needs a directory')
   if config.data.source == 'tfds' and not config.data.name:

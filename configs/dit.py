@@ -2,7 +2,8 @@
 
 Shared by configs/dit_{s,b,l,xl}.py; the argument after ':' is the patch size (2, 4 or 8).
 AdamW 1e-4, no weight decay, batch 256, EMA 0.9999, horizontal flips, label dropout 0.1, learned sigma,
-linear schedule with 1000 steps; sampling with guidance 1.5.
+linear schedule with 1000 steps; sampling as DiT's: 250 DDPM steps (linspace spacing), no clipping,
+guidance 1.5. The released DiT-XL/2 weights import into configs/dit_xl.py (docs/pretrained.md).
 
 Training reads pre-encoded latents from data/imagenet256_latents (input_pipeline/latents.py). Once:
 convert the VAE (stabilityai/sd-vae-ft-mse, diffusion_pytorch_model.safetensors) with
@@ -66,6 +67,8 @@ def dit_config(variant, patch_size=None):
 
   c.sample.sampler = 'ddpm'
   c.sample.num_steps = 250
+  c.sample.spacing = 'linspace'  # DiT's (ADM's) 250 of 1000 steps: round(k * 999 / 249) = 0, 4, ..., 995, 999
+  c.sample.clip_denoised = False  # latents are not confined to [-1, 1]
   c.sample.guidance_scale = 1.5
   c.sample.num_samples = 50_000
   c.sample.batch_size = 256

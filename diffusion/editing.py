@@ -145,7 +145,8 @@ def make_edit_fn(config, model):
     learn_sigma = config.diffusion.get('learn_sigma', False)
     if cond:
       model_fn = classifier_free_guidance(apply, cond, null_condition(cond, config), guidance_scale, interval,
-                                          learned_variance=learn_sigma)
+                                          learned_variance=learn_sigma,
+                                          channels=config.sample.get('guidance_channels', 0) or None)
     else:
       model_fn = lambda x, t: apply(x, t, cond)
     if learn_sigma:  # editing runs the fixed-variance updates

@@ -44,6 +44,7 @@ def test_other_configs_validate():
     ('optim.ema_decay', 1.5, 'config.optim.ema_decay=1.5'),
     ('model.name', 'vit', "config.model.name='vit' is not valid"),
     ('train.remat_policy', 'dot', "config.train.remat_policy='dot' is not valid"),
+    ('sample.guidance_channels', 2, 'config.sample.guidance_channels=2 must be in [0, data.channels=1]'),
 ])
 def test_invalid_values_are_named(path, value, message):
   c = quickstart_config()

@@ -49,6 +49,7 @@ def latent_config(files, out='latents'):
   c.data.pixels.image_size, c.data.pixels.channels = 16, 3
   c.encode.batch_size, c.encode.shard_size, c.encode.num_workers = 8, 4, 2
   c.train.batch_size = 8
+  c.sample.clip_denoised = False
   return validate_config(c)
 
 

@@ -96,6 +96,11 @@ def test_guidance_guides_the_prediction_and_keeps_the_conditional_variance():
   out = model_fn(jnp.zeros((2, 5)), jnp.zeros(2))
   np.testing.assert_allclose(out[:, :5], [[10 + 3 * (2 - 10)] * 5, [10 + 3 * (4 - 10)] * 5])
   np.testing.assert_allclose(out[:, 5:], [[0.2] * 5, [0.4] * 5], rtol=1e-6)
+  # DiT's sampler guides the first 3 of its 4 latent channels and keeps the conditional prediction for the 4th
+  model_fn = classifier_free_guidance(apply, {'y': jnp.array([2, 4])}, {'y': jnp.array([10, 10])}, 3.0,
+                                      learned_variance=True, channels=3)
+  out = model_fn(jnp.zeros((2, 4)), jnp.zeros(2))
+  np.testing.assert_allclose(out, [[-14] * 3 + [2] + [0.2] * 4, [-8] * 3 + [4] + [0.4] * 4], rtol=1e-6)
 
 
 def test_training_with_learned_sigma_lowers_both_terms_and_samples(tmp_path):

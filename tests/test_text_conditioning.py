@@ -134,6 +134,9 @@ def test_config_validation_names_the_field():
   c.data.source, c.data.path, c.data.random_flip = 'latents', '/tmp/x', True
   with pytest.raises(ValueError, match='random_flip'):
     validate_config(c)
+  c.data.random_flip = False
+  with pytest.raises(ValueError, match=r'clip_denoised=True clips the predicted x0 to \[-1, 1\].*clip_denoised=False'):
+    validate_config(c)
 
 
 # --- the models ---------------------------------------------------------------------------------------------
