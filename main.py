@@ -1,4 +1,4 @@
-"""Entry point: python main.py --config=configs/<name>.py[:arg] --workdir=DIR [--mode=train|sample|eval|fid_stats|encode|edit].
+"""Entry point: python main.py --config=configs/<name>.py[:arg] --workdir=DIR [--mode=train|sample|eval|fid_stats|encode|edit|import].
 
 Any config field can be overridden on the command line, e.g. --config.train.batch_size=64.
 """
@@ -11,9 +11,10 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file('config', None, 'Path to a config file, with an optional :argument.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard events, samples and metrics.')
-flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'fid_stats', 'encode', 'edit'],
+flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'fid_stats', 'encode', 'edit', 'import'],
                   'What to do (encode: config.data.pixels -> VAE latents in config.data.path; edit: img2img and '
-                  'inpainting of --images, edit.py).')
+                  'inpainting of --images, edit.py; import: a public checkpoint --weights -> the step-0 '
+                  'checkpoint of --workdir, import_weights.py).')
 flags.DEFINE_bool('overwrite', False, 'Allow --mode=sample, eval, fid_stats and edit to replace an existing output '
                   'file.')
 # --mode=eval and --mode=fid_stats (evaluation/jobs.py, docs/evaluation.md)
@@ -37,6 +38,9 @@ flags.DEFINE_string('labels', None, 'edit: class label(s), one for all images or
                     '(none: the null label).')
 flags.DEFINE_string('prompt', None, 'edit: the prompt, for text-conditional models.')
 flags.DEFINE_string('edit_name', None, 'edit: outputs go to <workdir>/edits/<edit_name>.npz and .png.')
+# --mode=import (import_weights.py)
+flags.DEFINE_string('weights', None, 'import: the public checkpoint file (.pt, .pth, .bin, .safetensors or .npz) of '
+                    'the config\'s model, e.g. DiT-XL-2-256x256.pt for configs/dit_xl.py.')
 flags.DEFINE_bool('jax_distributed', False, 'Call jax.distributed.initialize() first (multi-host runs; '
                   'coordinator and process ids come from the environment: SLURM, Open MPI or TPU metadata, or '
                   'JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID).')
@@ -103,6 +107,9 @@ def main(argv):
     import edit
     edit.run_edit_job(config, workdir, FLAGS.images, mask=FLAGS.mask, strength=FLAGS.strength, labels=FLAGS.labels,
                       prompt=FLAGS.prompt, name=FLAGS.edit_name, overwrite=FLAGS.overwrite)
+  elif FLAGS.mode == 'import':
+    import import_weights
+    import_weights.run_import_job(config, workdir, FLAGS.weights)
 
 
 def run():

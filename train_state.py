@@ -56,9 +56,13 @@ def dummy_inputs(config, batch_size=1):
 def init_state(config, model, tx, seed):
   x, t, cond = dummy_inputs(config)
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
-  params = model.init(init_rng, x, t, **cond)['params']
+  return state_from_params(model.init(init_rng, x, t, **cond)['params'], tx, state_rng)
+
+
+def state_from_params(params, tx, rng):
+  """Step 0 with these params (EMA a copy of them) and a fresh optimizer state."""
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=jax.tree.map(jnp.copy, params),
-                    opt_state=tx.init(params), rng=state_rng, nonfinite_count=jnp.zeros((), jnp.int32),
+                    opt_state=tx.init(params), rng=rng, nonfinite_count=jnp.zeros((), jnp.int32),
                     first_nonfinite_step=jnp.full((), -1, jnp.int32))
 
 
