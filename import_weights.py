@@ -16,14 +16,12 @@ import numpy as np
 from flax.traverse_util import flatten_dict
 
 from checkpoints import model_signature
-from models.weight_files import read_state_dict
+from models.weight_files import key_and_shape_problems, read_state_dict
 
 # config.model.name -> the module converting its public checkpoints. Each has WHERE_TO_GET (where the files
 # are published) and params_from_state_dict(state_dict, config) -> the model's params as numpy arrays, which
 # raises ValueError naming the keys that do not fit.
 CONVERTERS = {'dit': 'models.dit_convert'}
-
-_MAX_LISTED = 8
 
 
 def converter_for(config):
@@ -34,25 +32,11 @@ def converter_for(config):
   return importlib.import_module(CONVERTERS[name])
 
 
-def _listed(items):
-  items = sorted(items)
-  more = f' and {len(items) - _MAX_LISTED} more' if len(items) > _MAX_LISTED else ''
-  return ', '.join(items[:_MAX_LISTED]) + more
-
-
 def params_mismatch(params, abstract_params):
   """'' if `params` has exactly the names and shapes of `abstract_params`, else what differs."""
   got = {'/'.join(k): np.shape(v) for k, v in flatten_dict(params).items()}
-  want = {'/'.join(k): tuple(v.shape) for k, v in flatten_dict(abstract_params).items()}
-  problems = []
-  if set(want) - set(got):
-    problems.append(f'missing {_listed(set(want) - set(got))}')
-  if set(got) - set(want):
-    problems.append(f'unexpected {_listed(set(got) - set(want))}')
-  shapes = [f'{k} {got[k]} (model: {want[k]})' for k in set(got) & set(want) if got[k] != want[k]]
-  if shapes:
-    problems.append(f'misshaped {_listed(shapes)}')
-  return '; '.join(problems)
+  want = {'/'.join(k): v.shape for k, v in flatten_dict(abstract_params).items()}
+  return '; '.join(key_and_shape_problems(got, want))
 
 
 def write_pretrained_checkpoint(config, workdir, params):

@@ -29,6 +29,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from models import build_model
 from models.dit import DIT_VARIANTS, sincos_pos_embed_2d
+from models.weight_files import key_and_shape_problems
 from train_state import dummy_inputs
 
 WHERE_TO_GET = ('the DiT repository, github.com/facebookresearch/DiT: '
@@ -49,7 +50,6 @@ _TORCH_BLOCK = re.compile(r'^blocks\.(\d+)\.')
 _CONFIG_FIELDS = {'depth': 'model.depth', 'hidden_size': 'model.hidden_size', 'patch_size': 'model.patch_size',
                   'mlp_ratio': 'model.mlp_ratio', 'channels': 'data.channels', 'image_size': 'data.image_size',
                   'num_classes': 'data.num_classes', 'learn_sigma': 'diffusion.learn_sigma'}
-_MAX_LISTED = 8
 
 
 def torch_key(path):
@@ -146,25 +146,11 @@ def _likely_cause(state_dict, model):
   return '; '.join(differ)
 
 
-def _listed(items):
-  items = sorted(items)
-  more = f' and {len(items) - _MAX_LISTED} more' if len(items) > _MAX_LISTED else ''
-  return ', '.join(items[:_MAX_LISTED]) + more
-
-
 def _check(state_dict, model, abstract):
   """Raises ValueError naming every missing, unexpected or misshaped key, a pos_embed that is not DiT's, and
   a head count other than the DiT variant's (heads leave no trace in the shapes)."""
   expected = _expected_shapes(model, abstract)
-  got = {k: tuple(np.shape(v)) for k, v in state_dict.items()}
-  problems = []
-  if set(expected) - set(got):
-    problems.append(f'missing keys: {_listed(set(expected) - set(got))}')
-  if set(got) - set(expected):
-    problems.append(f'unexpected keys: {_listed(set(got) - set(expected))}')
-  misshaped = [f'{k} {got[k]} (expected {expected[k]})' for k in set(expected) & set(got) if got[k] != expected[k]]
-  if misshaped:
-    problems.append(f'misshaped keys: {_listed(misshaped)}')
+  problems = key_and_shape_problems({k: np.shape(v) for k, v in state_dict.items()}, expected)
   if problems:
     cause = _likely_cause(state_dict, model)
     raise ValueError(f'the weights do not fit the DiT of this config (depth {model.depth}, hidden {model.hidden_size}, '

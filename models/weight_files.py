@@ -53,3 +53,24 @@ def read_state_dict(path, missing_help=''):
     with np.load(path) as data:
       return {k: data[k] for k in data.files}
   return read_torch_file(path)
+
+
+def _listed(items, max_listed=8):
+  items = sorted(items)
+  more = f' and {len(items) - max_listed} more' if len(items) > max_listed else ''
+  return ', '.join(items[:max_listed]) + more
+
+
+def key_and_shape_problems(got, expected):
+  """What differs between two {name: shape} dicts, as phrases naming the missing, unexpected and misshaped
+  names (a few of each); [] if they agree."""
+  problems = []
+  if set(expected) - set(got):
+    problems.append(f'missing keys: {_listed(set(expected) - set(got))}')
+  if set(got) - set(expected):
+    problems.append(f'unexpected keys: {_listed(set(got) - set(expected))}')
+  misshaped = [f'{k} {tuple(got[k])} (expected {tuple(expected[k])})' for k in set(expected) & set(got)
+               if tuple(got[k]) != tuple(expected[k])]
+  if misshaped:
+    problems.append(f'misshaped keys: {_listed(misshaped)}')
+  return problems

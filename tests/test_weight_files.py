@@ -37,3 +37,14 @@ def test_torch_training_checkpoint_reads_its_ema_weights_as_float32(tmp_path):
   torch.save({'config': {'lr': 1}, 'epoch': 3}, tmp_path / 'other.pt')
   with pytest.raises(ValueError, match=r"no state dict of tensors: its top-level keys are \['config', 'epoch'\]"):
     read_state_dict(str(tmp_path / 'other.pt'))
+
+
+def test_key_and_shape_problems_name_what_differs():
+  from models.weight_files import key_and_shape_problems
+  expected = {'a': (2, 3), 'b': (4,), 'c': (1,)}
+  assert key_and_shape_problems(dict(expected), expected) == []
+  got = {'a': (3, 2), 'b': (4,), 'd': (1,)}
+  assert key_and_shape_problems(got, expected) == ['missing keys: c', 'unexpected keys: d',
+                                                   'misshaped keys: a (3, 2) (expected (2, 3))']
+  many = key_and_shape_problems({}, {f'k{i:02d}': (1,) for i in range(11)})
+  assert many == ['missing keys: k00, k01, k02, k03, k04, k05, k06, k07 and 3 more']
