@@ -261,6 +261,20 @@ def test_guidance_scale_one_is_conditional_and_zero_unconditional():
   np.testing.assert_allclose(guided(3.0)(x, t), u + 3.0 * (cnd - u), rtol=1e-6)
 
 
+def test_guidance_scale_one_runs_only_the_conditional_batch():
+  x, t, batches = jnp.ones((3, 2)), jnp.array([100.0, 500.0, 900.0]), []
+
+  def counting_apply(x, t, cond):
+    jax.debug.callback(lambda n: batches.append(int(n)), x.shape[0])
+    return toy_apply(x, t, cond)
+  labels = jnp.array([1, 2, 3])
+  model_fn = jax.jit(lambda x, t, scale: classifier_free_guidance(
+      counting_apply, {'y': labels}, {'y': jnp.full_like(labels, 10)}, scale)(x, t))
+  for scale in (1.0, 2.0, 1.0):  # one program for every scale
+    model_fn(x, t, scale).block_until_ready()
+  assert batches == [3, 6, 3], batches
+
+
 def test_guidance_interval_switches_guidance_off_outside():
   x, t = jnp.ones((3, 2)), jnp.array([100.0, 500.0, 900.0])
   out = np.asarray(guided(3.0, interval=(200.0, 800.0))(x, t))
