@@ -22,6 +22,7 @@ VAE_CONFIGS = ('sd', 'tiny')  # models.vae SD_VAE_CONFIG, TINY_VAE_CONFIG (tests
 LATENT_DTYPES = ('float16', 'float32')
 NONFINITE_POLICIES = ('stop', 'skip')
 REMAT_POLICIES = ('full', 'dots')  # models/layers.remat_block
+QKV_ORDERS = ('legacy', 'new')  # models/adm_convert.py
 
 
 def base_config():
@@ -144,6 +145,12 @@ def base_config():
   c.text.prompt_template = '{}'   # evaluation prompt of class y: template.format(class name)
   c.text.class_names = ()         # () = digit names for data.source='digits', else the label number
   c.text.eval_prompts = ()        # explicit prompts for grids and evaluators (cycled), instead of class prompts
+
+  c.weights = ml_collections.ConfigDict()  # how --mode=import reads a public checkpoint (import_weights.py)
+  # guided-diffusion U-Nets (models/adm_convert.py): the channel order of the fused qkv projection. 'legacy':
+  # [head][q, k, v][channel] (QKVAttentionLegacy, its default); 'new': [q, k, v][head][channel]
+  # (use_new_attention_order=True: the released 64x64 ImageNet model). The shapes are the same either way.
+  c.weights.qkv_order = 'legacy'
   return c
 
 
@@ -217,6 +224,7 @@ def validate_config(config):
   _choice(config, 'train.compute_dtype', COMPUTE_DTYPES)
   _choice(config, 'train.nonfinite', NONFINITE_POLICIES)
   _choice(config, 'train.remat_policy', REMAT_POLICIES)
+  _choice(config, 'weights.qkv_order', QKV_ORDERS)
   for path in ('data.image_size', 'data.channels', 'diffusion.num_timesteps', 'train.num_steps',
                'train.batch_size', 'train.log_every', 'train.keep_checkpoints', 'sample.num_steps',
                'sample.num_samples', 'sample.batch_size', 'train.checkpoint_every', 'diffusion.sigma_data',

@@ -1,9 +1,20 @@
-"""U-Net of DDPM (Ho et al., 2020) with the ADM options (Dhariwal & Nichol, 2021).
+"""U-Net of DDPM (Ho et al., 2020) with the options of ADM (Dhariwal & Nichol, 2021; openai/guided-diffusion).
 
-Residual blocks with GroupNorm and a projected time embedding, self-attention at chosen
-resolutions, strided-conv downsampling and nearest-neighbour + conv upsampling, skip
-connections concatenated on the way up. `scale_shift_norm` (ADM) conditions the second
-normalisation by scale and shift instead of adding the embedding. NHWC throughout.
+Residual blocks (GroupNorm, SiLU, conv; a projected time embedding, plus the class embedding when
+class-conditional), self-attention at chosen resolutions, skip connections concatenated on the way up.
+NHWC throughout. The defaults are DDPM's network; the ADM options, each off by default:
+
+- `scale_shift_norm`: the embedding scales and shifts the second normalisation (FiLM-like, AdaGN) instead of
+  being added before it.
+- `resblock_updown`: BigGAN-style resampling: the step between levels is a residual block whose input, after its
+  first norm and SiLU, is average-pooled 2x2 (down) or repeated 2x nearest (up), as is the block's skip, before
+  its first conv. Otherwise a stride-2 3x3 conv downsamples and nearest x2 + 3x3 conv upsamples.
+- `symmetric_downsample`: that stride-2 conv pads one pixel on every side (ADM's PyTorch padding=1) instead of
+  SAME (DDPM's TensorFlow: none before, one after), which reads the input one pixel shifted.
+- `num_head_channels` > 0: each attention layer has channels // num_head_channels heads (ADM: 64), instead of
+  `num_heads` everywhere.
+
+The released ADM ImageNet models are configs/adm_imagenet.py; models/adm_convert.py converts their weights.
 """
 from typing import Sequence
 
@@ -14,17 +25,28 @@ from models.layers import LabelEmbedder, MultiHeadCrossAttention, attention, rem
 from models.text_encoder import PooledTextEmbedder, TextEncoderSpec, encode_text
 
 
+def upsample_nearest(x):
+  """[B, H, W, C] -> [B, 2H, 2W, C], each pixel repeated 2x2."""
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
 class ResBlock(nn.Module):
   out_channels: int
   dropout: float
   num_groups: int
   scale_shift_norm: bool
   dtype: jnp.dtype = jnp.float32
+  resample: str | None = None  # 'down' / 'up': a resblock_updown block (both paths resampled before conv1)
 
   @nn.compact
   def __call__(self, x, emb, train):
     norm = lambda name: nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-5, dtype=self.dtype, name=name)
-    h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, name='conv1')(nn.silu(norm('norm1')(x)))
+    h = nn.silu(norm('norm1')(x))
+    if self.resample == 'down':
+      h, x = (nn.avg_pool(a, (2, 2), strides=(2, 2)) for a in (h, x))
+    elif self.resample == 'up':
+      h, x = (upsample_nearest(a) for a in (h, x))
+    h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, name='conv1')(h)
     emb = nn.Dense(2 * self.out_channels if self.scale_shift_norm else self.out_channels, dtype=self.dtype,
                    name='emb_proj')(nn.silu(emb))[:, None, None]
     if self.scale_shift_norm:
@@ -44,21 +66,28 @@ class AttnBlock(nn.Module):
   num_groups: int
   dtype: jnp.dtype = jnp.float32
   attention_impl: str | None = None
+  num_head_channels: int = -1  # > 0: channels // num_head_channels heads instead of num_heads
 
   @nn.compact
   def __call__(self, x, context=None, context_lengths=None):
     """Self-attention; with a context (text token states [B, S, D]), cross-attention to it after."""
     b, hh, ww, c = x.shape
+    heads = self.num_heads
+    if self.num_head_channels > 0:
+      if c % self.num_head_channels:
+        raise ValueError(f'an attention layer has {c} channels, not a multiple of config.model.num_head_channels='
+                         f'{self.num_head_channels}')
+      heads = c // self.num_head_channels
     h = nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-5, dtype=self.dtype, name='norm')(x)
     h = h.reshape(b, hh * ww, c)
-    q, k, v = (nn.Dense(c, dtype=self.dtype, name=n)(h).reshape(b, hh * ww, self.num_heads, c // self.num_heads)
+    q, k, v = (nn.Dense(c, dtype=self.dtype, name=n)(h).reshape(b, hh * ww, heads, c // heads)
                for n in ('q', 'k', 'v'))
     h = attention(q, k, v, self.attention_impl).reshape(b, hh * ww, c)
     h = nn.Dense(c, kernel_init=nn.initializers.zeros, dtype=self.dtype, name='proj_out')(h)
     x = x + h.reshape(b, hh, ww, c)
     if context is not None:
       h = nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-5, dtype=self.dtype, name='cross_norm')(x)
-      h = MultiHeadCrossAttention(self.num_heads, self.dtype, self.attention_impl, name='cross_attn')(
+      h = MultiHeadCrossAttention(heads, self.dtype, self.attention_impl, name='cross_attn')(
           h.reshape(b, hh * ww, c), context, context_lengths)
       x = x + h.reshape(b, hh, ww, c)
     return x
@@ -86,6 +115,9 @@ class UNet(nn.Module):
   remat: bool = False
   remat_policy: str = 'full'  # models/layers.REMAT_POLICIES
   learn_sigma: bool = False  # twice the channels out: the prediction, then variance values (learned_variance.py)
+  num_head_channels: int = -1
+  resblock_updown: bool = False
+  symmetric_downsample: bool = False
   text: TextEncoderSpec | None = None
 
   @nn.compact
@@ -104,9 +136,10 @@ class UNet(nn.Module):
       emb = emb + PooledTextEmbedder(4 * ch, self.dtype, name='text_pooled_emb')(pooled)
 
     res_block = remat_block(ResBlock, self.remat_policy, static_argnums=(3,)) if self.remat else ResBlock
-    block = lambda out, name: res_block(out, self.dropout, self.num_groups, self.scale_shift_norm, self.dtype,
-                                        name=name)
-    attn_block = lambda name: AttnBlock(self.num_heads, self.num_groups, self.dtype, self.attention_impl, name=name)
+    block = lambda out, name, resample=None: res_block(out, self.dropout, self.num_groups, self.scale_shift_norm,
+                                                       self.dtype, resample, name=name)
+    attn_block = lambda name: AttnBlock(self.num_heads, self.num_groups, self.dtype, self.attention_impl,
+                                        self.num_head_channels, name=name)
     attn = lambda name: lambda h: attn_block(name)(h, context, context_lengths)
 
     h = nn.Conv(ch, (3, 3), dtype=self.dtype, name='conv_in')(x.astype(self.dtype))
@@ -119,7 +152,12 @@ class UNet(nn.Module):
           h = attn(f'down_{level}_attn_{i}')(h)
         skips.append(h)
       if level != len(self.channel_mult) - 1:
-        h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=self.dtype, name=f'down_{level}_downsample')(h)
+        if self.resblock_updown:
+          h = block(h.shape[-1], f'down_{level}_downsample', 'down')(h, emb, train)
+        else:
+          padding = ((1, 1), (1, 1)) if self.symmetric_downsample else 'SAME'
+          h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), padding=padding, dtype=self.dtype,
+                      name=f'down_{level}_downsample')(h)
         resolution //= 2
         skips.append(h)
 
@@ -133,9 +171,10 @@ class UNet(nn.Module):
         if resolution in self.attn_resolutions:
           h = attn(f'up_{level}_attn_{i}')(h)
       if level != 0:
-        b, hh, ww, c = h.shape
-        h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
-        h = nn.Conv(c, (3, 3), dtype=self.dtype, name=f'up_{level}_upsample')(h)
+        if self.resblock_updown:
+          h = block(h.shape[-1], f'up_{level}_upsample', 'up')(h, emb, train)
+        else:
+          h = nn.Conv(h.shape[-1], (3, 3), dtype=self.dtype, name=f'up_{level}_upsample')(upsample_nearest(h))
         resolution *= 2
 
     h = nn.silu(nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-5, dtype=self.dtype, name='norm_out')(h))
