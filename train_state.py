@@ -53,6 +53,12 @@ def dummy_inputs(config, batch_size=1):
   return jnp.zeros(shape, jnp.float32), jnp.zeros((batch_size,), jnp.float32), dummy_condition(config, batch_size)
 
 
+def abstract_params(config, model):
+  """The model's params as shapes and dtypes (jax.ShapeDtypeStruct), nothing allocated."""
+  x, t, cond = dummy_inputs(config)
+  return jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, **cond)['params']
+
+
 def init_state(config, model, tx, seed):
   x, t, cond = dummy_inputs(config)
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))

@@ -51,12 +51,10 @@ def model_loss(config, batch_size):
   import jax
   import jax.numpy as jnp
   from models import build_model
-  from train_state import dummy_inputs
+  from train_state import abstract_params, dummy_inputs
   model = build_model(config)
   x, t, cond = dummy_inputs(config, batch_size)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x[:1], t[:1],
-                                             **jax.tree.map(lambda c: c[:1], cond))['params'])
-  params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract_params(config, model))
   return lambda p: jnp.sum(model.apply({'params': p}, x, t, **cond) ** 2), params
 
 

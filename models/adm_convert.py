@@ -31,14 +31,13 @@ ADM's class-conditional models have no null label (they were not trained with la
 that ours have is set to zeros, which makes the null condition the time embedding alone. It is there so the
 tree fits; classifier-free guidance with it is not what ADM samples.
 """
-import jax
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from configs.adm_imagenet import ARCHITECTURES, QKV_ORDERS
 from models import build_model
 from models.weight_files import key_and_shape_problems
-from train_state import dummy_inputs
+from train_state import abstract_params
 
 _URL = 'https://openaipublic.blob.core.windows.net/diffusion/jul-2021/'
 WHERE_TO_GET = ('the guided-diffusion README, github.com/openai/guided-diffusion: '
@@ -149,8 +148,7 @@ def _model_and_abstract_params(config):
     raise ValueError('guided-diffusion\'s Downsample conv pads one pixel on every side; with SAME padding '
                      '(config.model.symmetric_downsample=False) the weights would read shifted inputs; set '
                      '--config.model.symmetric_downsample=True')
-  x, t, cond = dummy_inputs(config)
-  return model, jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, **cond)['params']
+  return model, abstract_params(config, model)
 
 
 def _released(base_channels, input_blocks):

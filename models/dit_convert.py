@@ -23,14 +23,13 @@ have no parameters. Every key and shape is checked against the model the config 
 import math
 import re
 
-import jax
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from models import build_model
 from models.dit import DIT_VARIANTS, sincos_pos_embed_2d
 from models.weight_files import key_and_shape_problems
-from train_state import dummy_inputs
+from train_state import abstract_params
 
 WHERE_TO_GET = ('the DiT repository, github.com/facebookresearch/DiT: '
                 'https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-256x256.pt (configs/dit_xl.py) and '
@@ -85,8 +84,7 @@ def _model_and_abstract_params(config):
   if model.text is not None:
     raise ValueError('the DiT checkpoints are class-conditional; this config is text-conditional '
                      f'(config.text.encoder={config.text.encoder!r}); import into a config without text')
-  x, t, cond = dummy_inputs(config)
-  return model, jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, **cond)['params']
+  return model, abstract_params(config, model)
 
 
 def _expected_shapes(model, abstract):
