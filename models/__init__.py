@@ -1,12 +1,13 @@
 """Model registry: `config.model.name` picks the class, the other `config.model` fields are its arguments."""
 import jax.numpy as jnp
 
+from models.adm_classifier import ADMClassifier
 from models.conditioning import model_num_classes
 from models.dit import DiT
 from models.text_encoder import text_encoder_spec
 from models.unet import UNet
 
-MODELS = {'dit': DiT, 'unet': UNet}
+MODELS = {'dit': DiT, 'unet': UNet, 'adm_classifier': ADMClassifier}
 
 
 def build_model(config):
@@ -28,7 +29,8 @@ def build_model(config):
   text = text_encoder_spec(config)  # None unless config.text.encoder (text-to-image)
   if text is not None:
     kwargs['text'] = text
+  if 'learn_sigma' in cls.__dataclass_fields__:  # the denoisers, not the classifier
+    kwargs['learn_sigma'] = config.diffusion.get('learn_sigma', False)
   return cls(image_size=config.data.image_size, channels=config.data.channels,
              num_classes=model_num_classes(config), dtype=jnp.dtype(config.train.compute_dtype),
-             remat=config.train.remat, remat_policy=config.train.remat_policy,
-             learn_sigma=config.diffusion.get('learn_sigma', False), **kwargs)
+             remat=config.train.remat, remat_policy=config.train.remat_policy, **kwargs)

@@ -15,6 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 
 MODEL_INPUTS = ('y', 'tokens')
+CLASSIFIERS = ('adm_classifier',)  # models that predict the label of a noised image instead of denoising it
+
+
+def is_classifier(config):
+  return config.model.name in CLASSIFIERS
 
 
 def uses_text(config):
@@ -23,13 +28,15 @@ def uses_text(config):
 
 
 def uses_labels(config):
-  """Whether the model itself takes class labels 'y'."""
-  return config.data.num_classes > 0 and (not uses_text(config) or config.text.get('use_labels', False))
+  """Whether the model itself takes class labels 'y' (a classifier predicts them instead)."""
+  return (config.data.num_classes > 0 and not is_classifier(config) and
+          (not uses_text(config) or config.text.get('use_labels', False)))
 
 
 def model_num_classes(config):
-  """num_classes of the network: the dataset's, or 0 for a text model that does not take labels."""
-  return config.data.num_classes if uses_labels(config) else 0
+  """num_classes of the network: the dataset's (labels in, or a classifier's logits out), or 0 for a text model
+  that does not take labels."""
+  return config.data.num_classes if uses_labels(config) or is_classifier(config) else 0
 
 
 def _tokens(texts, config):

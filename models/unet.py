@@ -93,6 +93,53 @@ class AttnBlock(nn.Module):
     return x
 
 
+def time_embedding(module, t):
+  """The sinusoidal embedding of t through two dense layers (temb_0, temb_1): [B, 4 * base_channels]."""
+  ch = module.base_channels
+  emb = timestep_embedding(t, ch).astype(module.dtype)
+  emb = nn.Dense(4 * ch, dtype=module.dtype, name='temb_0')(emb)
+  return nn.Dense(4 * ch, dtype=module.dtype, name='temb_1')(nn.silu(emb))
+
+
+def block_factories(module):
+  """(block(out_channels, name, resample=None), attn_block(name)) building `module`'s residual and attention
+  blocks, with its remat setting."""
+  res_block = remat_block(ResBlock, module.remat_policy, static_argnums=(3,)) if module.remat else ResBlock
+  block = lambda out, name, resample=None: res_block(out, module.dropout, module.num_groups, module.scale_shift_norm,
+                                                     module.dtype, resample, name=name)
+  attn_block = lambda name: AttnBlock(module.num_heads, module.num_groups, module.dtype, module.attention_impl,
+                                      module.num_head_channels, name=name)
+  return block, attn_block
+
+
+def encoder(module, x, emb, train, block, attn):
+  """conv_in, the down levels and the middle block of `module` (a U-Net or the ADM classifier, called from its
+  compact __call__, so the layers are its own): (h, the skips the up path concatenates)."""
+  ch = module.base_channels
+  h = nn.Conv(ch, (3, 3), dtype=module.dtype, name='conv_in')(x.astype(module.dtype))
+  skips = [h]
+  resolution = module.image_size
+  for level, mult in enumerate(module.channel_mult):
+    for i in range(module.num_res_blocks):
+      h = block(ch * mult, f'down_{level}_res_{i}')(h, emb, train)
+      if resolution in module.attn_resolutions:
+        h = attn(f'down_{level}_attn_{i}')(h)
+      skips.append(h)
+    if level != len(module.channel_mult) - 1:
+      if module.resblock_updown:
+        h = block(h.shape[-1], f'down_{level}_downsample', 'down')(h, emb, train)
+      else:
+        padding = ((1, 1), (1, 1)) if module.symmetric_downsample else 'SAME'
+        h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), padding=padding, dtype=module.dtype,
+                    name=f'down_{level}_downsample')(h)
+      resolution //= 2
+      skips.append(h)
+  h = block(h.shape[-1], 'mid_res_0')(h, emb, train)
+  h = attn('mid_attn')(h)
+  h = block(h.shape[-1], 'mid_res_1')(h, emb, train)
+  return h, skips
+
+
 class UNet(nn.Module):
   """`y == num_classes` is the null label; `num_classes=0` makes the model unconditional.
 
@@ -122,48 +169,20 @@ class UNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, t, y=None, tokens=None, train=False):
-    ch = self.base_channels
-    emb = timestep_embedding(t, ch).astype(self.dtype)
-    emb = nn.Dense(4 * ch, dtype=self.dtype, name='temb_0')(emb)
-    emb = nn.Dense(4 * ch, dtype=self.dtype, name='temb_1')(nn.silu(emb))
+    emb = time_embedding(self, t)
     if self.num_classes > 0:
-      emb = emb + LabelEmbedder(self.num_classes, 4 * ch, dtype=self.dtype, name='label_emb')(y)
+      emb = emb + LabelEmbedder(self.num_classes, 4 * self.base_channels, dtype=self.dtype, name='label_emb')(y)
     context = context_lengths = None
     if self.text is not None:
       if tokens is None:
         raise ValueError('this U-Net is text-conditional: pass tokens=int32 [B, L]')
       context, pooled, context_lengths = encode_text(self.text, tokens, self.dtype)
-      emb = emb + PooledTextEmbedder(4 * ch, self.dtype, name='text_pooled_emb')(pooled)
+      emb = emb + PooledTextEmbedder(4 * self.base_channels, self.dtype, name='text_pooled_emb')(pooled)
 
-    res_block = remat_block(ResBlock, self.remat_policy, static_argnums=(3,)) if self.remat else ResBlock
-    block = lambda out, name, resample=None: res_block(out, self.dropout, self.num_groups, self.scale_shift_norm,
-                                                       self.dtype, resample, name=name)
-    attn_block = lambda name: AttnBlock(self.num_heads, self.num_groups, self.dtype, self.attention_impl,
-                                        self.num_head_channels, name=name)
+    block, attn_block = block_factories(self)
     attn = lambda name: lambda h: attn_block(name)(h, context, context_lengths)
-
-    h = nn.Conv(ch, (3, 3), dtype=self.dtype, name='conv_in')(x.astype(self.dtype))
-    skips = [h]
-    resolution = self.image_size
-    for level, mult in enumerate(self.channel_mult):
-      for i in range(self.num_res_blocks):
-        h = block(ch * mult, f'down_{level}_res_{i}')(h, emb, train)
-        if resolution in self.attn_resolutions:
-          h = attn(f'down_{level}_attn_{i}')(h)
-        skips.append(h)
-      if level != len(self.channel_mult) - 1:
-        if self.resblock_updown:
-          h = block(h.shape[-1], f'down_{level}_downsample', 'down')(h, emb, train)
-        else:
-          padding = ((1, 1), (1, 1)) if self.symmetric_downsample else 'SAME'
-          h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), padding=padding, dtype=self.dtype,
-                      name=f'down_{level}_downsample')(h)
-        resolution //= 2
-        skips.append(h)
-
-    h = block(h.shape[-1], 'mid_res_0')(h, emb, train)
-    h = attn('mid_attn')(h)
-    h = block(h.shape[-1], 'mid_res_1')(h, emb, train)
+    h, skips = encoder(self, x, emb, train, block, attn)
+    ch, resolution = self.base_channels, self.image_size // 2 ** (len(self.channel_mult) - 1)
 
     for level, mult in reversed(list(enumerate(self.channel_mult))):
       for i in range(self.num_res_blocks + 1):
