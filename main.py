@@ -86,6 +86,11 @@ def main(argv):
   logging.info('JAX %s, process %d of %d, %d local / %d global devices (%s)', jax.__version__, jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
   workdir = os.path.abspath(FLAGS.workdir)
+  from models.conditioning import is_classifier
+  if is_classifier(config) and FLAGS.mode in ('sample', 'eval', 'edit'):
+    raise ValueError(f'config.model.name={config.model.name!r} is a noisy classifier, which draws no samples; '
+                     f'it guides a diffusion model: --mode={FLAGS.mode} with that model\'s config and '
+                     f'--config.sample.classifier_workdir={FLAGS.workdir}')
   if FLAGS.mode == 'train':
     import train
     train.train_and_evaluate(config, workdir)

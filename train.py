@@ -18,13 +18,14 @@ import optax
 
 import sharding as sharding_lib
 from checkpoints import CheckpointStore, model_signature
+from diffusion.classifier_guidance import classifier_loss
 from diffusion.learned_variance import hybrid_loss_per_example
 from diffusion.objectives import mse_per_example, noised_batch
 from diffusion.schedules import alphas_cumprod_for
 from evaluation import create_evaluator
 from input_pipeline import StepBatcher, create_source, prefetch_batches
 from models import build_model
-from models.conditioning import condition_from_batch, drop_condition
+from models.conditioning import condition_from_batch, drop_condition, is_classifier
 from models.text_encoder import frozen_parameter_groups
 from sample import generate_samples, image_grid, make_generate_fn, write_png
 from train_state import count_params, create_optimizer, create_state, learning_rate_schedule, state_shardings
@@ -43,8 +44,8 @@ def ema_decay(optim_config, step):
 
 
 def train_step(state, batch, *, model, tx, alphas_cumprod, config):
-  """One update: noise the batch, regress the target, AdamW, EMA; a non-finite loss or gradient
-  leaves params, EMA and optimizer state unchanged and is counted."""
+  """One update: noise the batch, regress the target (a classifier: predict the label of the noised image), AdamW,
+  EMA; a non-finite loss or gradient leaves params, EMA and optimizer state unchanged and is counted."""
   rng = jax.random.fold_in(state.rng, state.step)
   label_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
   cond = drop_condition(label_rng, condition_from_batch(batch, config), config.diffusion.label_dropout, config)
@@ -53,6 +54,9 @@ def train_step(state, batch, *, model, tx, alphas_cumprod, config):
   def loss_fn(params):
     x_t, t, target = noised_batch(noise_rng, x0, alphas_cumprod, config.diffusion)
     out = model.apply({'params': params}, x_t, t, **cond, train=True, rngs={'dropout': dropout_rng})
+    if is_classifier(config):  # ADM's noisy classifier (classifier_train.py): uniform timesteps, cross-entropy
+      loss, correct = classifier_loss(out, batch['label'])
+      return loss.mean(), {'accuracy': correct.mean()}
     if config.diffusion.get('learn_sigma', False):  # Improved DDPM's hybrid loss (diffusion/learned_variance.py)
       loss, vlb = hybrid_loss_per_example(config.diffusion.objective, out, target, x0, x_t, t.astype(jnp.int32),
                                           alphas_cumprod)

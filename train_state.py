@@ -24,7 +24,13 @@ class TrainState:
 
 
 def learning_rate_schedule(optim_config):
-  lr, warmup = optim_config.learning_rate, optim_config.warmup_steps
+  """Linear warmup over warmup_steps to learning_rate, then constant; with decay_steps > 0, linearly down to 0 at
+  step decay_steps (guided-diffusion's --anneal_lr: lr * (1 - step / iterations))."""
+  lr, warmup, decay = optim_config.learning_rate, optim_config.warmup_steps, optim_config.get('decay_steps', 0)
+  if decay:
+    fraction_left = lambda step: jnp.clip(1 - step / decay, 0.0, 1.0)
+    ramp = (lambda step: jnp.minimum(1.0, step / warmup)) if warmup else (lambda step: 1.0)
+    return lambda step: lr * ramp(step) * fraction_left(step)
   if warmup == 0:
     return optax.constant_schedule(lr)
   return optax.linear_schedule(0.0, lr, warmup)  # holds lr after warmup

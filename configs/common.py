@@ -82,6 +82,7 @@ def base_config():
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-4
   c.optim.warmup_steps = 0
+  c.optim.decay_steps = 0         # > 0: the learning rate falls linearly to 0 at this step (after warmup); 0: constant
   c.optim.weight_decay = 0.0
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
@@ -124,6 +125,10 @@ def base_config():
   c.sample.batch_size = 250
   c.sample.seed = 1
   c.sample.use_ema = True
+  # Classifier guidance (ADM; diffusion/classifier_guidance.py): the workdir of a noisy classifier (model
+  # 'adm_classifier', trained or imported there) whose gradient scale * d log p(y | x_t) / d x_t steers sampling.
+  c.sample.classifier_workdir = ''  # '' = none
+  c.sample.classifier_scale = 1.0
   c.sample.output = 'samples.npz'  # relative to the workdir
 
   c.mesh = ml_collections.ConfigDict()
@@ -230,7 +235,7 @@ def validate_config(config):
                'sample.num_samples', 'sample.batch_size', 'train.checkpoint_every', 'diffusion.sigma_data',
                'sample.karras_rho', 'sample.flow_shift', 'train.steps_per_call'):
     _positive(config, path)
-  for path in ('data.num_classes', 'optim.warmup_steps', 'optim.weight_decay', 'optim.grad_clip',
+  for path in ('data.num_classes', 'optim.warmup_steps', 'optim.decay_steps', 'optim.weight_decay', 'optim.grad_clip',
                'train.sample_every', 'train.sample_grid', 'mesh.min_shard_size', 'sample.eta', 'data.prefetch',
                'sample.karras_sigma_max'):
     _positive(config, path, allow_zero=True)
@@ -276,6 +281,7 @@ def validate_config(config):
     raise ValueError('config.sample.guidance_scale needs class labels (config.data.num_classes > 0) or text '
                      '(config.text.encoder)')
   _validate_text_and_latents(config)
+  _validate_classifier(config)
   for axis in ('data', 'fsdp'):
     if config.mesh[axis] == 0 or config.mesh[axis] < -1:
       raise ValueError(f'config.mesh.{axis}={config.mesh[axis]} must be a positive size or -1')
@@ -287,6 +293,30 @@ def validate_config(config):
       raise ValueError(f'config.evals.{name}: every_steps must be >= 0 and num_samples > 0')
   _validate_steps_per_call(config)
   return config
+
+
+def _validate_classifier(config):
+  """A classifier config trains on labels and draws no samples; classifier guidance needs a VP objective."""
+  from models.conditioning import is_classifier
+  if config.sample.classifier_scale < 0:
+    raise ValueError(f'config.sample.classifier_scale={config.sample.classifier_scale} must be >= 0')
+  if config.sample.classifier_workdir and config.diffusion.objective == 'flow':
+    raise ValueError('config.sample.classifier_workdir: classifier guidance adds d log p(y | x_t) / d x_t to the '
+                     "noise prediction of discrete VP diffusion; objective 'flow' has no such form")
+  if not is_classifier(config):
+    return
+  if config.data.num_classes < 2:
+    raise ValueError(f'config.model.name={config.model.name!r} is a classifier: it needs config.data.num_classes >= 2, '
+                     f'got {config.data.num_classes}')
+  if config.text.encoder or config.data.captions:
+    raise ValueError(f'config.model.name={config.model.name!r} is a class classifier; it takes no text '
+                     '(set config.text.encoder=\'\' and config.data.captions=False)')
+  if config.diffusion.objective == 'flow' or config.diffusion.preconditioning != 'none':
+    raise ValueError(f'config.model.name={config.model.name!r} reads images noised by the discrete VP schedule as '
+                     "they are: set config.diffusion.objective='eps' (not 'flow') and preconditioning='none'")
+  if config.train.sample_grid or config.evals:
+    raise ValueError(f'config.model.name={config.model.name!r} is a classifier and draws no samples: set '
+                     '--config.train.sample_grid=0 and leave config.evals empty (its training logs loss and accuracy)')
 
 
 def _validate_steps_per_call(config):
