@@ -124,6 +124,9 @@ def check_edit_settings(config, strength, inpainting):
     raise ValueError(f'--strength={strength} must be in [0, 1] (the fraction of the sampler steps that run)')
   if config.diffusion.objective == 'flow':
     raise ValueError("editing runs the DDIM/DDPM updates of VP models; config.diffusion.objective='flow' has none")
+  if config.sample.get('classifier_workdir', ''):
+    raise ValueError('--mode=edit does not apply classifier guidance (config.sample.classifier_workdir); condition '
+                     'the edit with --labels or --prompt and classifier-free guidance, or leave the field empty')
 
 
 def run_edit_job(config, workdir, images, mask=None, strength=None, labels=None, prompt=None, name=None,

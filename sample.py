@@ -1,7 +1,9 @@
 """Generation from a model: the jitted sampling function, image conversion, grids and the sample job."""
+import json
 import logging
 import math
 import os
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -9,10 +11,11 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import sharding as sharding_lib
+from diffusion.classifier_guidance import log_prob_gradient
 from diffusion.guidance import classifier_free_guidance
 from diffusion.samplers import run_sampler
 from diffusion.schedules import alphas_cumprod_for
-from models.conditioning import default_conditions, model_condition, null_condition
+from models.conditioning import default_conditions, is_classifier, model_condition, null_condition, uses_labels
 
 
 def initial_noise(seed, start_index, count, shape):
@@ -22,11 +25,59 @@ def initial_noise(seed, start_index, count, shape):
   return jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(keys)
 
 
-def make_generate_fn(config, model, mesh):
+class SamplingClassifier(NamedTuple):
+  """A noisy classifier that guides sampling (load_classifier)."""
+  model: Any
+  params: Any
+  num_classes: int
+
+
+def load_classifier(config):
+  """The classifier of config.sample.classifier_workdir (its config.json and newest checkpoint's EMA params), or
+  None when that field is empty. Refuses one that does not read this model's images and timesteps."""
+  workdir = config.sample.get('classifier_workdir', '')
+  if not workdir:
+    return None
+  from configs.common import validate_config  # pylint: disable=import-outside-toplevel
+  from train import restore_for_inference  # pylint: disable=import-outside-toplevel
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'config.sample.classifier_workdir={workdir}: no config.json there; train a classifier '
+                            'in it (--config=configs/digits_classifier.py, configs/adm_classifier.py) or import one '
+                            '(--mode=import --config=configs/adm_classifier.py:256 --weights=256x256_classifier.pt)')
+  with open(path) as f:
+    cls_config = validate_config(ml_collections.ConfigDict(json.load(f)))
+  where = f'config.sample.classifier_workdir={workdir}'
+  if not is_classifier(cls_config):
+    raise ValueError(f'{where} holds a {cls_config.model.name!r} model, not a classifier (e.g. adm_classifier)')
+  for field in ('data.image_size', 'data.channels', 'diffusion.num_timesteps'):
+    section, name = field.split('.')
+    if cls_config[section][name] != config[section][name]:
+      raise ValueError(f'{where} holds a classifier with {field}={cls_config[section][name]}, this model has '
+                       f'{config[section][name]}: it must read the same images at the same timesteps')
+  if not np.allclose(alphas_cumprod_for(cls_config), alphas_cumprod_for(config), rtol=1e-5, atol=0):
+    raise ValueError(f'{where} holds a classifier trained on the {cls_config.diffusion.schedule!r} noise schedule, '
+                     f'this model uses {config.diffusion.schedule!r} (or other betas): at a timestep the two mean '
+                     'different noise levels. Use a classifier of this schedule (or correct diffusion.* in its '
+                     'config.json if that file is wrong)')
+  classes = cls_config.data.num_classes
+  if uses_labels(config) and classes != config.data.num_classes:
+    raise ValueError(f'{where} holds a classifier of {classes} classes, this model is conditioned on '
+                     f'{config.data.num_classes}: the labels must be the same')
+  model, params, step, _ = restore_for_inference(cls_config, workdir, use_ema=cls_config.sample.use_ema)
+  logging.info('classifier guidance: scale %g, %s of %d classes from step %d of %s', config.sample.classifier_scale,
+               cls_config.model.name, classes, step, workdir)
+  return SamplingClassifier(model, params, classes)
+
+
+def make_generate_fn(config, model, mesh, classifier=None):
   """jitted generate(params, cond, noise, rng, guidance_scale) -> samples in the data space.
 
   Guidance is on when the model is conditional; its scale is a traced argument, so sweeping it
   reuses one compilation. config.sample.guidance_interval = (lo, hi) limits it to those network times.
+  classifier (a SamplingClassifier) adds classifier guidance towards cond['y'] at config.sample.classifier_scale,
+  for unconditional models too; the returned function then has `classifier_classes`, for generate_samples.
   """
   alphas_cumprod = alphas_cumprod_for(config)
   objective = config.diffusion.objective
@@ -35,9 +86,16 @@ def make_generate_fn(config, model, mesh):
 
   learn_sigma = config.diffusion.get('learn_sigma', False)
 
-  def generate(params, cond, noise, rng, guidance_scale):
+  def generate(params, classifier_inputs, cond, noise, rng, guidance_scale):
     def apply(x, t, c):
       return model.apply({'params': params}, x, t, **c)
+    gradient = None
+    if classifier is not None:
+      classifier_params, classifier_scale = classifier_inputs  # the scale traced: sweeping it does not recompile
+      classify = lambda x, t: classifier.model.apply({'params': classifier_params}, x, t)
+      gradient = log_prob_gradient(classify, cond['y'], classifier_scale)
+      if not uses_labels(config):  # the labels are the classifier's only
+        cond = {k: v for k, v in cond.items() if k != 'y'}
     if cond:
       model_fn = classifier_free_guidance(apply, cond, null_condition(cond, config), guidance_scale, interval,
                                           learned_variance=learn_sigma,
@@ -46,11 +104,18 @@ def make_generate_fn(config, model, mesh):
       model_fn = lambda x, t: apply(x, t, cond)
     return run_sampler(config.sample, objective, alphas_cumprod, model_fn, noise, rng,
                        config.diffusion.get('preconditioning', 'none'), config.diffusion.get('sigma_data', 0.5),
-                       learn_sigma)
+                       learn_sigma, gradient)
 
   replicated = NamedSharding(mesh, P())
-  return jax.jit(generate, in_shardings=(None, batch_sharding, batch_sharding, replicated, replicated),
-                 out_shardings=batch_sharding)
+  jitted = jax.jit(generate, in_shardings=(None, None, batch_sharding, batch_sharding, replicated, replicated),
+                   out_shardings=batch_sharding)
+  classifier_inputs = None if classifier is None else (classifier.params,
+                                                       np.float32(config.sample.classifier_scale))
+
+  def generate_fn(params, cond, noise, rng, guidance_scale):
+    return jitted(params, classifier_inputs, cond, noise, rng, guidance_scale)
+  generate_fn.classifier_classes = 0 if classifier is None else classifier.num_classes
+  return generate_fn
 
 
 def to_uint8(images):
@@ -64,15 +129,19 @@ def generate_samples(config, generate_fn, params, mesh, num_samples, seed, cond=
                      guidance_scale=None, progress=False):
   """num_samples images (uint8 NHWC) and their conditions (numpy dict), in batches of at most batch_size.
 
-  cond defaults to every class equally often (models.conditioning.default_conditions). Only the
-  model's inputs (models.conditioning.model_condition) go to generate_fn; the returned dict is the
-  whole cond, prompt strings included.
+  cond defaults to every class equally often (models.conditioning.default_conditions; with a guiding classifier,
+  its classes for unconditional models). Only the model's inputs (models.conditioning.model_condition) and a
+  guiding classifier's labels go to generate_fn; the returned dict is the whole cond, prompt strings included.
   """
   num_devices = mesh.devices.size
   batch_size = min(batch_size or config.sample.batch_size, num_samples)
   batch_size = -(-batch_size // num_devices) * num_devices  # a multiple of the mesh size
   cond = default_conditions(num_samples, config) if cond is None else cond
   model_cond = {k: np.asarray(v) for k, v in model_condition(cond, config).items()}
+  classes = getattr(generate_fn, 'classifier_classes', 0)
+  if classes:
+    cond = {**cond, 'y': cond.get('y', np.arange(num_samples, dtype=np.int32) % classes)}
+    model_cond['y'] = np.asarray(cond['y'])
   scale = config.sample.guidance_scale if guidance_scale is None else guidance_scale
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
   decode = latent_decoder(config)
@@ -156,7 +225,7 @@ def run_sample_job(config, workdir, overwrite=False):
       raise FileExistsError(f'{path} exists; pass --overwrite to replace it, or set '
                             '--config.sample.output=<another name>.npz')
   model, params, step, mesh = restore_for_inference(config, workdir, use_ema=config.sample.use_ema)
-  generate_fn = make_generate_fn(config, model, mesh)
+  generate_fn = make_generate_fn(config, model, mesh, load_classifier(config))
   logging.info('sampling %d images with %s, %d steps, guidance %.2f, from step %d',
                config.sample.num_samples, config.sample.sampler, config.sample.num_steps,
                config.sample.guidance_scale, step)

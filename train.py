@@ -27,7 +27,7 @@ from input_pipeline import StepBatcher, create_source, prefetch_batches
 from models import build_model
 from models.conditioning import condition_from_batch, drop_condition, is_classifier
 from models.text_encoder import frozen_parameter_groups
-from sample import generate_samples, image_grid, make_generate_fn, write_png
+from sample import generate_samples, image_grid, load_classifier, make_generate_fn, write_png
 from train_state import count_params, create_optimizer, create_state, learning_rate_schedule, state_shardings
 from writers import create_writer
 
@@ -197,6 +197,7 @@ def train_and_evaluate(config, workdir):
   """Trains until config.train.num_steps, resuming from the newest checkpoint in workdir."""
   source = create_source(config.data)  # bad paths, datasets and weight files fail before anything is written
   evaluators = {name: (create_evaluator(name, config, ev), ev) for name, ev in config.evals.items()}
+  classifier = load_classifier(config)  # guides the grids and evaluators' samples, if config.sample names one
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   model, tx, mesh, abstract, shardings, store = setup(config, workdir)
@@ -219,7 +220,7 @@ def train_and_evaluate(config, workdir):
       f.write(config.to_json_best_effort(indent=2))
 
   step_fn = make_train_step(config, model, tx, mesh, shardings, stacked=True)
-  generate_fn = make_generate_fn(config, model, mesh)
+  generate_fn = make_generate_fn(config, model, mesh, classifier)
   batcher = StepBatcher(source, config.train.batch_size, config.seed, config.data.random_flip,
                         jax.process_index(), jax.process_count())
   writer = create_writer(workdir, is_main)

@@ -1,6 +1,12 @@
 """Quickstart: a 0.6M-parameter class-conditional U-Net on the embedded 8x8 digits, a few minutes on 2 CPU cores.
 
 python main.py --config=configs/quickstart.py --workdir=runs/quickstart
+
+`:classifier_guided` is the same U-Net unconditional (no labels, no classifier-free guidance), sampled and evaluated
+with ADM's classifier guidance by the noisy digit classifier of configs/digits_classifier.py, trained first:
+
+python main.py --config=configs/digits_classifier.py --workdir=runs/digits_classifier
+python main.py --config=configs/quickstart.py:classifier_guided --workdir=runs/digits_classifier_guided
 """
 import ml_collections
 
@@ -8,7 +14,8 @@ from configs.common import base_config
 
 
 def get_config(arg=None):
-  del arg
+  if arg not in (None, '', 'classifier_guided'):
+    raise ValueError(f"configs/quickstart.py:{arg}: the argument is '' or 'classifier_guided'")
   c = base_config()
   c.data.source = 'digits'
   c.data.image_size = 8
@@ -44,4 +51,9 @@ def get_config(arg=None):
   c.sample.batch_size = 500
 
   c.evals.digits = ml_collections.ConfigDict({'every_steps': 0, 'num_samples': 1000, 'seed': 12345})
+  if arg == 'classifier_guided':
+    c.data.num_classes = 0
+    c.sample.guidance_scale = 1.0
+    c.sample.classifier_workdir = 'runs/digits_classifier'
+    c.sample.classifier_scale = 4.0
   return c

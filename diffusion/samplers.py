@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion.classifier_guidance import score_guided
 from diffusion.dpm_solver import dpm_solver_2m_sample, dpm_solver_timesteps
 from diffusion.flow_samplers import flow_sample
 from diffusion.karras import karras_sample
@@ -32,14 +33,20 @@ def _schedule_pairs(alphas_cumprod, timesteps):
 
 
 def ddim_sample(model_fn, x, alphas_cumprod, timesteps, objective='eps', eta=0.0, rng=None,
-                clip_denoised=True):
-  """DDIM (Song et al., 2021). eta=0 is deterministic; eta=1 matches DDPM's posterior variance."""
+                clip_denoised=True, classifier_gradient=None):
+  """DDIM (Song et al., 2021). eta=0 is deterministic; eta=1 matches DDPM's posterior variance.
+
+  classifier_gradient(x_t, t) -> scale * d log p(y | x_t) / d x_t moves eps by -sqrt(1 - a_t) times it, after
+  clipping (guided-diffusion's condition_score; diffusion/classifier_guidance.py)."""
   ts, a_ts, a_prevs = _schedule_pairs(alphas_cumprod, timesteps)
   rng = jax.random.PRNGKey(0) if rng is None else rng
 
   def step(i, x):
     t, a_t, a_prev = ts[i], a_ts[i], a_prevs[i]
     x0, eps = _read_output(objective, model_fn, x, t, a_t, clip_denoised)
+    if classifier_gradient is not None:
+      eps = eps - jnp.sqrt(1 - a_t) * classifier_gradient(x, jnp.full((x.shape[0],), t, jnp.float32))
+      x0 = (x - jnp.sqrt(1 - a_t) * eps) / jnp.sqrt(a_t)
     sigma = eta * jnp.sqrt((1 - a_prev) / (1 - a_t)) * jnp.sqrt(1 - a_t / a_prev)
     noise = jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
     return jnp.sqrt(a_prev) * x0 + jnp.sqrt(1 - a_prev - sigma ** 2) * eps + sigma * noise
@@ -48,12 +55,14 @@ def ddim_sample(model_fn, x, alphas_cumprod, timesteps, objective='eps', eta=0.0
 
 
 def ddpm_sample(model_fn, x, alphas_cumprod, timesteps, objective='eps', rng=None, variance='posterior',
-                clip_denoised=True):
+                clip_denoised=True, classifier_gradient=None):
   """Ancestral sampling (Ho et al., 2020) over `timesteps`, respaced as in improved DDPM.
 
   variance: 'posterior' uses beta~_t = beta_t (1 - a_prev) / (1 - a_t), 'beta' uses beta_t, 'learned' reads
   model_fn's 2C-channel output as prediction and Improved DDPM's variance values, interpolating between the
   logs of the two (learned_variance.py) for the respaced steps; no noise is added on the final step.
+  classifier_gradient(x_t, t) -> scale * d log p(y | x_t) / d x_t moves each step's mean by the step's variance
+  times it (guided-diffusion's condition_mean; diffusion/classifier_guidance.py).
   """
   if variance not in ('posterior', 'beta', 'learned'):
     raise ValueError(f"DDPM variance {variance!r} is not one of 'posterior', 'beta', 'learned'")
@@ -73,6 +82,8 @@ def ddpm_sample(model_fn, x, alphas_cumprod, timesteps, objective='eps', rng=Non
       x0, _ = _read_output(objective, model_fn, x, t, a_t, clip_denoised)
       var = beta * (1 - a_prev) / (1 - a_t) if variance == 'posterior' else beta
     mean = (jnp.sqrt(a_prev) * beta / (1 - a_t)) * x0 + (jnp.sqrt(1 - beta) * (1 - a_prev) / (1 - a_t)) * x
+    if classifier_gradient is not None:
+      mean = mean + var * classifier_gradient(x, jnp.full((x.shape[0],), t, jnp.float32))
     var = jnp.where(i == n - 1, 0.0, var)
     noise = jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
     return mean + jnp.sqrt(var) * noise
@@ -81,7 +92,7 @@ def ddpm_sample(model_fn, x, alphas_cumprod, timesteps, objective='eps', rng=Non
 
 
 def run_sampler(sample_config, objective, alphas_cumprod, model_fn, noise, rng, preconditioning='none',
-                sigma_data=0.5, learn_sigma=False):
+                sigma_data=0.5, learn_sigma=False, classifier_gradient=None):
   """Runs the sampler `sample_config.sampler` from initial noise; returns x_0 estimates.
 
   VP objectives (eps, x0, v): 'ddpm', 'ddim', 'dpm++2m' on `sample_config.spacing` timesteps;
@@ -91,12 +102,14 @@ def run_sampler(sample_config, objective, alphas_cumprod, model_fn, noise, rng, 
   preconditioning='edm' reads model_fn as EDM's preconditioned network F (objectives.edm_denoiser).
   learn_sigma: model_fn outputs prediction and variance values (learned_variance.py); 'ddpm' samples with
   the learned variance, the other samplers read the prediction only.
+  classifier_gradient(x_t, t): classifier guidance (diffusion/classifier_guidance.py), in 'ddpm' and 'ddim' as
+  guided-diffusion applies it, in the others on the noise prediction.
   """
   name, num_steps = sample_config.sampler, sample_config.num_steps
   if learn_sigma and name == 'ddpm':
     timesteps = timestep_spacing(len(alphas_cumprod), num_steps, sample_config.spacing)
     return ddpm_sample(model_fn, noise, alphas_cumprod, timesteps, objective, rng, 'learned',
-                       sample_config.clip_denoised)
+                       sample_config.clip_denoised, classifier_gradient)
   if learn_sigma:
     model_fn = prediction_only(model_fn)
   clip = sample_config.clip_denoised
@@ -107,16 +120,21 @@ def run_sampler(sample_config, objective, alphas_cumprod, model_fn, noise, rng, 
   if objective == 'flow':
     if name not in ('euler', 'heun'):
       raise ValueError(f"sampler {name!r} does not apply to objective 'flow'; choose 'euler' or 'heun'")
+    if classifier_gradient is not None:
+      raise ValueError("classifier guidance needs a VP objective (eps, x0, v), not 'flow'")
     return flow_sample(model_fn, noise, num_steps, order=1 if name == 'euler' else 2,
                        shift=sample_config.get('flow_shift', 1.0))
   num_timesteps = len(alphas_cumprod)
   if name == 'ddim':
     timesteps = timestep_spacing(num_timesteps, num_steps, sample_config.spacing)
-    return ddim_sample(model_fn, noise, alphas_cumprod, timesteps, objective, sample_config.eta, rng, clip)
+    return ddim_sample(model_fn, noise, alphas_cumprod, timesteps, objective, sample_config.eta, rng, clip,
+                       classifier_gradient)
   if name == 'ddpm':
     timesteps = timestep_spacing(num_timesteps, num_steps, sample_config.spacing)
     return ddpm_sample(model_fn, noise, alphas_cumprod, timesteps, objective, rng,
-                       sample_config.ddpm_variance, clip)
+                       sample_config.ddpm_variance, clip, classifier_gradient)
+  if classifier_gradient is not None:
+    model_fn, objective = score_guided(model_fn, objective, alphas_cumprod, classifier_gradient)
   if name == 'dpm++2m':
     timesteps = dpm_solver_timesteps(num_timesteps, num_steps, sample_config.spacing)
     return dpm_solver_2m_sample(model_fn, noise, alphas_cumprod, timesteps, objective, clip)

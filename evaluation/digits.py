@@ -51,14 +51,16 @@ def digits_metrics(images_uint8, labels):
 
 
 class DigitsEvaluator:
-  """Evaluator for class-conditional models of data.source='digits' (any resolution, 1 or 3 channels)."""
+  """Evaluator for class-conditional (or classifier-guided) models of data.source='digits' (any resolution, 1 or 3
+  channels)."""
 
   def __init__(self, config, eval_config):
     if config.data.source != 'digits':
       raise ValueError("evaluator 'digits' scores samples of the embedded digits dataset; "
                        f"config.data.source is {config.data.source!r}")
-    if config.data.num_classes != 10:
-      raise ValueError("evaluator 'digits' needs the 10 digit labels (config.data.num_classes=10)")
+    if config.data.num_classes != 10 and not config.sample.get('classifier_workdir', ''):
+      raise ValueError("evaluator 'digits' needs the 10 digit labels: a class-conditional model "
+                       '(config.data.num_classes=10) or a digit classifier guiding it (config.sample.classifier_workdir)')
 
   def __call__(self, images_uint8, cond):
     if 'y' not in cond:

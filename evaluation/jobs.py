@@ -90,8 +90,8 @@ def eval_result_path(workdir, name):
 
 def samples_from_checkpoint(config, model, params, mesh):
   """config.sample.num_samples images drawn as `--mode=sample` draws them, and their conditions."""
-  from sample import generate_samples, make_generate_fn  # pylint: disable=import-outside-toplevel
-  generate_fn = make_generate_fn(config, model, mesh)
+  from sample import generate_samples, load_classifier, make_generate_fn  # pylint: disable=import-outside-toplevel
+  generate_fn = make_generate_fn(config, model, mesh, load_classifier(config))
   return generate_samples(config, generate_fn, params, mesh, config.sample.num_samples, config.sample.seed,
                           progress=True)
 
