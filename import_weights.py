@@ -42,7 +42,7 @@ def params_mismatch(params, abstract_params):
 def write_pretrained_checkpoint(config, workdir, params):
   """Writes `params` (a numpy tree of the model's params) as the step-0 checkpoint of workdir: params and
   EMA both, optimizer state fresh. Refuses a workdir holding checkpoints, and params that do not fit."""
-  from train import setup  # pylint: disable=import-outside-toplevel
+  from train import setup, write_config  # pylint: disable=import-outside-toplevel
   from train_state import count_params, state_from_params  # pylint: disable=import-outside-toplevel
   model, tx, mesh, abstract, shardings, store = setup(config, workdir)
   try:
@@ -60,6 +60,8 @@ def write_pretrained_checkpoint(config, workdir, params):
     state = jax.jit(lambda p: state_from_params(p, tx, rng), out_shardings=shardings, donate_argnums=0)(params)
     del params
     store.save(0, state, model_signature(config))
+    if jax.process_index() == 0:
+      write_config(config, workdir)
     logging.info('wrote %.2fM imported parameters as the step-0 checkpoint (params and EMA) of %s',
                  count_params(state.params) / 1e6, store.directory)
   finally:

@@ -181,6 +181,12 @@ def setup(config, workdir):
   return model, tx, mesh, abstract, shardings, store
 
 
+def write_config(config, workdir):
+  """<workdir>/config.json: the run's config, which a guided sampler reads back (sample.load_classifier)."""
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+
+
 def restore_for_inference(config, workdir, use_ema=True):
   """(model, params, step, mesh) from the newest checkpoint in workdir, for sampling and evaluation."""
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
@@ -216,8 +222,7 @@ def train_and_evaluate(config, workdir):
   else:
     logging.info('resumed from the checkpoint of step %d in %s', start_step, store.directory)
   if is_main:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+    write_config(config, workdir)
 
   step_fn = make_train_step(config, model, tx, mesh, shardings, stacked=True)
   generate_fn = make_generate_fn(config, model, mesh, classifier)

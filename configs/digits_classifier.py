@@ -1,5 +1,5 @@
 """A noisy classifier of the embedded 8x8 digits (no download), to guide a digits diffusion model (ADM's classifier
-guidance; docs/samplers.md#classifier-guidance). About a minute on 2 CPU cores:
+guidance; docs/samplers.md#classifier-guidance). 2,000 steps, a few minutes on 2 CPU cores:
 
     python main.py --config=configs/digits_classifier.py --workdir=runs/digits_classifier
 

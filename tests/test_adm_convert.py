@@ -349,6 +349,8 @@ def test_import_torch_file_restores_exactly_and_samples(tmp_path):
   workdir = str(tmp_path / 'run')
   import_weights.run_import_job(config, workdir, str(tmp_path / 'adm_tiny.pt'))
   _, ema, step, _ = restore_for_inference(config, workdir)
+  with open(f'{workdir}/config.json') as f:  # what a classifier-guided sampler reads back (sample.load_classifier)
+    assert json.load(f)['model']['base_channels'] == SMALL['channels']
   expected = params_from_state_dict(state, config)
   assert step == 0 and jax.tree.structure(ema) == jax.tree.structure(expected)
   for a, b in zip(jax.tree.leaves(jax.device_get(ema)), jax.tree.leaves(expected)):
