@@ -21,7 +21,7 @@ from models.weight_files import key_and_shape_problems, read_state_dict
 # config.model.name -> the module converting its public checkpoints. Each has WHERE_TO_GET (where the files
 # are published) and params_from_state_dict(state_dict, config) -> the model's params as numpy arrays, which
 # raises ValueError naming the keys that do not fit.
-CONVERTERS = {'dit': 'models.dit_convert', 'unet': 'models.adm_convert'}
+CONVERTERS = {'dit': 'models.dit_convert', 'unet': 'models.adm_convert', 'adm_classifier': 'models.adm_convert'}
 
 
 def converter_for(config):

@@ -1,6 +1,9 @@
-"""openai/guided-diffusion U-Net checkpoints (ADM) -> the params of this codebase's U-Net (models/unet.py).
+"""openai/guided-diffusion checkpoints (ADM) -> the params of this codebase's U-Net (models/unet.py) or noisy
+classifier (models/adm_classifier.py).
 
     python main.py --mode=import --config=configs/adm_imagenet.py:256 --workdir=runs/adm256 --weights=256x256_diffusion.pt
+    python main.py --mode=import --config=configs/adm_classifier.py:256 --workdir=runs/adm256_classifier \
+        --weights=256x256_classifier.pt
 
 guided-diffusion's UNetModel is a list of blocks: input_blocks.0.0 is the first conv; then, level by level,
 input_blocks.N holds a ResBlock (.0) and, at attention resolutions, an AttentionBlock (.1); between levels a
@@ -27,6 +30,13 @@ rows are ordered [head][q, k, v][channel] by QKVAttentionLegacy (the default, 'l
 no trace in the shapes: the config gives them, and a released ImageNet model recognised by its shapes must get
 its own (configs/adm_imagenet.py). Every key and shape is checked against the model the config builds first.
 
+The classifier (EncoderUNetModel) has the same time_embed, input_blocks and middle_block (no label_emb), then
+out.0 (GroupNorm -> norm_out) and its head: out.2, an AttentionPool2d (positional_embedding [C, HW + 1] -> pool/
+positional_embedding [HW + 1, C]; qkv_proj (conv1d [3C, C, 1], always in the 'new' [q, k, v][head][channel] order)
+-> pool/q, k, v; c_proj (conv1d [classes, C, 1]) -> pool/c_proj), or for pool='adaptive' out.3 (a 1x1 conv
+[classes, C, 1, 1]) -> out (Dense). The released classifiers' trunks use the legacy qkv order and 64 channels per
+head (configs/adm_classifier.py).
+
 ADM's class-conditional models have no null label (they were not trained with label dropout); the null row
 that ours have is set to zeros, which makes the null condition the time embedding alone. It is there so the
 tree fits; classifier-free guidance with it is not what ADM samples.
@@ -43,23 +53,28 @@ _URL = 'https://openaipublic.blob.core.windows.net/diffusion/jul-2021/'
 WHERE_TO_GET = ('the guided-diffusion README, github.com/openai/guided-diffusion: '
                 f'{_URL}64x64_diffusion.pt (configs/adm_imagenet.py:64), {_URL}128x128_diffusion.pt (:128), '
                 f'{_URL}256x256_diffusion.pt (:256) and {_URL}256x256_diffusion_uncond.pt (:256 with '
-                '--config.data.num_classes=0)')
+                '--config.data.num_classes=0); classifiers: 64x64_classifier.pt (configs/adm_classifier.py:64), '
+                '128x128_classifier.pt (:128), 256x256_classifier.pt (:256)')
 
 _RESBLOCK = {'norm1': 'in_layers.0', 'conv1': 'in_layers.2', 'emb_proj': 'emb_layers.1', 'norm2': 'out_layers.0',
              'conv2': 'out_layers.3', 'skip': 'skip_connection'}
 _ATTENTION = {'norm': 'norm', 'q': 'qkv', 'k': 'qkv', 'v': 'qkv', 'proj_out': 'proj_out'}
 _INNER = _RESBLOCK | _ATTENTION | {'embedding_table': None}  # submodule -> its guided-diffusion name (None: none)
+_POOL = {'q': 'qkv_proj', 'k': 'qkv_proj', 'v': 'qkv_proj', 'c_proj': 'c_proj'}  # the classifier's AttentionPool2d
 _QKV = ('q', 'k', 'v')
-_LEAF = {'kernel': 'weight', 'scale': 'weight', 'embedding': 'weight', 'bias': 'bias'}
+_LEAF = {'kernel': 'weight', 'scale': 'weight', 'embedding': 'weight', 'bias': 'bias',
+         'positional_embedding': 'positional_embedding'}
 _LINEAR = ('temb_0', 'temb_1', 'emb_proj')  # the other Dense kernels are 1x1 convs there (conv1d in attention)
+_CONV1D = ('proj_out', 'c_proj')
 # (base channels, number of input blocks) of the released ImageNet models -> resolution (ARCHITECTURES)
 _RELEASED = {(192, 16): 64, (256, 15): 128, (256, 18): 256}
+_RELEASED_CLASSIFIERS = {(128, 20): 64, (128, 15): 128, (128, 18): 256}  # configs/adm_classifier.py
 
 
 def module_prefixes(model):
   """{our top-level module name: its guided-diffusion module}, in the order UNetModel builds its blocks."""
   prefixes = {'temb_0': 'time_embed.0', 'temb_1': 'time_embed.2', 'label_emb': 'label_emb',
-              'conv_in': 'input_blocks.0.0', 'norm_out': 'out.0', 'conv_out': 'out.2',
+              'conv_in': 'input_blocks.0.0', 'norm_out': 'out.0', 'conv_out': 'out.2', 'pool': 'out.2', 'out': 'out.3',
               'mid_res_0': 'middle_block.0', 'mid_attn': 'middle_block.1', 'mid_res_1': 'middle_block.2'}
   resampler = lambda block, conv: block if model.resblock_updown else f'{block}.{conv}'
   attends = lambda level: model.image_size // 2 ** level in model.attn_resolutions
@@ -89,7 +104,8 @@ def module_prefixes(model):
 def _torch_key(path, prefixes):
   """('down_1_attn_0', 'q', 'kernel') -> 'input_blocks.4.1.qkv.weight'."""
   top, *inner, leaf = path
-  parts = [prefixes[top]] + [_INNER[name] for name in inner if _INNER[name]]
+  names = _POOL if top == 'pool' else _INNER
+  parts = [prefixes[top]] + [names[name] for name in inner if names[name]]
   return '.'.join(parts + [_LEAF[leaf]])
 
 
@@ -98,6 +114,8 @@ def _torch_shape(path, shape):
   module, leaf = path[-2], path[-1]
   if leaf == 'embedding':
     return (shape[0] - 1, shape[1])  # no null-label row
+  if leaf == 'positional_embedding':
+    return (shape[1], shape[0])
   if module in _QKV:
     return (3 * shape[-1],) + ((shape[0], 1) if leaf == 'kernel' else ())
   if leaf != 'kernel':
@@ -106,7 +124,7 @@ def _torch_shape(path, shape):
     return (shape[3], shape[2], shape[0], shape[1])
   if module in _LINEAR:
     return (shape[1], shape[0])
-  return (shape[1], shape[0], 1) if module == 'proj_out' else (shape[1], shape[0], 1, 1)  # conv1d / 1x1 conv2d
+  return (shape[1], shape[0], 1) if module in _CONV1D else (shape[1], shape[0], 1, 1)  # conv1d / 1x1 conv2d
 
 
 def _heads(model, channels):
@@ -119,6 +137,10 @@ def _to_flax(array, path, shape, model, qkv_order):
   module, leaf = path[-2], path[-1]
   if leaf == 'embedding':
     return np.concatenate([array, np.zeros((1, array.shape[1]), np.float32)])
+  if leaf == 'positional_embedding':
+    return np.ascontiguousarray(array.T)
+  if path[0] == 'pool':
+    qkv_order = 'new'  # AttentionPool2d's QKVAttention
   if module in _QKV:
     channels = shape[-1]
     rows = array.reshape(3 * channels, -1)  # [3C, C] weight or [3C, 1] bias
@@ -138,7 +160,7 @@ def _to_flax(array, path, shape, model, qkv_order):
 
 def _model_and_abstract_params(config):
   model = build_model(config)
-  if model.text is not None:
+  if getattr(model, 'text', None) is not None:
     raise ValueError('the guided-diffusion U-Nets are class-conditional or unconditional; this config is '
                      f'text-conditional (config.text.encoder={config.text.encoder!r}); import into one without text')
   if model.num_groups != 32:
@@ -151,15 +173,28 @@ def _model_and_abstract_params(config):
   return model, abstract_params(config, model)
 
 
-def _released(base_channels, input_blocks):
-  """The resolution of the released ImageNet model with this many base channels and input blocks, or None."""
-  return _RELEASED.get((base_channels, input_blocks))
+def _is_classifier(model):
+  return hasattr(model, 'pool')  # models/adm_classifier.py
+
+
+def _config_file(classifier):
+  return 'configs/adm_classifier.py' if classifier else 'configs/adm_imagenet.py'
+
+
+def _released(base_channels, input_blocks, classifier):
+  """The resolution of the released ImageNet model (or classifier) with this many base channels and input blocks,
+  or None."""
+  return (_RELEASED_CLASSIFIERS if classifier else _RELEASED).get((base_channels, input_blocks))
+
+
+def _file_is_classifier(state_dict):
+  return not any(k.startswith('output_blocks.') for k in state_dict)
 
 
 def _file_release(state_dict):
   time_embed = np.shape(state_dict.get('time_embed.0.weight', ()))
   blocks = {k.split('.')[1] for k in state_dict if k.startswith('input_blocks.')}
-  return _released(time_embed[1] if len(time_embed) == 2 else None, len(blocks))
+  return _released(time_embed[1] if len(time_embed) == 2 else None, len(blocks), _file_is_classifier(state_dict))
 
 
 def _likely_cause(state_dict, model):
@@ -167,19 +202,36 @@ def _likely_cause(state_dict, model):
   if any(k.startswith(('down_blocks.', 'conv_in.')) for k in state_dict):
     return ('this is a diffusers UNet2DModel state dict, not guided-diffusion\'s layout; import the original file '
             f'from {WHERE_TO_GET}')
+  classifier, release = _is_classifier(model), _file_release(state_dict)
+  if _file_is_classifier(state_dict) != classifier:
+    what = ('a guided-diffusion UNetModel (a diffusion model)' if classifier else
+            'an ADM noisy classifier (EncoderUNetModel)')
+    return (f'the file is {what}, the config {"a classifier" if classifier else "a U-Net"}: use '
+            f'--config={_config_file(not classifier)}' + (f':{release}' if release else ''))
   causes = []
   levels = len(model.channel_mult)
-  release = _file_release(state_dict)
-  if release and release != _released(model.base_channels, levels * (model.num_res_blocks + 1)):
-    causes.append(f'the file is ADM\'s {release}x{release} ImageNet model: --config=configs/adm_imagenet.py:{release}')
-  classes = len(state_dict['label_emb.weight']) if 'label_emb.weight' in state_dict else 0
-  if classes != model.num_classes:
-    causes.append(f'the file has {classes} classes' + (' (no label_emb.weight: unconditional)' if not classes else '') +
-                  f', the config {model.num_classes}: --config.data.num_classes={classes}')
-  out = np.shape(state_dict.get('out.2.weight', ()))
-  if out and out[0] == (model.channels if model.learn_sigma else 2 * model.channels):
-    causes.append(f'the file has {out[0]} output channels ({"no " if model.learn_sigma else ""}learned variances): '
-                  f'--config.diffusion.learn_sigma={not model.learn_sigma}')
+  kind = 'classifier' if classifier else 'model'
+  if release and release != _released(model.base_channels, levels * (model.num_res_blocks + 1), classifier):
+    causes.append(f'the file is ADM\'s {release}x{release} ImageNet {kind}: '
+                  f'--config={_config_file(classifier)}:{release}')
+  if classifier:
+    head = np.shape(state_dict.get('out.2.c_proj.weight', state_dict.get('out.3.weight', ())))
+    if head and head[0] != model.num_classes:
+      causes.append(f'the file has {head[0]} classes, the config {model.num_classes}: '
+                    f'--config.data.num_classes={head[0]}')
+    pool = ('attention' if 'out.2.positional_embedding' in state_dict else
+            'adaptive' if 'out.3.weight' in state_dict else '')
+    if pool and pool != model.pool:
+      causes.append(f'the file pools by {pool}: --config.model.pool={pool}')
+  else:
+    classes = len(state_dict['label_emb.weight']) if 'label_emb.weight' in state_dict else 0
+    if classes != model.num_classes:
+      causes.append(f'the file has {classes} classes' + (' (no label_emb.weight: unconditional)' if not classes else '')
+                    + f', the config {model.num_classes}: --config.data.num_classes={classes}')
+    out = np.shape(state_dict.get('out.2.weight', ()))
+    if out and out[0] == (model.channels if model.learn_sigma else 2 * model.channels):
+      causes.append(f'the file has {out[0]} output channels ({"no " if model.learn_sigma else ""}learned variances): '
+                    f'--config.diffusion.learn_sigma={not model.learn_sigma}')
   convs = any(k.endswith(('.op.weight', '.conv.weight')) for k in state_dict)
   if levels > 1 and convs == model.resblock_updown:
     causes.append(f'the file resamples with {"convs" if convs else "residual blocks"}: '
@@ -187,36 +239,46 @@ def _likely_cause(state_dict, model):
   return '; '.join(causes)
 
 
+def _released_attention(release, classifier):
+  """(channels per head, heads per layer, qkv order) of a released model's attention blocks."""
+  if classifier:
+    return 64, None, 'legacy'  # create_classifier: num_head_channels=64, the default (legacy) QKVAttention
+  return ARCHITECTURES[release]['num_head_channels'], ARCHITECTURES[release]['num_heads'], QKV_ORDERS[release]
+
+
 def _check(state_dict, model, abstract, qkv_order):
   """Raises ValueError naming every missing, unexpected or misshaped key, and a head layout that is not the one
   of the released model the file is."""
+  classifier = _is_classifier(model)
   prefixes = module_prefixes(model)
   expected = {_torch_key(p, prefixes): _torch_shape(p, leaf.shape) for p, leaf in flatten_dict(abstract).items()}
   problems = key_and_shape_problems({k: np.shape(v) for k, v in state_dict.items()}, expected)
   if problems:
     cause = _likely_cause(state_dict, model)
-    raise ValueError(f'the weights do not fit the U-Net of this config ({model.image_size}x{model.image_size}x'
-                     f'{model.channels}, {model.base_channels} channels x {tuple(model.channel_mult)}, '
-                     f'{model.num_res_blocks} blocks per level, {model.num_classes} classes, learn_sigma='
-                     f'{model.learn_sigma}; guided-diffusion key layout, {len(expected)} tensors): ' +
+    what = (f'{model.pool} pool' if classifier else f'learn_sigma={model.learn_sigma}')
+    raise ValueError(f'the weights do not fit the {"classifier" if classifier else "U-Net"} of this config '
+                     f'({model.image_size}x{model.image_size}x{model.channels}, {model.base_channels} channels x '
+                     f'{tuple(model.channel_mult)}, {model.num_res_blocks} blocks per level, {model.num_classes} '
+                     f'classes, {what}; guided-diffusion key layout, {len(expected)} tensors): ' +
                      '; '.join(problems) + (f'. Likely cause: {cause}' if cause else ''))
   release = _file_release(state_dict)
   if release:
-    want, want_heads = ARCHITECTURES[release]['num_head_channels'], ARCHITECTURES[release]['num_heads']
+    want, want_heads, want_order = _released_attention(release, classifier)
     heads_ok = (model.num_head_channels == want if want > 0 else
                 model.num_head_channels <= 0 and model.num_heads == want_heads)
-    if not heads_ok or qkv_order != QKV_ORDERS[release]:
+    if not heads_ok or qkv_order != want_order:
       heads = f'{want} channels per head' if want > 0 else f'{want_heads} heads per layer'
-      raise ValueError(f'the file is ADM\'s {release}x{release} ImageNet model (by its shapes), whose attention has '
-                       f'{heads} and qkv order {QKV_ORDERS[release]!r}; this config has num_head_channels='
+      kind = 'classifier' if classifier else 'model'
+      raise ValueError(f'the file is ADM\'s {release}x{release} ImageNet {kind} (by its shapes), whose attention has '
+                       f'{heads} and qkv order {want_order!r}; this config has num_head_channels='
                        f'{model.num_head_channels}, num_heads={model.num_heads}, weights.qkv_order={qkv_order!r}: '
                        'the weights would load but attention would split them wrongly; use '
-                       f'--config=configs/adm_imagenet.py:{release}')
+                       f'--config={_config_file(classifier)}:{release}')
 
 
 def params_from_state_dict(state_dict, config):
-  """A guided-diffusion UNetModel state dict ({key: numpy array}) -> the params tree of build_model(config),
-  float32 numpy arrays. Raises ValueError if the file does not fit."""
+  """A guided-diffusion UNetModel (or EncoderUNetModel, for a classifier config) state dict ({key: numpy array})
+  -> the params tree of build_model(config), float32 numpy arrays. Raises ValueError if the file does not fit."""
   model, abstract = _model_and_abstract_params(config)
   qkv_order = config.weights.qkv_order
   _check(state_dict, model, abstract, qkv_order)

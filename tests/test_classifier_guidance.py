@@ -136,6 +136,18 @@ def test_guidance_steps_are_guided_diffusions():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_ddpm_with_learned_variances_shifts_by_the_learned_variance():
+  """ADM's setting (learn_sigma, run_sampler's 'ddpm'): variance values +1 select beta_t; one step 300 -> 0 is then
+  the unguided mean plus beta_t g, noise-free as the last step."""
+  x = jax.random.normal(jax.random.PRNGKey(4), (4, 1, 1, 2))
+  learned = lambda x, t: jnp.concatenate([exact_eps(x, t), jnp.ones_like(x)], axis=-1)
+  g = lambda x, t: 0.3 * x + 0.1
+  c = ml_collections.ConfigDict(dict(sampler='ddpm', num_steps=1, spacing='trailing', clip_denoised=False))
+  run = lambda gradient: run_sampler(c, 'eps', ALPHAS_CUMPROD[:301], learned, x, jax.random.PRNGKey(0),
+                                     learn_sigma=True, classifier_gradient=gradient)
+  np.testing.assert_allclose(run(g) - run(None), (1 - ALPHAS_CUMPROD[300]) * g(x, None), rtol=1e-4, atol=1e-6)
+
+
 def test_classifier_loss_is_cross_entropy():
   logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0]])
   loss, correct = classifier_loss(logits, jnp.array([0, 2]))
