@@ -24,18 +24,17 @@ Training (--mode=train) follows guided-diffusion's classifier_train.py with the 
 at uniform timesteps, cross-entropy, AdamW with lr 3e-4 and weight decay 0.05 annealed linearly to zero over
 300,000 steps of batch 256.
 """
-from configs.adm_imagenet import SCHEDULES
+from configs.adm_imagenet import ARCHITECTURES, SCHEDULES
 from configs.common import base_config
 
-CHANNEL_MULT = {64: (1, 2, 3, 4), 128: (1, 1, 2, 3, 4), 256: (1, 1, 2, 2, 4, 4)}
-DEPTH = {64: 4, 128: 2, 256: 2}
+DEPTH = {64: 4, 128: 2, 256: 2}  # --classifier_depth: 4 for the 64x64 classifier (README), else the default 2
 
 
 def get_config(arg=None):
   resolution = 256 if arg in (None, '') else int(arg) if str(arg).isdigit() else arg
-  if resolution not in CHANNEL_MULT:
+  if resolution not in DEPTH:
     raise ValueError(f'configs/adm_classifier.py:{arg}: the released ADM classifiers are 64, 128 and 256 pixels; '
-                     f'choose one of {sorted(CHANNEL_MULT)}')
+                     f'choose one of {sorted(DEPTH)}')
   c = base_config()
   c.data.source = 'tfds'
   c.data.name = 'imagenet2012'
@@ -46,7 +45,7 @@ def get_config(arg=None):
 
   c.model.name = 'adm_classifier'
   c.model.base_channels = 128
-  c.model.channel_mult = CHANNEL_MULT[resolution]
+  c.model.channel_mult = ARCHITECTURES[resolution]['channel_mult']  # create_classifier's, by image size as the U-Net's
   c.model.num_res_blocks = DEPTH[resolution]
   c.model.attn_resolutions = (32, 16, 8)
   c.model.num_head_channels = 64
