@@ -166,7 +166,7 @@ def test_linear_decay_of_the_learning_rate():
 
 # --- the noisy classifier, trained here and guiding a sampler through config.sample.classifier_workdir ---
 
-def classifier_config(**sample):
+def classifier_config():
   c = digits_classifier_config()
   c.train.update(num_steps=150, log_every=50, checkpoint_every=150)
   c.optim.update(decay_steps=150, warmup_steps=20)
