@@ -1,15 +1,16 @@
 """ADM's noisy ImageNet classifiers (Dhariwal & Nichol, 2021), which guide the ADM diffusion models.
 
-The argument after ':' is the resolution, 64, 128 or 256 (default 256): guided-diffusion's create_classifier with
-the README's CLASSIFIER_FLAGS (width 128, attention at 32, 16 and 8 pixels with 64 channels per head, scale-shift
+The argument after ':' is the resolution, 64, 128, 256 or 512 (default 256): guided-diffusion's create_classifier
+with the README's CLASSIFIER_FLAGS (width 128, attention at 32, 16 and 8 pixels with 64 channels per head, scale-shift
 norm, residual downsampling, attention pooling; depth 2, and 4 for the 64x64 classifier) and channel_mult by image
 size as in configs/adm_imagenet.py. The noise schedule is that resolution's diffusion model's, whose timesteps the
 classifier reads when it guides it:
 
-  arg  file                  depth  mult              schedule
-  64   64x64_classifier.pt   4      1, 2, 3, 4        cosine
-  128  128x128_classifier.pt 2      1, 1, 2, 3, 4     linear
-  256  256x256_classifier.pt 2      1, 1, 2, 2, 4, 4  linear
+  arg  file                  depth  mult                   schedule
+  64   64x64_classifier.pt   4      1, 2, 3, 4             cosine
+  128  128x128_classifier.pt 2      1, 1, 2, 3, 4          linear
+  256  256x256_classifier.pt 2      1, 1, 2, 2, 4, 4       linear
+  512  512x512_classifier.pt 2      0.5, 1, 1, 2, 2, 4, 4  linear
 
 Import a released classifier and sample the 256x256 model guided by it (guided-diffusion's classifier_sample.py
 with --classifier_scale 1.0: 250 DDPM steps, the gradient of log p(y | x_t) shifting each step's mean):
@@ -19,7 +20,8 @@ with --classifier_scale 1.0: 250 DDPM steps, the gradient of log p(y | x_t) shif
     python main.py --mode=sample --config=configs/adm_imagenet.py:256 --workdir=runs/adm256 \\
         --config.sample.classifier_workdir=runs/adm256_classifier --config.sample.classifier_scale=1.0
 
-(scales in guided-diffusion's README: 1.0 at 64 and 256, 0.5 at 128, 10.0 for the unconditional 256 model).
+(scales in guided-diffusion's README: 1.0 at 64 and 256, 0.5 at 128, 4.0 at 512, 10.0 for the unconditional 256
+model).
 Training (--mode=train) follows guided-diffusion's classifier_train.py with the README's TRAIN_FLAGS: images noised
 at uniform timesteps, cross-entropy, AdamW with lr 3e-4 and weight decay 0.05 annealed linearly to zero over
 300,000 steps of batch 256.
@@ -27,14 +29,14 @@ at uniform timesteps, cross-entropy, AdamW with lr 3e-4 and weight decay 0.05 an
 from configs.adm_imagenet import ARCHITECTURES, SCHEDULES
 from configs.common import base_config
 
-DEPTH = {64: 4, 128: 2, 256: 2}  # --classifier_depth: 4 for the 64x64 classifier (README), else the default 2
+DEPTH = {64: 4, 128: 2, 256: 2, 512: 2}  # --classifier_depth: 4 for the 64x64 classifier (README), else the default 2
 
 
 def get_config(arg=None):
   resolution = 256 if arg in (None, '') else int(arg) if str(arg).isdigit() else arg
   if resolution not in DEPTH:
-    raise ValueError(f'configs/adm_classifier.py:{arg}: the released ADM classifiers are 64, 128 and 256 pixels; '
-                     f'choose one of {sorted(DEPTH)}')
+    raise ValueError(f'configs/adm_classifier.py:{arg}: the released ADM classifiers are 64, 128, 256 and 512 '
+                     f'pixels; choose one of {sorted(DEPTH)}')
   c = base_config()
   c.data.source = 'tfds'
   c.data.name = 'imagenet2012'

@@ -1,23 +1,24 @@
 """ADM (Dhariwal & Nichol, 2021): the released class-conditional ImageNet models of openai/guided-diffusion.
 
-The argument after ':' is the resolution, 64, 128 or 256 (default 256); each gives the architecture and
+The argument after ':' is the resolution, 64, 128, 256 or 512 (default 256); each gives the architecture and
 diffusion of that model, from the MODEL_FLAGS of guided-diffusion's README and its script_util.create_model
 (channel_mult by image size; attention at 32, 16 and 8 pixels; scale-shift norm; residual up/downsampling):
 
-  arg  file                 channels  mult             blocks  heads             dropout  schedule  qkv order
-  64   64x64_diffusion.pt   192       1, 2, 3, 4       3       64 channels each  0.1      cosine    new
-  128  128x128_diffusion.pt 256       1, 1, 2, 3, 4    2       4 per layer       0        linear    legacy
-  256  256x256_diffusion.pt 256       1, 1, 2, 2, 4, 4 2       64 channels each  0        linear    legacy
+  arg  file                 channels  mult                   blocks  heads             dropout  schedule  qkv order
+  64   64x64_diffusion.pt   192       1, 2, 3, 4             3       64 channels each  0.1      cosine    new
+  128  128x128_diffusion.pt 256       1, 1, 2, 3, 4          2       4 per layer       0        linear    legacy
+  256  256x256_diffusion.pt 256       1, 1, 2, 2, 4, 4       2       64 channels each  0        linear    legacy
+  512  512x512_diffusion.pt 256       0.5, 1, 1, 2, 2, 4, 4  2       64 channels each  0        linear    legacy
 
-All predict eps with learned variances (learn_sigma, 6 output channels), 1,000 steps, in pixel space
-(3 channels in [-1, 1]), 1,000 classes. The unconditional 256x256_diffusion_uncond.pt is the 256 model with
---config.data.num_classes=0.
+A level has int(mult * channels) channels: the 512x512 model's first has 128. All predict eps with learned
+variances (learn_sigma, 6 output channels), 1,000 steps, in pixel space (3 channels in [-1, 1]), 1,000 classes.
+The unconditional 256x256_diffusion_uncond.pt is the 256 model with --config.data.num_classes=0.
 
 Parameters (PARAMS; guided-diffusion's counted from its UNetModel built with the README's flags, torch 2.13):
-guided-diffusion 295,904,454 (64), 421,529,606 (128), 553,838,086 (256), 552,814,086 (256 unconditional).
-Ours are the same plus the null-label row of the class embedding (4 x channels: 768, 1,024, 1,024), which this
-codebase's class-conditional models have and ADM's do not: 295,905,222, 421,530,630, 553,839,110; unconditional
-552,814,086, equal.
+guided-diffusion 295,904,454 (64), 421,529,606 (128), 553,838,086 (256), 552,814,086 (256 unconditional),
+558,997,638 (512). Ours are the same plus the null-label row of the class embedding (4 x channels: 768, 1,024,
+1,024, 1,024), which this codebase's class-conditional models have and ADM's do not: 295,905,222, 421,530,630,
+553,839,110, 558,998,662; unconditional 552,814,086, equal.
 
 Import a released file and sample as guided-diffusion's image_sample.py does (250 DDPM steps with the learned
 variances, respaced like its `--timestep_respacing 250`, x0 clipped, no guidance: the released models were not
@@ -42,17 +43,20 @@ ARCHITECTURES = {
               dropout=0.0),
     256: dict(base_channels=256, channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2, num_head_channels=64,
               num_heads=4, dropout=0.0),
+    512: dict(base_channels=256, channel_mult=(0.5, 1, 1, 2, 2, 4, 4), num_res_blocks=2, num_head_channels=64,
+              num_heads=4, dropout=0.0),
 }
-SCHEDULES = {64: 'cosine', 128: 'linear', 256: 'linear'}
-QKV_ORDERS = {64: 'new', 128: 'legacy', 256: 'legacy'}  # use_new_attention_order=True for the 64x64 model only
+SCHEDULES = {64: 'cosine', 128: 'linear', 256: 'linear', 512: 'linear'}
+QKV_ORDERS = {64: 'new', 128: 'legacy', 256: 'legacy', 512: 'legacy'}  # use_new_attention_order: the 64x64 model only
 # resolution -> (ours, guided-diffusion's) parameter counts, class-conditional; unconditional 256: both 552,814,086.
-PARAMS = {64: (295_905_222, 295_904_454), 128: (421_530_630, 421_529_606), 256: (553_839_110, 553_838_086)}
+PARAMS = {64: (295_905_222, 295_904_454), 128: (421_530_630, 421_529_606), 256: (553_839_110, 553_838_086),
+          512: (558_998_662, 558_997_638)}
 
 
 def get_config(arg=None):
   resolution = 256 if arg in (None, '') else int(arg) if str(arg).isdigit() else arg
   if resolution not in ARCHITECTURES:
-    raise ValueError(f'configs/adm_imagenet.py:{arg}: the released ADM ImageNet models are 64, 128 and 256 '
+    raise ValueError(f'configs/adm_imagenet.py:{arg}: the released ADM ImageNet models are 64, 128, 256 and 512 '
                      f'pixels; choose one of {sorted(ARCHITECTURES)}')
   c = base_config()
   c.data.source = 'tfds'
@@ -98,5 +102,5 @@ def get_config(arg=None):
   c.sample.clip_denoised = True
   c.sample.guidance_scale = 1.0
   c.sample.num_samples = 50_000
-  c.sample.batch_size = 256
+  c.sample.batch_size = 32 if resolution == 512 else 256  # guided-diffusion sampled 512 at 4 per GPU on 8 GPUs
   return c

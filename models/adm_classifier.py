@@ -53,7 +53,7 @@ class ADMClassifier(nn.Module):
   channels: int
   num_classes: int
   base_channels: int = 128
-  channel_mult: Sequence[int] = (1, 1, 2, 2, 4, 4)
+  channel_mult: Sequence[float] = (1, 1, 2, 2, 4, 4)
   num_res_blocks: int = 2
   attn_resolutions: Sequence[int] = (32, 16, 8)
   dropout: float = 0.0

@@ -52,9 +52,10 @@ from train_state import abstract_params
 _URL = 'https://openaipublic.blob.core.windows.net/diffusion/jul-2021/'
 WHERE_TO_GET = ('the guided-diffusion README, github.com/openai/guided-diffusion: '
                 f'{_URL}64x64_diffusion.pt (configs/adm_imagenet.py:64), {_URL}128x128_diffusion.pt (:128), '
-                f'{_URL}256x256_diffusion.pt (:256) and {_URL}256x256_diffusion_uncond.pt (:256 with '
-                '--config.data.num_classes=0); classifiers: 64x64_classifier.pt (configs/adm_classifier.py:64), '
-                '128x128_classifier.pt (:128), 256x256_classifier.pt (:256)')
+                f'{_URL}256x256_diffusion.pt (:256), {_URL}256x256_diffusion_uncond.pt (:256 with '
+                f'--config.data.num_classes=0) and {_URL}512x512_diffusion.pt (:512); classifiers: '
+                '64x64_classifier.pt (configs/adm_classifier.py:64), 128x128_classifier.pt (:128), '
+                '256x256_classifier.pt (:256), 512x512_classifier.pt (:512)')
 
 _RESBLOCK = {'norm1': 'in_layers.0', 'conv1': 'in_layers.2', 'emb_proj': 'emb_layers.1', 'norm2': 'out_layers.0',
              'conv2': 'out_layers.3', 'skip': 'skip_connection'}
@@ -67,8 +68,8 @@ _LEAF = {'kernel': 'weight', 'scale': 'weight', 'embedding': 'weight', 'bias': '
 _LINEAR = ('temb_0', 'temb_1', 'emb_proj')  # the other Dense kernels are 1x1 convs there (conv1d in attention)
 _CONV1D = ('proj_out', 'c_proj')
 # (base channels, number of input blocks) of the released ImageNet models -> resolution (ARCHITECTURES)
-_RELEASED = {(192, 16): 64, (256, 15): 128, (256, 18): 256}
-_RELEASED_CLASSIFIERS = {(128, 20): 64, (128, 15): 128, (128, 18): 256}  # configs/adm_classifier.py
+_RELEASED = {(192, 16): 64, (256, 15): 128, (256, 18): 256, (256, 21): 512}
+_RELEASED_CLASSIFIERS = {(128, 20): 64, (128, 15): 128, (128, 18): 256, (128, 21): 512}  # configs/adm_classifier.py
 
 
 def module_prefixes(model):

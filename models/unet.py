@@ -112,16 +112,22 @@ def block_factories(module):
   return block, attn_block
 
 
+def level_channels(module, mult):
+  """The channels of a level: int(mult * base_channels), as guided-diffusion's UNetModel computes them (its 512x512
+  models start at mult 0.5)."""
+  return int(mult * module.base_channels)
+
+
 def encoder(module, x, emb, train, block, attn):
   """conv_in, the down levels and the middle block of `module` (a U-Net or the ADM classifier, called from its
   compact __call__, so the layers are its own): (h, the skips the up path concatenates)."""
-  ch = module.base_channels
-  h = nn.Conv(ch, (3, 3), dtype=module.dtype, name='conv_in')(x.astype(module.dtype))
+  h = nn.Conv(level_channels(module, module.channel_mult[0]), (3, 3), dtype=module.dtype,
+              name='conv_in')(x.astype(module.dtype))
   skips = [h]
   resolution = module.image_size
   for level, mult in enumerate(module.channel_mult):
     for i in range(module.num_res_blocks):
-      h = block(ch * mult, f'down_{level}_res_{i}')(h, emb, train)
+      h = block(level_channels(module, mult), f'down_{level}_res_{i}')(h, emb, train)
       if resolution in module.attn_resolutions:
         h = attn(f'down_{level}_attn_{i}')(h)
       skips.append(h)
@@ -150,7 +156,7 @@ class UNet(nn.Module):
   channels: int
   num_classes: int
   base_channels: int = 128
-  channel_mult: Sequence[int] = (1, 2, 2, 2)
+  channel_mult: Sequence[float] = (1, 2, 2, 2)  # level channels: int(mult * base_channels)
   num_res_blocks: int = 2
   attn_resolutions: Sequence[int] = (16,)
   dropout: float = 0.1
@@ -182,11 +188,12 @@ class UNet(nn.Module):
     block, attn_block = block_factories(self)
     attn = lambda name: lambda h: attn_block(name)(h, context, context_lengths)
     h, skips = encoder(self, x, emb, train, block, attn)
-    ch, resolution = self.base_channels, self.image_size // 2 ** (len(self.channel_mult) - 1)
+    resolution = self.image_size // 2 ** (len(self.channel_mult) - 1)
 
     for level, mult in reversed(list(enumerate(self.channel_mult))):
       for i in range(self.num_res_blocks + 1):
-        h = block(ch * mult, f'up_{level}_res_{i}')(jnp.concatenate([h, skips.pop()], axis=-1), emb, train)
+        h = jnp.concatenate([h, skips.pop()], axis=-1)
+        h = block(level_channels(self, mult), f'up_{level}_res_{i}')(h, emb, train)
         if resolution in self.attn_resolutions:
           h = attn(f'up_{level}_attn_{i}')(h)
       if level != 0:

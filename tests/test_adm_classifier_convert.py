@@ -26,7 +26,7 @@ from train_state import abstract_params, count_params
 # (key count, parameter count, sha256 of the sorted [key, shape] list as JSON, first 16 hex digits) of the state
 # dicts of guided-diffusion's create_classifier with its README's CLASSIFIER_FLAGS (torch 2.13, meta device)
 RELEASED_LAYOUTS = {64: (307, 65_438_568, '8a5b3ef9131c8767'), 128: (221, 42_568_040, '8edc1cef0fb66754'),
-                    256: (249, 54_096_360, '4a9fd0f6e6e407a1')}
+                    256: (249, 54_096_360, '4a9fd0f6e6e407a1'), 512: (281, 54_448_360, '9fed76084c76e1e0')}
 CLASSES = 10
 HEAD_CHANNELS = TINY['head_channels']
 
@@ -36,7 +36,7 @@ def classifier_layout(size, channels, mult, blocks, attention, classes, pool='at
   out.0, then the head."""
   unet = adm_layout(size, channels, mult, blocks, attention, 0, updown=updown)
   shapes = {k: s for k, s in unet.items() if k.startswith(('time_embed.', 'input_blocks.', 'middle_block.'))}
-  c = channels * mult[-1]
+  c = int(channels * mult[-1])
   shapes['out.0.weight'], shapes['out.0.bias'] = (c,), (c,)
   if pool == 'attention':
     shapes['out.2.positional_embedding'] = (c, (size >> (len(mult) - 1)) ** 2 + 1)
@@ -48,7 +48,7 @@ def classifier_layout(size, channels, mult, blocks, attention, classes, pool='at
 
 
 def released_layout(resolution):
-  mult = {64: (1, 2, 3, 4), 128: (1, 1, 2, 3, 4), 256: (1, 1, 2, 2, 4, 4)}[resolution]
+  mult = {64: (1, 2, 3, 4), 128: (1, 1, 2, 3, 4), 256: (1, 1, 2, 2, 4, 4), 512: (0.5, 1, 1, 2, 2, 4, 4)}[resolution]
   return classifier_layout(resolution, 128, mult, 4 if resolution == 64 else 2, (32, 16, 8), 1000)
 
 
@@ -128,7 +128,7 @@ def test_matches_the_reference(pool, updown):
     assert relative_error(logits(swapped), expected) > 0.01
 
 
-@pytest.mark.parametrize('resolution', [64, 128, 256])
+@pytest.mark.parametrize('resolution', [64, 128, 256, 512])
 def test_released_classifiers_convert_to_the_model_tree(resolution):
   layout = released_layout(resolution)
   assert (len(layout), sum(np.prod(s) for s in layout.values()), layout_digest(layout)) == \

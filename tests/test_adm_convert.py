@@ -26,7 +26,8 @@ TOLERANCE = 1e-5
 # (key count, parameter count, sha256 of the sorted [key, shape] list as JSON, first 16 hex digits) of the state dicts
 # of guided-diffusion's UNetModel from script_util.create_model with its README's flags (torch 2.13, meta device).
 RELEASED_LAYOUTS = {'64': (541, 295_904_454, '4c7cc457c29f5bfe'), '128': (493, 421_529_606, '62f053bc80ca3c40'),
-                    '256': (567, 553_838_086, '6fcf52b21aeb4a35'), '256u': (566, 552_814_086, '85a06372a246b9bf')}
+                    '256': (567, 553_838_086, '6fcf52b21aeb4a35'), '256u': (566, 552_814_086, '85a06372a246b9bf'),
+                    '512': (645, 558_997_638, '27d57a5a09452227')}
 # Tiny ADM: 16x16, 32 channels x (1, 2, 3), 2 blocks per level, attention at 8x8 and 4x4 with 16 channels per
 # head (4 and 6 heads), scale-shift norm, learned sigma.
 TINY = {'size': 16, 'channels': 32, 'mult': (1, 2, 3), 'blocks': 2, 'attention': (8, 4), 'head_channels': 16,
@@ -64,12 +65,14 @@ def adm_layout(size, channels, mult, blocks, attention, classes, learn_sigma=Tru
   add('time_embed.2', emb, emb)
   if classes:
     shapes['label_emb.weight'] = (classes, emb)
-  add('input_blocks.0.0', channels, 3, 3, 3)
-  ch, skips, index = channels, [channels], 1
+  width = lambda m: int(m * channels)  # a level's channels (the 512x512 model starts at mult 0.5)
+  ch = width(mult[0])
+  add('input_blocks.0.0', ch, 3, 3, 3)
+  skips, index = [ch], 1
   for level, m in enumerate(mult):
     for _ in range(blocks):
-      resblock(f'input_blocks.{index}.0', ch, m * channels)
-      ch = m * channels
+      resblock(f'input_blocks.{index}.0', ch, width(m))
+      ch = width(m)
       if size >> level in attention:
         attention_block(f'input_blocks.{index}.1', ch)
       skips.append(ch)
@@ -84,8 +87,8 @@ def adm_layout(size, channels, mult, blocks, attention, classes, learn_sigma=Tru
   index = 0
   for level, m in reversed(list(enumerate(mult))):
     for i in range(blocks + 1):
-      resblock(f'output_blocks.{index}.0', ch + skips.pop(), m * channels)
-      ch, position = m * channels, 1
+      resblock(f'output_blocks.{index}.0', ch + skips.pop(), width(m))
+      ch, position = width(m), 1
       if size >> level in attention:
         attention_block(f'output_blocks.{index}.1', ch)
         position = 2
@@ -98,8 +101,8 @@ def adm_layout(size, channels, mult, blocks, attention, classes, learn_sigma=Tru
 
 
 def released_layout(name):
-  """adm_layout of a released model: '64', '128', '256' or '256u' (unconditional)."""
-  mult = {'64': (1, 2, 3, 4), '128': (1, 1, 2, 3, 4)}.get(name, (1, 1, 2, 2, 4, 4))
+  """adm_layout of a released model: '64', '128', '256', '256u' (unconditional) or '512'."""
+  mult = {'64': (1, 2, 3, 4), '128': (1, 1, 2, 3, 4), '512': (0.5, 1, 1, 2, 2, 4, 4)}.get(name, (1, 1, 2, 2, 4, 4))
   size, channels = (64, 192) if name == '64' else (int(name.rstrip('u')), 256)
   return adm_layout(size, channels, mult, 3 if name == '64' else 2, (32, 16, 8), 0 if name.endswith('u') else 1000)
 
@@ -276,7 +279,7 @@ def test_matches_diffusers_unet2d(qkv_order, updown, classes):
     assert not params['label_emb']['embedding_table']['embedding'][classes].any()
 
 
-@pytest.mark.parametrize('name', ['64', '128', '256', '256u'])
+@pytest.mark.parametrize('name', ['64', '128', '256', '256u', '512'])
 def test_released_models_convert_to_the_model_tree(name):
   layout = released_layout(name)
   keys, count, digest = RELEASED_LAYOUTS[name]
@@ -292,7 +295,7 @@ def test_released_models_convert_to_the_model_tree(name):
 
 @pytest.mark.parametrize('arg, schedule, heads, qkv_order, dropout', [
     ('64', 'cosine', (64, 4), 'new', 0.1), ('128', 'linear', (-1, 4), 'legacy', 0.0),
-    (None, 'linear', (64, 4), 'legacy', 0.0)])
+    (None, 'linear', (64, 4), 'legacy', 0.0), ('512', 'linear', (64, 4), 'legacy', 0.0)])
 def test_config_has_what_the_shapes_do_not_show(arg, schedule, heads, qkv_order, dropout):
   """The README's flags that leave no trace in the weights (heads, qkv order, schedule, dropout), and ADM's
   sampler: 250 respaced DDPM steps with the learned variances, clipped x0, no guidance."""
@@ -302,8 +305,8 @@ def test_config_has_what_the_shapes_do_not_show(arg, schedule, heads, qkv_order,
   assert c.diffusion.learn_sigma and c.diffusion.objective == 'eps' and c.diffusion.num_timesteps == 1000
   assert (c.sample.sampler, c.sample.num_steps, c.sample.spacing, c.sample.clip_denoised,
           c.sample.guidance_scale) == ('ddpm', 250, 'linspace', True, 1.0)
-  with pytest.raises(ValueError, match='released ADM ImageNet models are 64, 128 and 256 pixels'):
-    get_config('512')
+  with pytest.raises(ValueError, match=r'released ADM ImageNet models are 64, 128, 256 and 512 pixels'):
+    get_config('1024')
 
 
 def _without(state, key):
@@ -313,6 +316,8 @@ def _without(state, key):
 @pytest.mark.parametrize('config_name, file_name, change, message', [
     ('256', '128', None, r'missing keys: .*Likely cause: the file is ADM\'s 128x128 ImageNet model: '
                          r'--config=configs/adm_imagenet\.py:128'),
+    ('256', '512', None, r'Likely cause: the file is ADM\'s 512x512 ImageNet model: '
+                         r'--config=configs/adm_imagenet\.py:512'),
     ('256', '256', 'drop', r'the weights do not fit .*: missing keys: output_blocks\.17\.0\.out_layers\.3\.bias$'),
     ('256', '256u', None, r'missing keys: label_emb\.weight.*the file has 0 classes \(no label_emb\.weight: '
                           r'unconditional\), the config 1000: --config\.data\.num_classes=0'),
@@ -321,8 +326,8 @@ def _without(state, key):
                                r'--config\.diffusion\.learn_sigma=False'),
     ('64', '64', 'qkv', r'ADM\'s 64x64 ImageNet model \(by its shapes\), whose attention has 64 channels per head '
                         r"and qkv order 'new'; .*weights\.qkv_order='legacy'.*configs/adm_imagenet\.py:64"),
-], ids=['128_into_256', 'missing_key', 'unconditional_into_conditional', 'conditional_into_unconditional',
-        'no_learn_sigma', 'wrong_qkv_order'])
+], ids=['128_into_256', '512_into_256', 'missing_key', 'unconditional_into_conditional',
+        'conditional_into_unconditional', 'no_learn_sigma', 'wrong_qkv_order'])
 def test_a_file_that_does_not_fit_is_refused_naming_the_fix(config_name, file_name, change, message):
   config, layout = released_config(config_name), released_layout(file_name)
   if change == 'no_sigma':
