@@ -91,6 +91,9 @@ def main(argv):
     raise ValueError(f'config.model.name={config.model.name!r} is a noisy classifier, which draws no samples; '
                      f'it guides a diffusion model: --mode={FLAGS.mode} with that model\'s config and '
                      f'--config.sample.classifier_workdir={FLAGS.workdir}')
+  if config.model.get('low_res_size', 0) and FLAGS.mode == 'edit':
+    raise ValueError('--mode=edit does not take a super-resolution model (config.model.low_res_size > 0); '
+                     '--mode=sample upsamples config.sample.low_res_samples')
   if FLAGS.mode == 'train':
     import train
     train.train_and_evaluate(config, workdir)

@@ -129,6 +129,9 @@ def base_config():
   # 'adm_classifier', trained or imported there) whose gradient scale * d log p(y | x_t) / d x_t steers sampling.
   c.sample.classifier_workdir = ''  # '' = none
   c.sample.classifier_scale = 1.0
+  # Super-resolution models (model.low_res_size > 0): the .npz of a base model's samples to upsample (arr_0 uint8
+  # images of low_res_size pixels, arr_1 labels); '' = the dataset's first images, area-downsampled.
+  c.sample.low_res_samples = ''
   c.sample.output = 'samples.npz'  # relative to the workdir
 
   c.mesh = ml_collections.ConfigDict()
@@ -282,6 +285,7 @@ def validate_config(config):
                      '(config.text.encoder)')
   _validate_text_and_latents(config)
   _validate_classifier(config)
+  _validate_super_res(config)
   for axis in ('data', 'fsdp'):
     if config.mesh[axis] == 0 or config.mesh[axis] < -1:
       raise ValueError(f'config.mesh.{axis}={config.mesh[axis]} must be a positive size or -1')
@@ -317,6 +321,26 @@ def _validate_classifier(config):
   if config.train.sample_grid or config.evals:
     raise ValueError(f'config.model.name={config.model.name!r} is a classifier and draws no samples: set '
                      '--config.train.sample_grid=0 and leave config.evals empty (its training logs loss and accuracy)')
+
+
+def _validate_super_res(config):
+  """A super-resolution U-Net reads pixels at an integer fraction of the image size."""
+  size = config.model.get('low_res_size', 0)
+  if config.sample.low_res_samples and not size:
+    raise ValueError('config.sample.low_res_samples is set, but the model is not a super-resolution model '
+                     '(config.model.low_res_size=0); use a config such as configs/adm_upsampler.py')
+  if not size:
+    return
+  if config.model.name != 'unet':
+    raise ValueError(f'config.model.low_res_size={size}: super-resolution is a U-Net option (ADM\'s SuperResModel); '
+                     f"config.model.name={config.model.name!r} does not take it: set --config.model.name=unet")
+  image_size = config.data.image_size
+  if size < 0 or size >= image_size or image_size % size:
+    raise ValueError(f'config.model.low_res_size={size} must divide config.data.image_size={image_size} and be '
+                     'smaller (the low-resolution input is the image area-downsampled by an integer factor)')
+  if config.data.source == 'latents' or config.text.encoder:
+    raise ValueError(f'config.model.low_res_size={size}: super-resolution models here work on pixels and class '
+                     "labels: set config.data.source to 'digits', 'image_folder' or 'tfds' and config.text.encoder=''")
 
 
 def _validate_steps_per_call(config):

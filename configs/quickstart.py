@@ -7,6 +7,9 @@ with ADM's classifier guidance by the noisy digit classifier of configs/digits_c
 
 python main.py --config=configs/digits_classifier.py --workdir=runs/digits_classifier
 python main.py --config=configs/quickstart.py:classifier_guided --workdir=runs/digits_classifier_guided
+
+`:super_res` is a super-resolution U-Net (ADM's SuperResModel, configs/adm_upsampler.py at digit size): it
+upsamples each digit from 4x4 (its 8x8 image area-downsampled) back to 8x8, class-conditional, without guidance.
 """
 import ml_collections
 
@@ -14,8 +17,8 @@ from configs.common import base_config
 
 
 def get_config(arg=None):
-  if arg not in (None, '', 'classifier_guided'):
-    raise ValueError(f"configs/quickstart.py:{arg}: the argument is '' or 'classifier_guided'")
+  if arg not in (None, '', 'classifier_guided', 'super_res'):
+    raise ValueError(f"configs/quickstart.py:{arg}: the argument is '', 'classifier_guided' or 'super_res'")
   c = base_config()
   c.data.source = 'digits'
   c.data.image_size = 8
@@ -56,4 +59,7 @@ def get_config(arg=None):
     c.sample.guidance_scale = 1.0
     c.sample.classifier_workdir = 'runs/digits_classifier'
     c.sample.classifier_scale = 4.0
+  if arg == 'super_res':
+    c.model.low_res_size = 4
+    c.sample.guidance_scale = 1.0
   return c

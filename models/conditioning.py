@@ -9,12 +9,19 @@ condition is the empty prompt's tokens (start, end, pad...), and label dropout r
 (and the label, if any) by it. Conditions made for evaluation (`default_conditions`) may carry more
 than the model takes: 'prompts' (a numpy str array) and 'y' (the class a prompt names) for the
 evaluators; `model_condition` keeps only the model's inputs.
+
+Super-resolution models (config.model.low_res_size > 0, ADM's SuperResModel) also take {'low_res': [B, s, s, C]},
+the image area-downsampled to s pixels in [-1, 1]; guidance's null condition keeps it (only the label or prompt
+is dropped). For grids and evaluation it comes from config.sample.low_res_samples (a base model's samples.npz) or
+else from the first images of the dataset (`low_res_conditions`).
 """
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-MODEL_INPUTS = ('y', 'tokens')
+MODEL_INPUTS = ('y', 'tokens', 'low_res')
 CLASSIFIERS = ('adm_classifier',)  # models that predict the label of a noised image instead of denoising it
 
 
@@ -25,6 +32,19 @@ def is_classifier(config):
 def uses_text(config):
   text = config.get('text')
   return bool(text is not None and text.get('encoder', ''))
+
+
+def low_res_size(config):
+  """The side of the low-resolution image a super-resolution model takes, or 0."""
+  return config.model.get('low_res_size', 0)
+
+
+def area_downsample(images, size):
+  """[B, H, W, C] -> [B, size, size, C], each output pixel the mean of its (H / size)^2 input pixels (torch's
+  F.interpolate(mode='area'), with which guided-diffusion's super_res_train.py makes its low-resolution inputs)."""
+  b, h, w, c = images.shape
+  f = h // size
+  return images.reshape(b, size, f, size, f, c).mean(axis=(2, 4))
 
 
 def uses_labels(config):
@@ -55,6 +75,8 @@ def condition_from_batch(batch, config):
     cond['y'] = batch['label']
   if uses_text(config):
     cond['tokens'] = batch['tokens']
+  if low_res_size(config):
+    cond['low_res'] = area_downsample(batch['image'].astype(jnp.float32), low_res_size(config))
   return cond
 
 
@@ -65,6 +87,8 @@ def model_condition(cond, config):
     out['y'] = cond['y']
   if uses_text(config):
     out['tokens'] = cond['tokens'] if 'tokens' in cond else _tokens(list(cond['prompts']), config)
+  if low_res_size(config):
+    out['low_res'] = cond['low_res']
   return out
 
 
@@ -75,6 +99,8 @@ def null_condition(cond, config):
     null['y'] = jnp.full_like(cond['y'], config.data.num_classes)
   if 'tokens' in cond:
     null['tokens'] = jnp.broadcast_to(jnp.asarray(empty_prompt_tokens(config)), cond['tokens'].shape)
+  if 'low_res' in cond:
+    null['low_res'] = cond['low_res']
   return null
 
 
@@ -95,6 +121,8 @@ def dummy_condition(config, batch_size=1):
   if uses_text(config):
     cond['tokens'] = jnp.broadcast_to(jnp.asarray(empty_prompt_tokens(config)),
                                       (batch_size, config.data.max_tokens))
+  if low_res_size(config):
+    cond['low_res'] = jnp.zeros((batch_size, low_res_size(config), low_res_size(config), config.data.channels))
   return cond
 
 
@@ -109,12 +137,44 @@ def class_prompt(label, config):
   return config.text.get('prompt_template', '{}').format(name)
 
 
+def low_res_conditions(num_samples, config):
+  """A super-resolution model's conditions: {'low_res': float32 [N, s, s, C] in [-1, 1]} and the labels 'y' of
+  those images when the model takes labels. From config.sample.low_res_samples, an .npz of a base model's samples
+  (arr_0 uint8 [N, s, s, C], arr_1 labels: what --mode=sample writes; guided-diffusion's super_res_sample.py reads
+  the same), or else from the dataset's first images (cycled), area-downsampled."""
+  size, channels = low_res_size(config), config.data.channels
+  path = config.sample.get('low_res_samples', '')
+  if not path:
+    from input_pipeline.sources import create_source
+    source = create_source(config.data)
+    batch = source.get(np.arange(num_samples) % len(source))
+    cond = {'low_res': np.asarray(area_downsample(np.asarray(batch['image'], np.float32), size))}
+    return cond | ({'y': batch['label']} if uses_labels(config) else {})
+  where = f'config.sample.low_res_samples={path!r}'
+  if not os.path.isfile(path):
+    raise ValueError(f'{where}: no such file; give the samples.npz of a {size}x{size} base model')
+  with np.load(path) as f:
+    if 'arr_0' not in f or f['arr_0'].dtype != np.uint8 or f['arr_0'].shape[1:] != (size, size, channels):
+      found = f"arr_0 {f['arr_0'].dtype} {f['arr_0'].shape}" if 'arr_0' in f else f'arrays {sorted(f)}'
+      raise ValueError(f'{where} holds {found}; this super-resolution model upsamples uint8 images [N, {size}, '
+                       f'{size}, {channels}] (config.model.low_res_size={size}, config.data.channels={channels})')
+    if len(f['arr_0']) < num_samples:
+      raise ValueError(f"{where} holds {len(f['arr_0'])} images, fewer than the {num_samples} to upsample: set "
+                       f"--config.sample.num_samples={len(f['arr_0'])}")
+    if uses_labels(config) and 'arr_1' not in f:
+      raise ValueError(f'{where} has no labels (arr_1), which this class-conditional model needs')
+    cond = {'low_res': f['arr_0'][:num_samples].astype(np.float32) / 127.5 - 1.0}
+    return cond | ({'y': f['arr_1'][:num_samples].astype(np.int32)} if uses_labels(config) else {})
+
+
 def default_conditions(num_samples, config):
   """Conditions for evaluation and grids: every class equally often (0, 1, ..., C-1, 0, ...).
 
   Text models: config.text.eval_prompts cycled, or else the class prompts ("a handwritten digit
-  seven") with the class in 'y'; the strings are in 'prompts'.
+  seven") with the class in 'y'; the strings are in 'prompts'. Super-resolution models: `low_res_conditions`.
   """
+  if low_res_size(config):
+    return low_res_conditions(num_samples, config)
   cond = {}
   if config.data.num_classes > 0:
     labels = (np.arange(num_samples) % config.data.num_classes).astype(np.int32)

@@ -13,12 +13,17 @@ NHWC throughout. The defaults are DDPM's network; the ADM options, each off by d
   SAME (DDPM's TensorFlow: none before, one after), which reads the input one pixel shifted.
 - `num_head_channels` > 0: each attention layer has channels // num_head_channels heads (ADM: 64), instead of
   `num_heads` everywhere.
+- `low_res_size` > 0: a super-resolution model (ADM's SuperResModel): it also takes `low_res` [B, s, s, C], the
+  image at s = low_res_size pixels, upsamples it bilinearly to image_size and reads it concatenated to x (2C
+  input channels).
 
-The released ADM ImageNet models are configs/adm_imagenet.py; models/adm_convert.py converts their weights.
+The released ADM ImageNet models are configs/adm_imagenet.py and configs/adm_upsampler.py; models/adm_convert.py
+converts their weights.
 """
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from models.layers import LabelEmbedder, MultiHeadCrossAttention, attention, remat_block, timestep_embedding
@@ -171,10 +176,18 @@ class UNet(nn.Module):
   num_head_channels: int = -1
   resblock_updown: bool = False
   symmetric_downsample: bool = False
+  low_res_size: int = 0
   text: TextEncoderSpec | None = None
 
   @nn.compact
-  def __call__(self, x, t, y=None, tokens=None, train=False):
+  def __call__(self, x, t, y=None, tokens=None, low_res=None, train=False):
+    if self.low_res_size:
+      if low_res is None or low_res.shape[1:] != (self.low_res_size, self.low_res_size, self.channels):
+        raise ValueError(f'this U-Net is a super-resolution model: pass low_res=[B, {self.low_res_size}, '
+                         f'{self.low_res_size}, {self.channels}] images, got '
+                         f'{None if low_res is None else low_res.shape}')
+      # bilinear with half-pixel centres, as torch's F.interpolate(mode='bilinear') in SuperResModel
+      x = jnp.concatenate([x, jax.image.resize(low_res.astype(x.dtype), x.shape, 'linear')], axis=-1)
     emb = time_embedding(self, t)
     if self.num_classes > 0:
       emb = emb + LabelEmbedder(self.num_classes, 4 * self.base_channels, dtype=self.dtype, name='label_emb')(y)
