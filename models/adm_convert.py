@@ -1,5 +1,5 @@
 """openai/guided-diffusion checkpoints (ADM) -> the params of this codebase's U-Net (models/unet.py) or noisy
-classifier (models/adm_classifier.py).
+classifier (models/adm_classifier.py), including the super-resolution models (ADM-U).
 
     python main.py --mode=import --config=configs/adm_imagenet.py:256 --workdir=runs/adm256 --weights=256x256_diffusion.pt
     python main.py --mode=import --config=configs/adm_classifier.py:256 --workdir=runs/adm256_classifier \
@@ -30,6 +30,9 @@ rows are ordered [head][q, k, v][channel] by QKVAttentionLegacy (the default, 'l
 no trace in the shapes: the config gives them, and a released ImageNet model recognised by its shapes must get
 its own (configs/adm_imagenet.py). Every key and shape is checked against the model the config builds first.
 
+The super-resolution model (SuperResModel) is a UNetModel whose input_blocks.0.0 reads 6 channels (the noisy
+image, then the low-resolution one upsampled): our U-Net with low_res_size (configs/adm_upsampler.py).
+
 The classifier (EncoderUNetModel) has the same time_embed, input_blocks and middle_block (no label_emb), then
 out.0 (GroupNorm -> norm_out) and its head: out.2, an AttentionPool2d (positional_embedding [C, HW + 1] -> pool/
 positional_embedding [HW + 1, C]; qkv_proj (conv1d [3C, C, 1], always in the 'new' [q, k, v][head][channel] order)
@@ -45,6 +48,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from configs.adm_imagenet import ARCHITECTURES, QKV_ORDERS
+from configs.adm_upsampler import ARCHITECTURES as UPSAMPLERS
 from models import build_model
 from models.weight_files import key_and_shape_problems
 from train_state import abstract_params
@@ -55,7 +59,8 @@ WHERE_TO_GET = ('the guided-diffusion README, github.com/openai/guided-diffusion
                 f'{_URL}256x256_diffusion.pt (:256), {_URL}256x256_diffusion_uncond.pt (:256 with '
                 f'--config.data.num_classes=0) and {_URL}512x512_diffusion.pt (:512); classifiers: '
                 '64x64_classifier.pt (configs/adm_classifier.py:64), 128x128_classifier.pt (:128), '
-                '256x256_classifier.pt (:256), 512x512_classifier.pt (:512)')
+                '256x256_classifier.pt (:256), 512x512_classifier.pt (:512); upsamplers: 64_256_upsampler.pt '
+                '(configs/adm_upsampler.py:64_256), 128_512_upsampler.pt (:128_512)')
 
 _RESBLOCK = {'norm1': 'in_layers.0', 'conv1': 'in_layers.2', 'emb_proj': 'emb_layers.1', 'norm2': 'out_layers.0',
              'conv2': 'out_layers.3', 'skip': 'skip_connection'}
@@ -70,6 +75,8 @@ _CONV1D = ('proj_out', 'c_proj')
 # (base channels, number of input blocks) of the released ImageNet models -> resolution (ARCHITECTURES)
 _RELEASED = {(192, 16): 64, (256, 15): 128, (256, 18): 256, (256, 21): 512}
 _RELEASED_CLASSIFIERS = {(128, 20): 64, (128, 15): 128, (128, 18): 256, (128, 21): 512}  # configs/adm_classifier.py
+# (base channels, input blocks, attention layers) of the released upsamplers -> configs/adm_upsampler.py's argument
+_RELEASED_UPSAMPLERS = {(192, 18, 16): '64_256', (192, 18, 11): '128_512'}
 
 
 def module_prefixes(model):
@@ -178,73 +185,85 @@ def _is_classifier(model):
   return hasattr(model, 'pool')  # models/adm_classifier.py
 
 
-def _config_file(classifier):
-  return 'configs/adm_classifier.py' if classifier else 'configs/adm_imagenet.py'
+def _release(shapes):
+  """The released ImageNet file a guided-diffusion layout ({key: shape}) is, by its shapes: (config file, its
+  argument, a description), or None."""
+  time_embed = shapes.get('time_embed.0.weight', ())
+  base = time_embed[1] if len(time_embed) == 2 else None
+  blocks = len({k.split('.')[1] for k in shapes if k.startswith('input_blocks.')})
+  if _is_classifier_layout(shapes):
+    resolution = _RELEASED_CLASSIFIERS.get((base, blocks))
+    return resolution and ('configs/adm_classifier.py', str(resolution),
+                           f"ADM's {resolution}x{resolution} ImageNet classifier")
+  conv_in = shapes.get('input_blocks.0.0.weight', ())
+  if len(conv_in) == 4 and conv_in[1] == 6:  # SuperResModel: the image and its upsampled low-resolution version
+    name = _RELEASED_UPSAMPLERS.get((base, blocks, sum(k.endswith('.qkv.weight') for k in shapes)))
+    return name and ('configs/adm_upsampler.py', name, "ADM's {} -> {} upsampler".format(*name.split('_')))
+  resolution = _RELEASED.get((base, blocks))
+  return resolution and ('configs/adm_imagenet.py', str(resolution),
+                         f"ADM's {resolution}x{resolution} ImageNet model")
 
 
-def _released(base_channels, input_blocks, classifier):
-  """The resolution of the released ImageNet model (or classifier) with this many base channels and input blocks,
-  or None."""
-  return (_RELEASED_CLASSIFIERS if classifier else _RELEASED).get((base_channels, input_blocks))
+def _is_classifier_layout(shapes):
+  return not any(k.startswith('output_blocks.') for k in shapes)
 
 
-def _file_is_classifier(state_dict):
-  return not any(k.startswith('output_blocks.') for k in state_dict)
-
-
-def _file_release(state_dict):
-  time_embed = np.shape(state_dict.get('time_embed.0.weight', ()))
-  blocks = {k.split('.')[1] for k in state_dict if k.startswith('input_blocks.')}
-  return _released(time_embed[1] if len(time_embed) == 2 else None, len(blocks), _file_is_classifier(state_dict))
-
-
-def _likely_cause(state_dict, model):
+def _likely_cause(shapes, expected, model):
   """What about the config disagrees with the file, and what to use instead ('' if nothing stands out)."""
-  if any(k.startswith(('down_blocks.', 'conv_in.')) for k in state_dict):
+  if any(k.startswith(('down_blocks.', 'conv_in.')) for k in shapes):
     return ('this is a diffusers UNet2DModel state dict, not guided-diffusion\'s layout; import the original file '
             f'from {WHERE_TO_GET}')
-  classifier, release = _is_classifier(model), _file_release(state_dict)
-  if _file_is_classifier(state_dict) != classifier:
+  classifier, release = _is_classifier(model), _release(shapes)
+  if _is_classifier_layout(shapes) != classifier:
     what = ('a guided-diffusion UNetModel (a diffusion model)' if classifier else
             'an ADM noisy classifier (EncoderUNetModel)')
-    return (f'the file is {what}, the config {"a classifier" if classifier else "a U-Net"}: use '
-            f'--config={_config_file(not classifier)}' + (f':{release}' if release else ''))
+    config = release[0] + ':' + release[1] if release else (
+        'configs/adm_imagenet.py' if classifier else 'configs/adm_classifier.py')
+    return f'the file is {what}, the config {"a classifier" if classifier else "a U-Net"}: use --config={config}'
   causes = []
-  levels = len(model.channel_mult)
-  kind = 'classifier' if classifier else 'model'
-  if release and release != _released(model.base_channels, levels * (model.num_res_blocks + 1), classifier):
-    causes.append(f'the file is ADM\'s {release}x{release} ImageNet {kind}: '
-                  f'--config={_config_file(classifier)}:{release}')
+  if release and release[:2] != (_release(expected) or ())[:2]:
+    causes.append(f'the file is {release[2]}: --config={release[0]}:{release[1]}')
   if classifier:
-    head = np.shape(state_dict.get('out.2.c_proj.weight', state_dict.get('out.3.weight', ())))
+    head = shapes.get('out.2.c_proj.weight', shapes.get('out.3.weight', ()))
     if head and head[0] != model.num_classes:
       causes.append(f'the file has {head[0]} classes, the config {model.num_classes}: '
                     f'--config.data.num_classes={head[0]}')
-    pool = ('attention' if 'out.2.positional_embedding' in state_dict else
-            'adaptive' if 'out.3.weight' in state_dict else '')
+    pool = ('attention' if 'out.2.positional_embedding' in shapes else 'adaptive' if 'out.3.weight' in shapes else '')
     if pool and pool != model.pool:
       causes.append(f'the file pools by {pool}: --config.model.pool={pool}')
   else:
-    classes = len(state_dict['label_emb.weight']) if 'label_emb.weight' in state_dict else 0
+    classes = shapes['label_emb.weight'][0] if 'label_emb.weight' in shapes else 0
     if classes != model.num_classes:
       causes.append(f'the file has {classes} classes' + (' (no label_emb.weight: unconditional)' if not classes else '')
                     + f', the config {model.num_classes}: --config.data.num_classes={classes}')
-    out = np.shape(state_dict.get('out.2.weight', ()))
+    out = shapes.get('out.2.weight', ())
     if out and out[0] == (model.channels if model.learn_sigma else 2 * model.channels):
       causes.append(f'the file has {out[0]} output channels ({"no " if model.learn_sigma else ""}learned variances): '
                     f'--config.diffusion.learn_sigma={not model.learn_sigma}')
-  convs = any(k.endswith(('.op.weight', '.conv.weight')) for k in state_dict)
-  if levels > 1 and convs == model.resblock_updown:
+    conv_in = shapes.get('input_blocks.0.0.weight', ())
+    if len(conv_in) == 4 and conv_in[1] == 2 * model.channels and not model.low_res_size:
+      causes.append(f'the file takes {conv_in[1]} input channels: a super-resolution model (SuperResModel), which '
+                    'this config is not: use a config with model.low_res_size, such as configs/adm_upsampler.py')
+    elif len(conv_in) == 4 and conv_in[1] == model.channels and model.low_res_size:
+      causes.append(f'the file takes {conv_in[1]} input channels: not a super-resolution model: '
+                    '--config.model.low_res_size=0')
+  convs = any(k.endswith(('.op.weight', '.conv.weight')) for k in shapes)
+  if len(model.channel_mult) > 1 and convs == model.resblock_updown:
     causes.append(f'the file resamples with {"convs" if convs else "residual blocks"}: '
                   f'--config.model.resblock_updown={not convs}')
   return '; '.join(causes)
 
 
-def _released_attention(release, classifier):
-  """(channels per head, heads per layer, qkv order) of a released model's attention blocks."""
-  if classifier:
+def _released_attention(release):
+  """(channels per head, heads per layer, qkv order) of a released file's attention blocks."""
+  config_file, arg, _ = release
+  if config_file == 'configs/adm_classifier.py':
     return 64, None, 'legacy'  # create_classifier: num_head_channels=64, the default (legacy) QKVAttention
-  return ARCHITECTURES[release]['num_head_channels'], ARCHITECTURES[release]['num_heads'], QKV_ORDERS[release]
+  if config_file == 'configs/adm_upsampler.py':  # sr_create_model: no use_new_attention_order
+    arch = UPSAMPLERS[arg]
+    return arch['num_head_channels'], arch['num_heads'], 'legacy'
+  arch = ARCHITECTURES[int(arg)]
+  return arch['num_head_channels'], arch['num_heads'], QKV_ORDERS[int(arg)]
 
 
 def _check(state_dict, model, abstract, qkv_order):
@@ -253,28 +272,27 @@ def _check(state_dict, model, abstract, qkv_order):
   classifier = _is_classifier(model)
   prefixes = module_prefixes(model)
   expected = {_torch_key(p, prefixes): _torch_shape(p, leaf.shape) for p, leaf in flatten_dict(abstract).items()}
-  problems = key_and_shape_problems({k: np.shape(v) for k, v in state_dict.items()}, expected)
+  shapes = {k: np.shape(v) for k, v in state_dict.items()}
+  problems = key_and_shape_problems(shapes, expected)
   if problems:
-    cause = _likely_cause(state_dict, model)
+    cause = _likely_cause(shapes, expected, model)
     what = (f'{model.pool} pool' if classifier else f'learn_sigma={model.learn_sigma}')
     raise ValueError(f'the weights do not fit the {"classifier" if classifier else "U-Net"} of this config '
                      f'({model.image_size}x{model.image_size}x{model.channels}, {model.base_channels} channels x '
                      f'{tuple(model.channel_mult)}, {model.num_res_blocks} blocks per level, {model.num_classes} '
                      f'classes, {what}; guided-diffusion key layout, {len(expected)} tensors): ' +
                      '; '.join(problems) + (f'. Likely cause: {cause}' if cause else ''))
-  release = _file_release(state_dict)
+  release = _release(shapes)
   if release:
-    want, want_heads, want_order = _released_attention(release, classifier)
+    want, want_heads, want_order = _released_attention(release)
     heads_ok = (model.num_head_channels == want if want > 0 else
                 model.num_head_channels <= 0 and model.num_heads == want_heads)
     if not heads_ok or qkv_order != want_order:
       heads = f'{want} channels per head' if want > 0 else f'{want_heads} heads per layer'
-      kind = 'classifier' if classifier else 'model'
-      raise ValueError(f'the file is ADM\'s {release}x{release} ImageNet {kind} (by its shapes), whose attention has '
-                       f'{heads} and qkv order {want_order!r}; this config has num_head_channels='
-                       f'{model.num_head_channels}, num_heads={model.num_heads}, weights.qkv_order={qkv_order!r}: '
-                       'the weights would load but attention would split them wrongly; use '
-                       f'--config={_config_file(classifier)}:{release}')
+      raise ValueError(f'the file is {release[2]} (by its shapes), whose attention has {heads} and qkv order '
+                       f'{want_order!r}; this config has num_head_channels={model.num_head_channels}, num_heads='
+                       f'{model.num_heads}, weights.qkv_order={qkv_order!r}: the weights would load but attention '
+                       f'would split them wrongly; use --config={release[0]}:{release[1]}')
 
 
 def params_from_state_dict(state_dict, config):

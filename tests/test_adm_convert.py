@@ -36,9 +36,10 @@ TINY = {'size': 16, 'channels': 32, 'mult': (1, 2, 3), 'blocks': 2, 'attention':
 SMALL = TINY | {'size': 8, 'mult': (1, 1), 'blocks': 1, 'attention': (4,)}
 
 
-def adm_layout(size, channels, mult, blocks, attention, classes, learn_sigma=True, updown=True):
+def adm_layout(size, channels, mult, blocks, attention, classes, learn_sigma=True, updown=True, in_channels=3):
   """{key: shape} of guided-diffusion's UNetModel (guided_diffusion/unet.py; scale-shift norm, image channels 3):
-  the keys its state_dict() has for these options. `attention`: the resolutions (pixels) with attention."""
+  the keys its state_dict() has for these options. `attention`: the resolutions (pixels) with attention;
+  in_channels 6: SuperResModel's."""
   shapes, emb = {}, 4 * channels
 
   def add(name, *weight):
@@ -67,7 +68,7 @@ def adm_layout(size, channels, mult, blocks, attention, classes, learn_sigma=Tru
     shapes['label_emb.weight'] = (classes, emb)
   width = lambda m: int(m * channels)  # a level's channels (the 512x512 model starts at mult 0.5)
   ch = width(mult[0])
-  add('input_blocks.0.0', ch, 3, 3, 3)
+  add('input_blocks.0.0', ch, in_channels, 3, 3)
   skips, index = [ch], 1
   for level, m in enumerate(mult):
     for _ in range(blocks):
@@ -226,13 +227,13 @@ def diffusers_state_dict(state, legacy, updown):
   return out
 
 
-def diffusers_unet(diffusers, updown, classes):
+def diffusers_unet(diffusers, updown, classes, in_channels=3):
   t = TINY
   attends = [t['size'] >> level in t['attention'] for level in range(len(t['mult']))]
   plain_down, plain_up = ('ResnetDownsampleBlock2D', 'ResnetUpsampleBlock2D') if updown else ('DownBlock2D',
                                                                                             'UpBlock2D')
   return diffusers.UNet2DModel(
-      sample_size=t['size'], in_channels=3, out_channels=6, layers_per_block=t['blocks'],
+      sample_size=t['size'], in_channels=in_channels, out_channels=6, layers_per_block=t['blocks'],
       block_out_channels=tuple(m * t['channels'] for m in t['mult']), attention_head_dim=t['head_channels'],
       down_block_types=tuple('AttnDownBlock2D' if a else plain_down for a in attends),
       up_block_types=tuple('AttnUpBlock2D' if a else plain_up for a in reversed(attends)),
