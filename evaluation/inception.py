@@ -11,6 +11,11 @@ Mixed_7c max-pools it). Module and parameter names follow torchvision (`Mixed_5b
 Input: uint8 or float images [N, H, W, 3] in [0, 255]. They are resized to 299x299 with bilinear
 interpolation as torch's `F.interpolate(mode='bilinear', align_corners=False)` does it (no
 antialiasing, also when downsampling), then scaled to [-1, 1].
+
+Outputs: pool3 (FID, precision/recall), the logits (Inception Score) and the spatial features of sFID
+(Nash et al. 2021, reported by ADM and DiT): the ADM evaluator takes the TF graph's `mixed_6/conv` tensor,
+the 1x1 branch of its seventh mixed block (Mixed_6d here: conv, BatchNorm, ReLU), keeps its first 7
+channels and flattens them in (row, column, channel) order: 17 x 17 x 7 = 2023 numbers at 299x299.
 """
 from typing import NamedTuple
 
@@ -23,12 +28,15 @@ INCEPTION_SIZE = 299
 NUM_CLASSES = 1008
 POOL3_DIM = 2048
 BATCHNORM_EPS = 1e-3
+SPATIAL_CHANNELS = 7  # sFID keeps the first 7 channels of Mixed_6d's 1x1 branch
+SPATIAL_DIM = 17 * 17 * SPATIAL_CHANNELS  # at the 299x299 input
 
 
 class InceptionOutputs(NamedTuple):
   pool3: jax.Array            # [N, 2048] final average pool: the FID / precision-recall features
   logits: jax.Array           # [N, 1008] fc(pool3), with the bias
   logits_unbiased: jax.Array  # [N, 1008] pool3 @ fc kernel: what the standard IS code takes softmax of
+  spatial: jax.Array          # [N, 2023] Mixed_6d.branch1x1[..., :7] flattened (h, w, c): the sFID features
 
 
 def _bilinear_taps(in_size, out_size):
@@ -139,7 +147,7 @@ class InceptionB(nn.Module):
 
 
 class FIDInceptionC(nn.Module):
-  """Mixed_6b/6c/6d/6e (17x17) with factorised 7x7 convolutions."""
+  """Mixed_6b/6c/6d/6e (17x17) with factorised 7x7 convolutions. Returns (output, its 1x1 branch)."""
   channels_7x7: int
   precision: str = 'highest'
 
@@ -157,7 +165,7 @@ class FIDInceptionC(nn.Module):
     branch7x7dbl = conv('branch7x7dbl_4', c7, (7, 1), padding=(3, 0))(branch7x7dbl)
     branch7x7dbl = conv('branch7x7dbl_5', 192, (1, 7), padding=(0, 3))(branch7x7dbl)
     branch_pool = conv('branch_pool', 192)(_avg_pool_3x3_same(x))
-    return jnp.concatenate([branch1x1, branch7x7, branch7x7dbl, branch_pool], axis=-1)
+    return jnp.concatenate([branch1x1, branch7x7, branch7x7dbl, branch_pool], axis=-1), branch1x1
 
 
 class InceptionD(nn.Module):
@@ -233,10 +241,11 @@ class FIDInceptionV3(nn.Module):
     x = FIDInceptionA(64, precision=p, name='Mixed_5c')(x)
     x = FIDInceptionA(64, precision=p, name='Mixed_5d')(x)
     x = InceptionB(precision=p, name='Mixed_6a')(x)
-    x = FIDInceptionC(128, precision=p, name='Mixed_6b')(x)
-    x = FIDInceptionC(160, precision=p, name='Mixed_6c')(x)
-    x = FIDInceptionC(160, precision=p, name='Mixed_6d')(x)
-    x = FIDInceptionC(192, precision=p, name='Mixed_6e')(x)
+    x, _ = FIDInceptionC(128, precision=p, name='Mixed_6b')(x)
+    x, _ = FIDInceptionC(160, precision=p, name='Mixed_6c')(x)
+    x, mixed_6_conv = FIDInceptionC(160, precision=p, name='Mixed_6d')(x)  # the TF graph's mixed_6/conv
+    x, _ = FIDInceptionC(192, precision=p, name='Mixed_6e')(x)
+    spatial = mixed_6_conv[..., :SPATIAL_CHANNELS].reshape(len(x), -1)
     x = InceptionD(precision=p, name='Mixed_7a')(x)
     x = FIDInceptionE('avg', precision=p, name='Mixed_7b')(x)
     x = FIDInceptionE('max', precision=p, name='Mixed_7c')(x)
@@ -244,7 +253,7 @@ class FIDInceptionV3(nn.Module):
     fc = nn.Dense(NUM_CLASSES, precision=p, name='fc')
     logits = fc(pool3)
     logits_unbiased = jnp.dot(pool3, fc.variables['params']['kernel'], precision=p)
-    return InceptionOutputs(pool3, logits, logits_unbiased)
+    return InceptionOutputs(pool3, logits, logits_unbiased, spatial)
 
 
 def init_variables(model=None, seed=0, image_size=75):

@@ -1,13 +1,16 @@
-"""Metrics on FID Inception outputs: feature extraction, FID, Inception Score, precision/recall.
+"""Metrics on FID Inception outputs: feature extraction, FID, sFID, Inception Score, precision/recall.
 
 Reference statistics use the ADM evaluator's npz layout: `arr_0` uint8 NHWC images and/or `mu`,
-`sigma` (pool3 mean and covariance). Precision/recall follow Kynkäänniemi et al. 2019 (k-NN
-manifolds on pool3 features, k = 3), computed in row chunks so 50k x 50k never materialises. Features,
-distances and ball tests run on every local device (evaluation/device_batches.py).
+`sigma` (pool3 mean and covariance) and `mu_s`, `sigma_s` (those of the spatial features, for sFID).
+sFID is the Fréchet distance of the spatial features (evaluation/inception.py), as the ADM evaluator
+computes it. Precision/recall follow Kynkäänniemi et al. 2019 (k-NN manifolds on pool3 features,
+k = 3), computed in row chunks so 50k x 50k never materialises. Features, distances and ball tests run
+on every local device (evaluation/device_batches.py).
 """
 import functools
 import logging
 import os
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,16 +21,23 @@ from evaluation import frechet
 from evaluation import inception
 
 
+class Features(NamedTuple):
+  """An image set's Inception features, float32 [N, D] each."""
+  pool3: np.ndarray    # [N, 2048]: FID, precision/recall
+  logits: np.ndarray   # [N, 1008], unbiased: Inception Score
+  spatial: np.ndarray  # [N, 2023] (at 299x299): sFID
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _inception_forward(model, variables, images):
   if images.shape[-1] == 1:  # greyscale, as the digits: the same value in R, G and B
     images = jnp.repeat(images, 3, axis=-1)
   outputs = model.apply(variables, images)
-  return outputs.pool3, outputs.logits_unbiased
+  return Features(outputs.pool3, outputs.logits_unbiased, outputs.spatial)
 
 
 def extract_features(variables, images, batch_size=200, model=None, mesh=None):
-  """Pool3 features [N, 2048] and unbiased logits [N, 1008] (float32 numpy) of images in [0, 255].
+  """`Features` (pool3 [N, 2048], unbiased logits [N, 1008], spatial [N, 2023]) of images in [0, 255].
 
   images: [N, H, W, 3] (or greyscale [N, H, W, 1]) uint8 or float array (a numpy memmap works); any
   size, resized to 299 inside the network. Each batch is split over the devices of `mesh` (default: all
@@ -39,9 +49,9 @@ def extract_features(variables, images, batch_size=200, model=None, mesh=None):
     raise ValueError('no images to extract features from')
   mesh = mesh or device_batches.local_mesh()
   variables = device_batches.replicate(variables, mesh)
-  pool3, logits = device_batches.map_batches(functools.partial(_inception_forward, model, variables), images,
-                                             batch_size, mesh)
-  return pool3.astype(np.float32), logits.astype(np.float32)
+  features = device_batches.map_batches(functools.partial(_inception_forward, model, variables), images,
+                                       batch_size, mesh)
+  return Features(*(f.astype(np.float32) for f in features))
 
 
 def inception_score(logits, splits=10):
@@ -117,9 +127,14 @@ def precision_recall(real_features, fake_features, k=3, chunk_size=1000):
   return precision, recall
 
 
-def save_reference_npz(path, mu, sigma, images=None):
-  """Write reference statistics in the ADM evaluator layout (`mu`, `sigma`, optional `arr_0`)."""
+def save_reference_npz(path, mu, sigma, images=None, mu_s=None, sigma_s=None):
+  """Write reference statistics in the ADM evaluator layout (`mu`, `sigma`, optional `arr_0`, and the
+  spatial `mu_s`, `sigma_s` when given)."""
   arrays = {'mu': np.asarray(mu, np.float64), 'sigma': np.asarray(sigma, np.float64)}
+  if (mu_s is None) != (sigma_s is None):
+    raise ValueError('give both mu_s and sigma_s (the spatial statistics), or neither')
+  if mu_s is not None:
+    arrays.update(mu_s=np.asarray(mu_s, np.float64), sigma_s=np.asarray(sigma_s, np.float64))
   if images is not None:
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
@@ -129,10 +144,12 @@ def save_reference_npz(path, mu, sigma, images=None):
 
 
 def write_reference_npz(path, variables, images, batch_size=200, keep_images=False, model=None):
-  """Compute pool3 statistics of uint8 NHWC images and save them (with the images if asked)."""
-  pool3, _ = extract_features(variables, images, batch_size, model)
-  mu, sigma = frechet.feature_statistics(pool3)
-  save_reference_npz(path, mu, sigma, images if keep_images else None)
+  """Compute the pool3 and spatial statistics of uint8 NHWC images and save them (with the images if asked);
+  returns the pool3 (mu, sigma)."""
+  features = extract_features(variables, images, batch_size, model)
+  mu, sigma = frechet.feature_statistics(features.pool3)
+  mu_s, sigma_s = frechet.feature_statistics(features.spatial)
+  save_reference_npz(path, mu, sigma, images if keep_images else None, mu_s, sigma_s)
   return mu, sigma
 
 
@@ -141,17 +158,27 @@ def _npz_keys(path):
     return set(data.files)
 
 
-def load_reference(path, variables=None, batch_size=200, model=None, need_features=False):
-  """Reference {'mu', 'sigma'} (plus 'pool3' when computed) from an ADM-style npz.
+def _stored_statistics(data, keys):
+  """The statistics pairs an npz holds whole: {'mu', 'sigma'} and/or {'mu_s', 'sigma_s'}."""
+  out = {}
+  for pair in (('mu', 'sigma'), ('mu_s', 'sigma_s')):
+    if set(pair) <= keys:
+      out.update({k: data[k] for k in pair})
+  return out
 
-  Stored `mu`/`sigma` take precedence (and `arr_0` is then not read unless need_features); pool3
-  features are computed from `arr_0` with `variables` when there are no stored statistics or
-  need_features=True (precision/recall needs the real features).
+
+def load_reference(path, variables=None, batch_size=200, model=None, need_features=False):
+  """Reference {'mu', 'sigma'}, {'mu_s', 'sigma_s'} when known, and 'pool3' when computed, from an ADM-style npz.
+
+  Stored statistics take precedence (and `arr_0` is then not read unless need_features); features are
+  computed from `arr_0` with `variables` when there are no stored `mu`/`sigma` or need_features=True
+  (precision/recall needs the real features). The spatial statistics (sFID) are the stored ones, else those
+  of the computed features, else absent.
   """
   with np.load(path) as data:
     keys = set(data.files)
-    stored = {'mu': data['mu'], 'sigma': data['sigma']} if {'mu', 'sigma'} <= keys else None
-    if stored is not None and not need_features:
+    stored = _stored_statistics(data, keys)
+    if 'mu' in stored and not need_features:
       return stored
     if 'arr_0' not in keys:
       wanted = "'arr_0' (uint8 NHWC images)" if need_features else "'mu' and 'sigma', or 'arr_0'"
@@ -159,31 +186,34 @@ def load_reference(path, variables=None, batch_size=200, model=None, need_featur
     if variables is None:
       raise ValueError(f'{path}: computing features from arr_0 needs the Inception variables')
     images = data['arr_0']
-  pool3, _ = extract_features(variables, images, batch_size, model)
-  if stored is None:
-    mu, sigma = frechet.feature_statistics(pool3)
-    stored = {'mu': mu, 'sigma': sigma}
-  return {**stored, 'pool3': pool3}
+  features = extract_features(variables, images, batch_size, model)
+  computed = dict(zip(('mu', 'sigma'), frechet.feature_statistics(features.pool3)))
+  computed.update(zip(('mu_s', 'sigma_s'), frechet.feature_statistics(features.spatial)))
+  return {**computed, **stored, 'pool3': features.pool3}
 
 
 def metrics_against_reference(variables, images, reference, batch_size=200, k=3, is_splits=10, model=None):
-  """FID and Inception Score of samples, and precision/recall when `reference` holds 'pool3' features.
+  """FID and Inception Score of samples, sFID when `reference` holds 'mu_s'/'sigma_s', and precision/recall
+  when it holds 'pool3' features.
 
-  reference: what `load_reference` returns ({'mu', 'sigma'} and optionally 'pool3').
+  reference: what `load_reference` returns.
   """
-  pool3, logits = extract_features(variables, images, batch_size, model)
-  mu, sigma = frechet.feature_statistics(pool3)
-  is_mean, is_std = inception_score(logits, is_splits)
+  features = extract_features(variables, images, batch_size, model)
+  mu, sigma = frechet.feature_statistics(features.pool3)
+  is_mean, is_std = inception_score(features.logits, is_splits)
   metrics = {'fid': frechet.frechet_distance(mu, sigma, reference['mu'], reference['sigma']),
              'inception_score': is_mean, 'inception_score_std': is_std}
+  if 'mu_s' in reference:
+    metrics['sfid'] = frechet.frechet_distance(*frechet.feature_statistics(features.spatial), reference['mu_s'],
+                                               reference['sigma_s'])
   if 'pool3' in reference:
-    metrics['precision'], metrics['recall'] = precision_recall(reference['pool3'], pool3, k)
+    metrics['precision'], metrics['recall'] = precision_recall(reference['pool3'], features.pool3, k)
   return metrics
 
 
 def evaluate_samples(variables, images, reference_path, batch_size=200, with_precision_recall=True,
                      k=3, is_splits=10, model=None):
-  """FID, Inception Score and (when the reference has `arr_0`) precision/recall of samples.
+  """FID, sFID, Inception Score and (when the reference has `arr_0`) precision/recall of samples.
 
   images: [N, H, W, 3] uint8 (or float in [0, 255]) samples; reference_path: ADM-style npz.
   """
@@ -207,7 +237,7 @@ def check_reference_npz(path):
 
 
 class InceptionEvaluator:
-  """`config.evals.inception`: FID / IS / precision-recall against an ADM-style reference npz.
+  """`config.evals.inception`: FID / sFID / IS / precision-recall against an ADM-style reference npz.
 
   eval_config: inception_weights (converted .msgpack, or the .pth with torch), reference_npz, optional
   batch_size (200), precision_recall (True; needs `arr_0` images in the reference), k (3), is_splits (10).
@@ -228,6 +258,9 @@ class InceptionEvaluator:
     self.with_precision_recall = eval_config.get('precision_recall', True) and 'arr_0' in keys
     if eval_config.get('precision_recall', True) and not self.with_precision_recall:
       logging.warning('%s holds no arr_0 images: precision/recall skipped (fid_stats --keep_images stores them)',
+                      self.reference_npz)
+    if not {'mu_s', 'sigma_s'} <= keys and {'mu', 'sigma'} <= keys and not self.with_precision_recall:
+      logging.warning('%s holds no spatial statistics (mu_s, sigma_s): sFID skipped (--mode=fid_stats writes them)',
                       self.reference_npz)
     self.batch_size = eval_config.get('batch_size', 200)
     self.k, self.is_splits = eval_config.get('k', 3), eval_config.get('is_splits', 10)

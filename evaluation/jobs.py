@@ -5,11 +5,11 @@ TensorBoard and <workdir>/metrics.jsonl. The samples are an ADM-layout npz (`arr
 labels, optionally `prompts` captions), or are drawn fresh from the newest checkpoint with config.sample's
 settings (sampler, steps, guidance, num_samples, seed), exactly as `--mode=sample` would draw them.
 
-fid_stats: images -> pool3 mean and covariance of the FID Inception -> an ADM-layout reference npz (`mu`,
-`sigma`, optionally `arr_0`) for the 'inception' evaluator. The images are the config's dataset, read by
-index from its input_pipeline source (not the shuffled, flipped training stream), or an image folder or
-an npz (`--images=`), at config.data.image_size (for latent models: config.data.pixels, the images the
-latents were encoded from, at their pixel size).
+fid_stats: images -> mean and covariance of the FID Inception's pool3 and spatial features -> an ADM-layout
+reference npz (`mu`, `sigma`, `mu_s`, `sigma_s`, optionally `arr_0`) for the 'inception' evaluator. The
+images are the config's dataset, read by index from its input_pipeline source (not the shuffled, flipped
+training stream), or an image folder or an npz (`--images=`), at config.data.image_size (for latent
+models: config.data.pixels, the images the latents were encoded from, at their pixel size).
 
 Both jobs refuse to replace an existing output unless asked (--overwrite), and check every weight file
 before the long part starts.
@@ -250,22 +250,25 @@ def as_rgb(images):
 
 
 def reference_statistics(variables, chunks, total, batch_size, keep_images=False):
-  """(mu, sigma, images or None) of the pool3 features of every chunk of uint8 images."""
+  """({'mu', 'sigma', 'mu_s', 'sigma_s'}, images or None): the mean and covariance of the pool3 and the spatial
+  (sFID) features of every chunk of uint8 images."""
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   from evaluation.frechet import RunningFeatureStatistics  # pylint: disable=import-outside-toplevel
   from evaluation.inception_metrics import extract_features  # pylint: disable=import-outside-toplevel
   from evaluation.device_batches import local_mesh, replicate  # pylint: disable=import-outside-toplevel
-  statistics, kept = RunningFeatureStatistics(), []
+  pool3, spatial, kept = RunningFeatureStatistics(), RunningFeatureStatistics(), []
   variables = replicate(variables, local_mesh())  # once, not per chunk
   with tqdm(total=total, desc='FID features', unit='img', disable=not is_main_process()) as bar:
     for chunk in chunks:
-      pool3, _ = extract_features(variables, chunk, batch_size)
-      statistics.add(pool3)
+      features = extract_features(variables, chunk, batch_size)
+      pool3.add(features.pool3)
+      spatial.add(features.spatial)
       if keep_images:
         kept.append(as_rgb(chunk))
       bar.update(len(chunk))
-  mu, sigma = statistics.mean_and_covariance()
-  return mu, sigma, np.concatenate(kept) if keep_images else None
+  statistics = dict(zip(('mu', 'sigma'), pool3.mean_and_covariance()))
+  statistics.update(zip(('mu_s', 'sigma_s'), spatial.mean_and_covariance()))
+  return statistics, np.concatenate(kept) if keep_images else None
 
 
 def fid_stats_settings(config, output=None, inception_weights=None):
@@ -295,12 +298,12 @@ def run_fid_stats_job(config, workdir, output=None, images=None, inception_weigh
   chunks, total, description = reference_image_chunks(config, images, num_images)
   logging.info('FID reference statistics of %s with %s, batch %d', description, weights, batch_size)
   start = time.time()
-  mu, sigma, kept = reference_statistics(variables, chunks, total, min(batch_size, total), keep_images)
+  statistics, kept = reference_statistics(variables, chunks, total, min(batch_size, total), keep_images)
   if is_main_process():
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     tmp = output[:-len('.npz')] + '.tmp.npz'
-    inception_metrics.save_reference_npz(tmp, mu, sigma, kept)
+    inception_metrics.save_reference_npz(tmp, images=kept, **statistics)
     os.replace(tmp, output)
-    logging.info('wrote %s: mu, sigma%s of %d images in %.0f s', output, ', arr_0' if keep_images else '',
-                 total, time.time() - start)
-  return output, mu, sigma
+    logging.info('wrote %s: mu, sigma, mu_s, sigma_s%s of %d images in %.0f s', output,
+                 ', arr_0' if keep_images else '', total, time.time() - start)
+  return output, statistics['mu'], statistics['sigma']

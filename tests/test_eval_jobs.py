@@ -186,8 +186,10 @@ def test_fid_stats_then_fid_of_the_same_digits_is_zero(tmp_path, inception_weigh
   images, labels = digits_uint8()
   chosen = jobs.subset_indices(len(images), 8)
   with np.load(reference) as data:
-    assert set(data.files) == {'mu', 'sigma', 'arr_0'} and data['mu'].shape == (2048,)
+    assert set(data.files) == {'mu', 'sigma', 'mu_s', 'sigma_s', 'arr_0'} and data['mu'].shape == (2048,)
+    assert data['mu_s'].shape == (2023,) and data['sigma_s'].shape == (2023, 2023)  # 17 x 17 x 7 spatial features
     np.testing.assert_array_equal(data['arr_0'], np.repeat(images[chosen], 3, axis=-1))
+    trace_s = np.trace(data['sigma_s'])
 
   # The evaluator's reference features come from the stored RGB arr_0: the 1-channel digits, converted
   # to 3 channels inside the jitted forward, must give the same statistics.
@@ -199,13 +201,14 @@ def test_fid_stats_then_fid_of_the_same_digits_is_zero(tmp_path, inception_weigh
   npz = str(tmp_path / 'same_digits.npz')
   write_npz(npz, images[chosen], labels[chosen])
   metrics = jobs.run_eval_job(config, str(tmp_path), samples=npz)['metrics']
-  other, _ = inception_metrics.extract_features(evaluator.variables, images[(chosen + 1) % len(images)],
-                                                batch_size=8)
+  other = inception_metrics.extract_features(evaluator.variables, images[(chosen + 1) % len(images)],
+                                             batch_size=8).pool3
   mean_term_of_other = float(np.sum((other.mean(0) - mu) ** 2))  # a lower bound of their FID
   # 8 images span 7 of 2048 dimensions: the ~2040 null eigenvalues leave rounding noise of about 2e-6 of
   # the trace (-0.0021 of 973 measured) where FID is exactly 0.
   print(f"FID {metrics['fid']:.3g}, trace {np.trace(sigma):.4g}, mean term of other digits {mean_term_of_other:.4g}")
   assert abs(metrics['fid']) < 1e-5 * np.trace(sigma) < 1e-3 * mean_term_of_other
+  assert abs(metrics['sfid']) < 1e-5 * trace_s  # the same images' spatial statistics, stored by fid_stats
   assert metrics['precision'] == metrics['recall'] == 1.0
   assert 1.0 <= metrics['inception_score'] <= 1008
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from evaluation import inception, inception_convert, inception_metrics
+from evaluation import frechet, inception, inception_convert, inception_metrics
 
 # torchvision's inception_v3 has 27,161,264 parameters (1000 classes, with the aux head of
 # 98,560 + 2,459,136 + 769,000 = 3,326,696); without the aux head and with a 1008-way fc
@@ -68,6 +68,9 @@ def test_output_shapes_and_unbiased_logits(variables, images):
                              atol=1e-4)
   assert np.all(np.asarray(outputs.pool3) >= 0)  # average of ReLU outputs
   assert np.ptp(np.asarray(outputs.pool3), axis=0).max() > 1e-3  # images are told apart
+  # sFID features: Mixed_6d's 1x1 branch is 3x3 at a 75x75 input (17x17 at 299), 7 of its channels kept
+  assert outputs.spatial.shape == (2, 3 * 3 * inception.SPATIAL_CHANNELS)
+  assert np.all(np.asarray(outputs.spatial) >= 0)  # ReLU outputs
 
 
 def test_converter_places_every_tensor(state_dict, variables):
@@ -141,9 +144,9 @@ def test_cli_converts_a_pth_file(tmp_path, state_dict):
 
 
 def test_extract_features_pads_last_batch_and_compiles_once(variables, images):
-  pool3, logits = inception_metrics.extract_features(variables, images, batch_size=2, model=SMALL)
-  assert pool3.shape == (5, 2048) and logits.shape == (5, 1008)
-  assert pool3.dtype == np.float32
+  pool3, logits, spatial = inception_metrics.extract_features(variables, images, batch_size=2, model=SMALL)
+  assert pool3.shape == (5, 2048) and logits.shape == (5, 1008) and spatial.shape == (5, 63)
+  assert pool3.dtype == spatial.dtype == np.float32
   traces = inception_metrics._inception_forward._cache_size()  # pylint: disable=protected-access
   inception_metrics.extract_features(variables, images[:3], batch_size=2, model=SMALL)
   assert inception_metrics._inception_forward._cache_size() == traces  # pylint: disable=protected-access
@@ -151,6 +154,7 @@ def test_extract_features_pads_last_batch_and_compiles_once(variables, images):
   # Batch 2 vs 5 may pick other CPU conv algorithms: equal up to float32 rounding.
   np.testing.assert_allclose(pool3, direct.pool3, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(logits, direct.logits_unbiased, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(spatial, direct.spatial, rtol=1e-4, atol=1e-4)
 
 
 def test_inception_score_uniform_is_one():
@@ -211,32 +215,46 @@ def test_reference_npz_round_trip(tmp_path, variables, images):
   stats_path = str(tmp_path / 'stats.npz')
   inception_metrics.save_reference_npz(stats_path, mu, sigma)
   loaded = inception_metrics.load_reference(stats_path)
+  assert set(loaded) == {'mu', 'sigma'}  # no spatial statistics: no sFID
   np.testing.assert_array_equal(loaded['mu'], mu)
   np.testing.assert_array_equal(loaded['sigma'], sigma)
   with pytest.raises(ValueError, match='arr_0'):
     inception_metrics.load_reference(stats_path, variables, need_features=True)
+  with pytest.raises(ValueError, match='give both mu_s and sigma_s'):
+    inception_metrics.save_reference_npz(stats_path, mu, sigma, mu_s=mu)
+  inception_metrics.save_reference_npz(stats_path, mu, sigma, mu_s=mu[:2], sigma_s=2 * np.eye(2))  # ADM's layout
+  loaded = inception_metrics.load_reference(stats_path)
+  np.testing.assert_array_equal(loaded['mu_s'], mu[:2])
+  np.testing.assert_array_equal(loaded['sigma_s'], 2 * np.eye(2))
 
   images_path = str(tmp_path / 'images.npz')
   np.savez(images_path, arr_0=images)  # an ADM reference batch with images only
   reference = inception_metrics.load_reference(images_path, variables, batch_size=2, model=SMALL)
-  pool3, _ = inception_metrics.extract_features(variables, images, batch_size=2, model=SMALL)
+  pool3, _, spatial = inception_metrics.extract_features(variables, images, batch_size=2, model=SMALL)
   np.testing.assert_allclose(reference['pool3'], pool3)
   np.testing.assert_allclose(reference['mu'], pool3.mean(0), rtol=1e-5)
   assert reference['sigma'].shape == (2048, 2048)
+  np.testing.assert_allclose(reference['mu_s'], spatial.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(reference['sigma_s'], np.cov(spatial.astype(np.float64), rowvar=False), rtol=1e-5,
+                             atol=1e-9)
 
   written = str(tmp_path / 'written.npz')
   inception_metrics.write_reference_npz(written, variables, images, batch_size=2,
                                         keep_images=True, model=SMALL)
   with np.load(written) as data:
-    assert set(data.files) == {'mu', 'sigma', 'arr_0'} and data['arr_0'].dtype == np.uint8
+    assert set(data.files) == {'mu', 'sigma', 'mu_s', 'sigma_s', 'arr_0'} and data['arr_0'].dtype == np.uint8
     np.testing.assert_allclose(data['mu'], reference['mu'], rtol=1e-6)
+    np.testing.assert_allclose(data['mu_s'], reference['mu_s'], rtol=1e-6)
+    np.testing.assert_allclose(data['sigma_s'], reference['sigma_s'], rtol=1e-5, atol=1e-9)
 
 
 def test_evaluate_samples_against_itself(tmp_path, monkeypatch, variables, images):
   # A 2048-d FID costs two 2048x2048 eigendecompositions (seconds to tens of seconds on a busy
   # CPU); tests/test_frechet.py covers it, so here a spy checks what it is given.
+  dims = []
   def mean_term_only(mu1, sigma1, mu2, sigma2):
-    assert mu1.shape == mu2.shape == (2048,) and sigma1.shape == sigma2.shape == (2048, 2048)
+    dims.append(len(mu1))
+    assert mu1.shape == mu2.shape and sigma1.shape == sigma2.shape == (len(mu1), len(mu1))
     np.testing.assert_allclose(sigma1, sigma2, atol=1e-4)
     return float(np.sum((mu1 - mu2) ** 2))
   monkeypatch.setattr(inception_metrics.frechet, 'frechet_distance', mean_term_only)
@@ -244,9 +262,28 @@ def test_evaluate_samples_against_itself(tmp_path, monkeypatch, variables, image
   np.savez(path, arr_0=images)
   metrics = inception_metrics.evaluate_samples(variables, images, path, batch_size=2, k=2,
                                                is_splits=1, model=SMALL)
-  assert abs(metrics['fid']) < 1e-3
+  assert dims == [2048, 63]  # FID on pool3, then sFID on the spatial features (3 x 3 x 7 at 75x75)
+  assert abs(metrics['fid']) < 1e-3 and abs(metrics['sfid']) < 1e-3
   assert metrics['precision'] == 1.0 and metrics['recall'] == 1.0
   assert metrics['inception_score'] >= 1.0
+
+
+def test_sfid_is_the_frechet_distance_of_the_spatial_features_to_the_stored_ones(tmp_path, monkeypatch, variables,
+                                                                                 images):
+  """A reference holding ADM's spatial statistics (mu_s, sigma_s) of other images: sFID is the Fréchet distance of
+  the samples' spatial statistics to those, and tells the sets apart."""
+  real = inception_metrics.extract_features(variables, images[:3], batch_size=2, model=SMALL)
+  fake = inception_metrics.extract_features(variables, images[2:], batch_size=2, model=SMALL)
+  path = str(tmp_path / 'ref.npz')
+  mu_s, sigma_s = frechet.feature_statistics(real.spatial)
+  inception_metrics.save_reference_npz(path, *frechet.feature_statistics(real.pool3), mu_s=mu_s, sigma_s=sigma_s)
+  exact = frechet.frechet_distance
+  monkeypatch.setattr(inception_metrics.frechet, 'frechet_distance',  # FID's 2048-d eigensolves skipped (costly)
+                      lambda mu1, *rest: exact(mu1, *rest) if len(mu1) < 100 else 0.0)
+  metrics = inception_metrics.evaluate_samples(variables, images[2:], path, batch_size=2, is_splits=1, model=SMALL)
+  expected = exact(*frechet.feature_statistics(fake.spatial), mu_s, sigma_s)
+  assert metrics['sfid'] == pytest.approx(expected, rel=1e-6) and expected > 1e-3 * np.trace(sigma_s)
+  assert 'precision' not in metrics  # no arr_0 in the reference
 
 
 def test_extract_features_splits_batches_over_every_local_device(variables, images):
@@ -263,8 +300,8 @@ def test_extract_features_splits_batches_over_every_local_device(variables, imag
     return forward(model, variables, batch)
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(inception_metrics, '_inception_forward', spy)
-    pool3, logits = inception_metrics.extract_features(variables, many, 3, SMALL)
+    pool3, logits, _ = inception_metrics.extract_features(variables, many, 3, SMALL)
   assert calls == [8, 8] and len(pool3) == len(logits) == len(many) == 11
-  expected, expected_logits = inception_metrics.extract_features(variables, many, 3, SMALL, mesh=one_device)
+  expected, expected_logits, _ = inception_metrics.extract_features(variables, many, 3, SMALL, mesh=one_device)
   np.testing.assert_allclose(pool3, expected, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(logits, expected_logits, rtol=1e-4, atol=1e-4)

@@ -96,18 +96,22 @@ def torchvision_fid_inception(state_dict):
 
 
 def torchvision_outputs(net, images_uint8, resize):
-  """(pool3, logits) as pytorch-fid computes them: [0, 1] input, bilinear resize, 2x - 1."""
+  """(pool3, logits, spatial) as pytorch-fid computes them: [0, 1] input, bilinear resize, 2x - 1; spatial: the
+  sFID features of the ADM evaluator (Mixed_6d's 1x1 branch, 7 channels, flattened NHWC)."""
   x = torch.from_numpy(images_uint8.astype(np.float32) / 255.0).permute(0, 3, 1, 2)
   if resize:
     x = F.interpolate(x, size=(299, 299), mode='bilinear', align_corners=False)
   captured = {}
-  hook = net.avgpool.register_forward_hook(lambda m, i, o: captured.update(pool3=o))
+  hooks = [net.avgpool.register_forward_hook(lambda m, i, o: captured.update(pool3=o)),
+           net.Mixed_6d.branch1x1.register_forward_hook(lambda m, i, o: captured.update(spatial=o))]
   try:
     with torch.no_grad():
       logits = net(2 * x - 1)
   finally:
-    hook.remove()
-  return torch.flatten(captured['pool3'], 1).numpy(), logits.numpy()
+    for hook in hooks:
+      hook.remove()
+  spatial = captured['spatial'][:, :7].permute(0, 2, 3, 1).flatten(1)
+  return torch.flatten(captured['pool3'], 1).numpy(), logits.numpy(), spatial.numpy()
 
 
 def _relative_error(actual, expected):
@@ -136,8 +140,9 @@ def test_pool3_matches_torchvision(net, state_dict, height, width, resize):
                                                           dtype=np.uint8)
   variables = inception_convert.convert_state_dict(state_dict)
   outputs = jax.jit(inception.FIDInceptionV3(resize_input=resize).apply)(variables, images)
-  pool3, logits = torchvision_outputs(net, images, resize)
+  pool3, logits, spatial = torchvision_outputs(net, images, resize)
   assert _relative_error(outputs.pool3, pool3) < 1e-4
   assert _relative_error(outputs.logits, logits) < 1e-4
+  assert _relative_error(outputs.spatial, spatial) < 1e-4
   # The two images differ by far more than the port's error.
   assert np.abs(pool3[0] - pool3[1]).max() > 100 * np.abs(np.asarray(outputs.pool3) - pool3).max()

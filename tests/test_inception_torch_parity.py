@@ -144,7 +144,11 @@ class FIDInceptionE(nn.Module):
 
 
 class TorchFIDInception(nn.Module):
-  """pytorch-fid's network; forward(NCHW in [0, 1]) -> (pool3, logits), resized as pytorch-fid."""
+  """pytorch-fid's network; forward(NCHW in [0, 1]) -> (pool3, logits, spatial), resized as pytorch-fid.
+
+  spatial: the ADM evaluator's sFID features, its TF graph's mixed_6/conv (Mixed_6d's 1x1 branch after
+  BatchNorm and ReLU), first 7 channels, flattened NHWC as evaluator.py's `spatial.reshape([N, -1])` does.
+  """
 
   def __init__(self):
     super().__init__()
@@ -175,9 +179,11 @@ class TorchFIDInception(nn.Module):
     x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
     x = F.max_pool2d(x, kernel_size=3, stride=2)
     for name in ('5b', '5c', '5d', '6a', '6b', '6c', '6d', '6e', '7a', '7b', '7c'):
+      if name == '6d':
+        spatial = self.Mixed_6d.branch1x1(x)[:, :7].permute(0, 2, 3, 1).flatten(1)
       x = getattr(self, 'Mixed_' + name)(x)
     pool3 = x.mean(dim=(2, 3))
-    return pool3, self.fc(pool3)
+    return pool3, self.fc(pool3), spatial
 
 
 def _relative_error(actual, expected):
@@ -205,8 +211,7 @@ def variables(state_dict):
 def _torch_outputs(model, images_uint8, resize):
   x = torch.from_numpy(images_uint8.astype(np.float32) / 255.0).permute(0, 3, 1, 2)
   with torch.no_grad():
-    pool3, logits = model(x, resize=resize)
-  return pool3.numpy(), logits.numpy()
+    return tuple(out.numpy() for out in model(x, resize=resize))
 
 
 def test_reference_has_the_real_parameter_count(torch_model):
@@ -218,17 +223,25 @@ def test_features_match_torch_without_resize(torch_model, variables, height, wid
   images = np.random.default_rng(height).integers(0, 256, (2, height, width, 3), dtype=np.uint8)
   model = inception.FIDInceptionV3(resize_input=False)
   outputs = jax.jit(model.apply)(variables, images)
-  pool3, logits = _torch_outputs(torch_model, images, resize=False)
+  pool3, logits, spatial = _torch_outputs(torch_model, images, resize=False)
   assert _relative_error(outputs.pool3, pool3) < 1e-4
   assert _relative_error(outputs.logits, logits) < 1e-4
+  assert _relative_error(outputs.spatial, spatial) < 1e-4
 
 
 def test_features_match_torch_with_resize_to_299(torch_model, variables):
   images = np.random.default_rng(7).integers(0, 256, (1, 64, 48, 3), dtype=np.uint8)
   outputs = jax.jit(inception.FIDInceptionV3().apply)(variables, images)
-  pool3, logits = _torch_outputs(torch_model, images, resize=True)
+  pool3, logits, spatial = _torch_outputs(torch_model, images, resize=True)
   assert _relative_error(outputs.pool3, pool3) < 1e-4
   assert _relative_error(outputs.logits, logits) < 1e-4
+  assert spatial.shape == outputs.spatial.shape == (1, inception.SPATIAL_DIM)  # 17 x 17 x 7 = 2023
+  error = _relative_error(outputs.spatial, spatial)
+  print(f'sFID features: relative error {error:.1e} against the torch reference')
+  assert error < 1e-4
+  # another 7 channels, or the channel-major (NCHW) flattening, would be far off
+  assert _relative_error(np.asarray(outputs.spatial).reshape(1, 17, 17, 7).transpose(0, 3, 1, 2).reshape(1, -1),
+                         spatial) > 0.1
 
 
 @pytest.mark.parametrize('height, width', [(32, 32), (299, 299), (512, 400), (17, 640), (300, 298)])

@@ -36,7 +36,8 @@ def get_sweep():
           'patch': {'model.patch_size': [8, 4, 2]},
       },
       'metrics': ['fid', 'loss'],
-      'columns': ['params_m', 'gflops', 'fid', 'inception_score', 'precision', 'recall', 'loss', 'steps_per_second'],
+      'columns': ['params_m', 'gflops', 'fid', 'sfid', 'inception_score', 'precision', 'recall', 'loss',
+                  'steps_per_second'],
       'plots': [{'x': 'gflops', 'y': 'fid', 'series': 'size', 'annotate': 'patch', 'logx': True, 'logy': True,
                  'xlabel': 'forward Gflops per image (multiply-adds)', 'file': 'fid_vs_gflops.png'}],
   }

@@ -35,7 +35,7 @@ def get_sweep():
           'steps': {'sample.num_steps': [10, 20, 50, 100, 250]},
       },
       'metrics': ['fid'],
-      'columns': ['nfe', 'fid', 'inception_score', 'precision', 'recall', 'sampling_seconds'],
+      'columns': ['nfe', 'fid', 'sfid', 'inception_score', 'precision', 'recall', 'sampling_seconds'],
       'plots': [{'x': 'steps', 'y': 'fid', 'series': 'sampler', 'logx': True, 'logy': True, 'file': 'fid_vs_steps.png'},
                 {'x': 'nfe', 'y': 'fid', 'series': 'sampler', 'logx': True, 'logy': True, 'file': 'fid_vs_nfe.png'}],
   }
