@@ -290,11 +290,8 @@ def validate_config(config):
     if config.mesh[axis] == 0 or config.mesh[axis] < -1:
       raise ValueError(f'config.mesh.{axis}={config.mesh[axis]} must be a positive size or -1')
   for name, ev in config.evals.items():
-    from evaluation import EVALUATORS
-    if name not in EVALUATORS:
-      raise ValueError(f'config.evals.{name}: unknown evaluator; choose from {", ".join(EVALUATORS)}')
-    if ev.get('every_steps', 0) < 0 or ev.get('num_samples', 1) <= 0:
-      raise ValueError(f'config.evals.{name}: every_steps must be >= 0 and num_samples > 0')
+    from evaluation import check_eval_config
+    check_eval_config(name, ev)
   _validate_steps_per_call(config)
   return config
 

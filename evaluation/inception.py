@@ -8,9 +8,13 @@ Mixed_7c max-pools it). Module and parameter names follow torchvision (`Mixed_5b
 `evaluation/inception_convert.py`. Variables: `params` (conv kernels, BatchNorm scale/bias, fc) and
 `batch_stats` (BatchNorm running mean/var). 23,850,960 parameters.
 
-Input: uint8 or float images [N, H, W, 3] in [0, 255]. They are resized to 299x299 with bilinear
-interpolation as torch's `F.interpolate(mode='bilinear', align_corners=False)` does it (no
-antialiasing, also when downsampling), then scaled to [-1, 1].
+Input: uint8 or float images [N, H, W, 3] in [0, 255], resized to 299x299 and scaled to [-1, 1] in one of two
+ways (`preprocessing`), which give slightly different FIDs:
+- 'pytorch_fid' (pytorch-fid, torchmetrics): bilinear as torch's `F.interpolate(mode='bilinear',
+  align_corners=False)` (half-pixel centres, no antialiasing, also when downsampling), then x / 127.5 - 1;
+- 'tensorflow': what the 2015 TF graph does to what it is fed (the ADM evaluator behind ADM's and DiT's FIDs,
+  TTUR's fid.py): TF1's ResizeBilinear (no half-pixel centres: source = destination x in / out), then
+  (x - 128) / 128.
 
 Outputs: pool3 (FID, precision/recall), the logits (Inception Score) and the spatial features of sFID
 (Nash et al. 2021, reported by ADM and DiT): the ADM evaluator takes the TF graph's `mixed_6/conv` tensor,
@@ -23,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from evaluation import PREPROCESSING  # 'pytorch_fid', 'tensorflow'
 
 INCEPTION_SIZE = 299
 NUM_CLASSES = 1008
@@ -55,8 +61,19 @@ def _bilinear_taps(in_size, out_size):
   return lo, hi, frac
 
 
-def _resize_axis(x, axis, out_size):
-  lo, hi, frac = _bilinear_taps(x.shape[axis], out_size)
+def _tf1_bilinear_taps(in_size, out_size):
+  """Source indices and weights of TF1's ResizeBilinear (align_corners=False, half_pixel_centers=False), as its
+  kernel computes them in float32: scale = in / out, src = dst * scale, lo = floor(src), hi = min(ceil(src),
+  in - 1), weight src - lo."""
+  f32 = np.float32
+  src = np.arange(out_size, dtype=f32) * (f32(in_size) / f32(out_size))
+  lo = np.floor(src)
+  hi = np.minimum(np.ceil(src), in_size - 1).astype(np.int32)
+  return lo.astype(np.int32), hi, (src - lo).astype(f32)
+
+
+def _resize_axis(x, axis, out_size, taps=_bilinear_taps):
+  lo, hi, frac = taps(x.shape[axis], out_size)
   shape = [1] * x.ndim
   shape[axis] = out_size
   frac = jnp.asarray(frac).reshape(shape)
@@ -64,22 +81,40 @@ def _resize_axis(x, axis, out_size):
   return x_lo + (x_hi - x_lo) * frac
 
 
-def resize_bilinear(images, height, width):
-  """Bilinear resize of NHWC float images, matching torch F.interpolate(align_corners=False)."""
+def resize_bilinear(images, height, width, half_pixel_centers=True):
+  """Bilinear resize of NHWC float images, matching torch F.interpolate(align_corners=False), or with
+  half_pixel_centers=False TF1's ResizeBilinear (align_corners=False)."""
+  taps = _bilinear_taps if half_pixel_centers else _tf1_bilinear_taps
   if images.shape[1] != height:
-    images = _resize_axis(images, 1, height)
+    images = _resize_axis(images, 1, height, taps)
   if images.shape[2] != width:
-    images = _resize_axis(images, 2, width)
+    images = _resize_axis(images, 2, width, taps)
   return images
 
 
-def preprocess_images(images, size=INCEPTION_SIZE):
-  """[N, H, W, 3] images in [0, 255] -> float32 [N, size, size, 3] in [-1, 1] (pytorch-fid's order)."""
+def _check_preprocessing(preprocessing):
+  if preprocessing not in PREPROCESSING:
+    raise ValueError(f'preprocessing={preprocessing!r}: choose one of {", ".join(PREPROCESSING)}')
+
+
+def scale_to_unit_range(x, preprocessing='pytorch_fid'):
+  """[0, 255] -> [-1, 1] as `preprocessing` does it: x / 127.5 - 1 ('pytorch_fid', in its order) or
+  (x - 128) / 128 ('tensorflow')."""
+  _check_preprocessing(preprocessing)
+  x = x.astype(jnp.float32)
+  return 2.0 * (x / 255.0) - 1.0 if preprocessing == 'pytorch_fid' else (x - 128.0) / 128.0
+
+
+def preprocess_images(images, size=INCEPTION_SIZE, preprocessing='pytorch_fid'):
+  """[N, H, W, 3] images in [0, 255] -> float32 [N, size, size, 3] in [-1, 1], resized and scaled as
+  `preprocessing` (module docstring) does it."""
+  _check_preprocessing(preprocessing)
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f'expected NHWC RGB images [N, H, W, 3], got shape {images.shape}')
-  x = images.astype(jnp.float32) / 255.0
-  x = resize_bilinear(x, size, size)
-  return 2.0 * x - 1.0
+  if preprocessing == 'pytorch_fid':  # scaled to [0, 1] before the resize, as pytorch-fid
+    return 2.0 * resize_bilinear(images.astype(jnp.float32) / 255.0, size, size) - 1.0
+  return scale_to_unit_range(resize_bilinear(images.astype(jnp.float32), size, size, half_pixel_centers=False),
+                             preprocessing)
 
 
 def _pair(value):
@@ -217,17 +252,19 @@ class FIDInceptionV3(nn.Module):
   """FID Inception v3. __call__(images in [0, 255], NHWC) -> InceptionOutputs.
 
   resize_input=False skips the resize to 299 (the net runs on any size >= 75x75; tests use that);
-  precision is the conv/fc matmul precision ('highest' keeps float32 exact on GPUs with TF32).
+  preprocessing: 'pytorch_fid' or 'tensorflow' (module docstring); precision is the conv/fc matmul precision
+  ('highest' keeps float32 exact on GPUs with TF32).
   """
   resize_input: bool = True
   precision: str = 'highest'
+  preprocessing: str = 'pytorch_fid'
 
   @nn.compact
   def __call__(self, images):
     if self.resize_input:
-      x = preprocess_images(images)
+      x = preprocess_images(images, preprocessing=self.preprocessing)
     else:
-      x = 2.0 * (images.astype(jnp.float32) / 255.0) - 1.0
+      x = scale_to_unit_range(images, self.preprocessing)
     p = self.precision
     conv = lambda name, *args, **kw: BasicConv2d(*args, precision=p, name=name, **kw)
     x = conv('Conv2d_1a_3x3', 32, 3, stride=2)(x)

@@ -127,10 +127,13 @@ def precision_recall(real_features, fake_features, k=3, chunk_size=1000):
   return precision, recall
 
 
-def save_reference_npz(path, mu, sigma, images=None, mu_s=None, sigma_s=None):
+def save_reference_npz(path, mu, sigma, images=None, mu_s=None, sigma_s=None, preprocessing=None):
   """Write reference statistics in the ADM evaluator layout (`mu`, `sigma`, optional `arr_0`, and the
-  spatial `mu_s`, `sigma_s` when given)."""
+  spatial `mu_s`, `sigma_s` when given), with the Inception preprocessing they were computed with
+  (`preprocessing`, a string the ADM evaluator ignores) when given."""
   arrays = {'mu': np.asarray(mu, np.float64), 'sigma': np.asarray(sigma, np.float64)}
+  if preprocessing is not None:
+    arrays['preprocessing'] = np.asarray(preprocessing)
   if (mu_s is None) != (sigma_s is None):
     raise ValueError('give both mu_s and sigma_s (the spatial statistics), or neither')
   if mu_s is not None:
@@ -146,10 +149,11 @@ def save_reference_npz(path, mu, sigma, images=None, mu_s=None, sigma_s=None):
 def write_reference_npz(path, variables, images, batch_size=200, keep_images=False, model=None):
   """Compute the pool3 and spatial statistics of uint8 NHWC images and save them (with the images if asked);
   returns the pool3 (mu, sigma)."""
+  model = model or inception.FIDInceptionV3()
   features = extract_features(variables, images, batch_size, model)
   mu, sigma = frechet.feature_statistics(features.pool3)
   mu_s, sigma_s = frechet.feature_statistics(features.spatial)
-  save_reference_npz(path, mu, sigma, images if keep_images else None, mu_s, sigma_s)
+  save_reference_npz(path, mu, sigma, images if keep_images else None, mu_s, sigma_s, model.preprocessing)
   return mu, sigma
 
 
@@ -222,8 +226,9 @@ def evaluate_samples(variables, images, reference_path, batch_size=200, with_pre
   return metrics_against_reference(variables, images, reference, batch_size, k, is_splits, model)
 
 
-def check_reference_npz(path):
-  """Raises a clear error unless `path` is an ADM-style npz with `mu`/`sigma` or `arr_0`; returns its keys."""
+def check_reference_npz(path, preprocessing=None):
+  """Raises a clear error unless `path` is an ADM-style npz with `mu`/`sigma` or `arr_0` whose statistics (if
+  tagged) were computed with `preprocessing` (if given); returns its keys."""
   if not path or not os.path.isfile(path):
     raise FileNotFoundError(
         f'FID reference statistics {path!r} not found. Compute them from the training data with '
@@ -233,6 +238,14 @@ def check_reference_npz(path):
   if not ({'mu', 'sigma'} <= keys or 'arr_0' in keys):
     raise ValueError(f"{path}: not FID reference statistics (need 'mu' and 'sigma', or 'arr_0'); "
                      f'the file has {sorted(keys)}')
+  if preprocessing is not None and 'preprocessing' in keys and {'mu', 'sigma'} <= keys:
+    with np.load(path) as data:
+      stored = str(data['preprocessing'])
+    if stored != preprocessing:
+      raise ValueError(f'{path} holds statistics of images preprocessed as {stored!r}, but this evaluator '
+                       f'preprocesses as {preprocessing!r}: the FID would compare unlike features. Set '
+                       f'config.evals.inception.preprocessing={stored!r}, or recompute the reference with '
+                       f'--mode=fid_stats and preprocessing={preprocessing!r}')
   return keys
 
 
@@ -240,7 +253,8 @@ class InceptionEvaluator:
   """`config.evals.inception`: FID / sFID / IS / precision-recall against an ADM-style reference npz.
 
   eval_config: inception_weights (converted .msgpack, or the .pth with torch), reference_npz, optional
-  batch_size (200), precision_recall (True; needs `arr_0` images in the reference), k (3), is_splits (10).
+  batch_size (200), precision_recall (True; needs `arr_0` images in the reference), k (3), is_splits (10),
+  preprocessing ('pytorch_fid', or 'tensorflow' as the ADM evaluator: evaluation/inception.py).
   Both files are checked when the evaluator is built; the reference is read (and its features computed,
   for precision/recall) on the first call and kept. Greyscale samples are replicated to RGB.
   """
@@ -253,8 +267,9 @@ class InceptionEvaluator:
         raise ValueError(f'config.evals.inception.{field} is not set')
     self.variables = device_batches.replicate(inception_convert.load_inception_params(eval_config.inception_weights),
                                               device_batches.local_mesh())
+    self.model = inception.FIDInceptionV3(preprocessing=eval_config.get('preprocessing', 'pytorch_fid'))
     self.reference_npz = eval_config.reference_npz
-    keys = check_reference_npz(self.reference_npz)
+    keys = check_reference_npz(self.reference_npz, self.model.preprocessing)
     self.with_precision_recall = eval_config.get('precision_recall', True) and 'arr_0' in keys
     if eval_config.get('precision_recall', True) and not self.with_precision_recall:
       logging.warning('%s holds no arr_0 images: precision/recall skipped (fid_stats --keep_images stores them)',
@@ -268,7 +283,7 @@ class InceptionEvaluator:
 
   def reference(self):
     if self._reference is None:
-      self._reference = load_reference(self.reference_npz, self.variables, self.batch_size,
+      self._reference = load_reference(self.reference_npz, self.variables, self.batch_size, self.model,
                                        need_features=self.with_precision_recall)
     return self._reference
 
@@ -276,4 +291,4 @@ class InceptionEvaluator:
     del cond
     batch_size = min(self.batch_size, len(images_uint8))  # no padding of a few samples to a large batch
     return metrics_against_reference(self.variables, images_uint8, self.reference(), batch_size,
-                                     self.k, self.is_splits)
+                                     self.k, self.is_splits, self.model)

@@ -249,7 +249,7 @@ def as_rgb(images):
   return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
-def reference_statistics(variables, chunks, total, batch_size, keep_images=False):
+def reference_statistics(variables, chunks, total, batch_size, keep_images=False, model=None):
   """({'mu', 'sigma', 'mu_s', 'sigma_s'}, images or None): the mean and covariance of the pool3 and the spatial
   (sFID) features of every chunk of uint8 images."""
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
@@ -260,7 +260,7 @@ def reference_statistics(variables, chunks, total, batch_size, keep_images=False
   variables = replicate(variables, local_mesh())  # once, not per chunk
   with tqdm(total=total, desc='FID features', unit='img', disable=not is_main_process()) as bar:
     for chunk in chunks:
-      features = extract_features(variables, chunk, batch_size)
+      features = extract_features(variables, chunk, batch_size, model)
       pool3.add(features.pool3)
       spatial.add(features.spatial)
       if keep_images:
@@ -272,7 +272,7 @@ def reference_statistics(variables, chunks, total, batch_size, keep_images=False
 
 
 def fid_stats_settings(config, output=None, inception_weights=None):
-  """(output path, weights path, batch size): flags first, then config.evals.inception."""
+  """(output path, weights path, batch size, preprocessing): flags first, then config.evals.inception."""
   inception_config = config.evals.get('inception') or {}
   output = output or inception_config.get('reference_npz')
   weights = inception_weights or inception_config.get('inception_weights')
@@ -284,25 +284,28 @@ def fid_stats_settings(config, output=None, inception_weights=None):
   if not weights:
     raise ValueError('pass --inception_weights=<converted .msgpack> (or set config.evals.inception.'
                      'inception_weights); docs/evaluation.md says how to convert them')
-  return output, weights, inception_config.get('batch_size', 200)
+  preprocessing = inception_config.get('preprocessing', 'pytorch_fid')
+  return output, weights, inception_config.get('batch_size', 200), preprocessing
 
 
 def run_fid_stats_job(config, workdir, output=None, images=None, inception_weights=None, num_images=0,
                       keep_images=False, overwrite=False):
   """--mode=fid_stats: writes the ADM-layout reference npz; returns (path, mu, sigma)."""
   del workdir  # the output path is explicit: statistics are shared between runs
-  from evaluation import inception_convert, inception_metrics  # pylint: disable=import-outside-toplevel
-  output, weights, batch_size = fid_stats_settings(config, output, inception_weights)
+  from evaluation import inception, inception_convert, inception_metrics  # pylint: disable=import-outside-toplevel
+  output, weights, batch_size, preprocessing = fid_stats_settings(config, output, inception_weights)
   refuse_existing(output, overwrite, 'choose another --output')
   variables = inception_convert.load_inception_params(weights)
   chunks, total, description = reference_image_chunks(config, images, num_images)
-  logging.info('FID reference statistics of %s with %s, batch %d', description, weights, batch_size)
+  logging.info('FID reference statistics of %s with %s, batch %d, %s preprocessing', description, weights,
+               batch_size, preprocessing)
   start = time.time()
-  statistics, kept = reference_statistics(variables, chunks, total, min(batch_size, total), keep_images)
+  model = inception.FIDInceptionV3(preprocessing=preprocessing)
+  statistics, kept = reference_statistics(variables, chunks, total, min(batch_size, total), keep_images, model)
   if is_main_process():
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     tmp = output[:-len('.npz')] + '.tmp.npz'
-    inception_metrics.save_reference_npz(tmp, images=kept, **statistics)
+    inception_metrics.save_reference_npz(tmp, images=kept, preprocessing=preprocessing, **statistics)
     os.replace(tmp, output)
     logging.info('wrote %s: mu, sigma, mu_s, sigma_s%s of %d images in %.0f s', output,
                  ', arr_0' if keep_images else '', total, time.time() - start)

@@ -78,3 +78,31 @@ def test_main_names_a_missing_image_folder(tmp_path):
   assert result.returncode != 0
   assert f"config.data.path='{tmp_path}/nowhere' is not a directory" in result.stderr
   assert not os.path.exists(tmp_path / 'w')
+
+
+@pytest.mark.parametrize('fields, message', [
+    ({'every_step': 5}, r"config\.evals\.digits has unknown fields \['every_step'\]; 'digits' takes every_steps, "
+                        r'num_samples, seed'),
+    ({'num_samples': 0}, r'config\.evals\.digits: every_steps must be >= 0 and num_samples > 0'),
+])
+def test_evaluator_fields_are_checked(fields, message):
+  c = quickstart_config()
+  c.evals.digits.update(fields)
+  with pytest.raises(ValueError, match=message):
+    validate_config(c)
+
+
+def test_inception_evaluator_fields_are_checked():
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  c = quickstart_config()
+  c.evals.inception = ml_collections.ConfigDict({'inception_weights': 'w.msgpack', 'reference_npz': 'r.npz',
+                                                 'preprocessing': 'tensorflow'})
+  validate_config(c)
+  c.evals.inception.preprocessing = 'tf'
+  with pytest.raises(ValueError, match=r"config\.evals\.inception\.preprocessing='tf': choose one of pytorch_fid, "
+                                       r'tensorflow'):
+    validate_config(c)
+  del c.evals.inception['preprocessing']
+  c.evals.inception.refrence_npz = 'r.npz'
+  with pytest.raises(ValueError, match=r"config\.evals\.inception has unknown fields \['refrence_npz'\]"):
+    validate_config(c)

@@ -186,7 +186,8 @@ def test_fid_stats_then_fid_of_the_same_digits_is_zero(tmp_path, inception_weigh
   images, labels = digits_uint8()
   chosen = jobs.subset_indices(len(images), 8)
   with np.load(reference) as data:
-    assert set(data.files) == {'mu', 'sigma', 'mu_s', 'sigma_s', 'arr_0'} and data['mu'].shape == (2048,)
+    assert set(data.files) == {'mu', 'sigma', 'mu_s', 'sigma_s', 'arr_0', 'preprocessing'}
+    assert data['mu'].shape == (2048,) and str(data['preprocessing']) == 'pytorch_fid'
     assert data['mu_s'].shape == (2023,) and data['sigma_s'].shape == (2023, 2023)  # 17 x 17 x 7 spatial features
     np.testing.assert_array_equal(data['arr_0'], np.repeat(images[chosen], 3, axis=-1))
     trace_s = np.trace(data['sigma_s'])

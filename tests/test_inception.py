@@ -73,6 +73,39 @@ def test_output_shapes_and_unbiased_logits(variables, images):
   assert np.all(np.asarray(outputs.spatial) >= 0)  # ReLU outputs
 
 
+@pytest.mark.parametrize('in_size', [8, 64, 256, 512, 299])
+def test_both_resizes_map_a_ramp_to_their_source_coordinates(in_size):
+  """Resizing the ramp x[i] = i gives each output pixel's source coordinate: (j + 0.5) in / out - 0.5 clipped to
+  [0, in - 1] with half-pixel centres (torch, pytorch-fid), j in / out capped at in - 1 without (TF1, the 2015
+  graph's ResizeBilinear); at 256 -> 299 the two differ by 0.43 pixels."""
+  ramp = np.broadcast_to(np.arange(in_size, dtype=np.float32)[None, :, None, None], (1, in_size, 2, 1))
+  j, scale = np.arange(299.0), in_size / 299
+  half = np.asarray(inception.resize_bilinear(ramp, 299, 2))[0, :, 0, 0]
+  legacy = np.asarray(inception.resize_bilinear(ramp, 299, 2, half_pixel_centers=False))[0, :, 0, 0]
+  np.testing.assert_allclose(half, np.clip((j + 0.5) * scale - 0.5, 0, in_size - 1), atol=2e-4 * in_size)
+  np.testing.assert_allclose(legacy, np.minimum(j * scale, in_size - 1), atol=2e-4 * in_size)
+
+
+def test_tensorflow_resize_matches_tf1_resize_bilinear():
+  tf = pytest.importorskip('tensorflow')
+  images = (np.random.default_rng(0).random((2, 256, 200, 3)) * 255).astype(np.float32)
+  expected = tf.compat.v1.image.resize_bilinear(images, (299, 299), half_pixel_centers=False).numpy()
+  ours = np.asarray(inception.resize_bilinear(images, 299, 299, half_pixel_centers=False))
+  np.testing.assert_allclose(ours, expected, atol=1e-4, rtol=0)  # of 255 (measured 6.1e-5 with TF 2.21)
+
+
+def test_tensorflow_preprocessing_scales_by_128(variables, images):
+  """'tensorflow' feeds the network (x - 128) / 128, 'pytorch_fid' x / 127.5 - 1: equal outputs for inputs mapped
+  onto each other, different ones for the same input."""
+  tf_net = inception.FIDInceptionV3(resize_input=False, preprocessing='tensorflow')
+  same = np.asarray(jax.jit(tf_net.apply)(variables, images[:2]).pool3)
+  moved = (images[:2].astype(np.float32) - 128) / 128 * 127.5 + 127.5
+  np.testing.assert_allclose(np.asarray(jax.jit(SMALL.apply)(variables, moved).pool3), same, rtol=1e-4, atol=1e-4)
+  assert np.abs(np.asarray(jax.jit(SMALL.apply)(variables, images[:2]).pool3) - same).max() > 1e-3
+  with pytest.raises(ValueError, match="preprocessing='tf': choose one of pytorch_fid, tensorflow"):
+    inception.preprocess_images(images, preprocessing='tf')
+
+
 def test_converter_places_every_tensor(state_dict, variables):
   params, stats = variables['params'], variables['batch_stats']
   w = state_dict['Mixed_6b.branch7x7_2.conv.weight']  # OIHW (128, 128, 1, 7)
@@ -242,10 +275,22 @@ def test_reference_npz_round_trip(tmp_path, variables, images):
   inception_metrics.write_reference_npz(written, variables, images, batch_size=2,
                                         keep_images=True, model=SMALL)
   with np.load(written) as data:
-    assert set(data.files) == {'mu', 'sigma', 'mu_s', 'sigma_s', 'arr_0'} and data['arr_0'].dtype == np.uint8
+    assert set(data.files) == {'mu', 'sigma', 'mu_s', 'sigma_s', 'arr_0', 'preprocessing'}
+    assert data['arr_0'].dtype == np.uint8 and str(data['preprocessing']) == 'pytorch_fid'
     np.testing.assert_allclose(data['mu'], reference['mu'], rtol=1e-6)
     np.testing.assert_allclose(data['mu_s'], reference['mu_s'], rtol=1e-6)
     np.testing.assert_allclose(data['sigma_s'], reference['sigma_s'], rtol=1e-5, atol=1e-9)
+
+
+def test_a_reference_of_other_preprocessing_is_refused(tmp_path):
+  path = str(tmp_path / 'ref.npz')
+  inception_metrics.save_reference_npz(path, np.zeros(2), np.eye(2), preprocessing='tensorflow')
+  assert 'preprocessing' in inception_metrics.check_reference_npz(path, 'tensorflow')
+  with pytest.raises(ValueError, match=r"ref\.npz holds statistics of images preprocessed as 'tensorflow', but this "
+                                       r"evaluator preprocesses as 'pytorch_fid'.*preprocessing='tensorflow'"):
+    inception_metrics.check_reference_npz(path, 'pytorch_fid')
+  inception_metrics.save_reference_npz(path, np.zeros(2), np.eye(2))  # untagged, as ADM's reference batches
+  inception_metrics.check_reference_npz(path, 'pytorch_fid')
 
 
 def test_evaluate_samples_against_itself(tmp_path, monkeypatch, variables, images):

@@ -6,8 +6,9 @@ prints one command per run (12 runs: S/B/L/XL x patch 2/4/8, 400K steps of batch
 to a cluster; each command trains one run (resuming from its checkpoints) and writes its result.json;
 `--collect_only` then writes the table and the FID-vs-Gflops plot. Needs the encoded latents, the
 VAE, the FID Inception weights and the ImageNet reference statistics of configs/dit.py and
-docs/evaluation.md. FID-50K without guidance, 250 DDPM steps, as in the paper (Table 4: B/2 43.47,
-L/2 23.33, XL/2 19.47). The CPU-sized twin on the digits is dit_grid.py.
+docs/evaluation.md (ADM's VIRTUAL_imagenet256_labeled.npz, scored as the ADM evaluator scores it: FID, sFID,
+IS, precision and recall with the TF graph's preprocessing). FID-50K without guidance, 250 DDPM steps, as in
+the paper (Table 4: B/2 43.47, L/2 23.33, XL/2 19.47). The CPU-sized twin on the digits is dit_grid.py.
 """
 import ml_collections
 
@@ -22,7 +23,8 @@ def base():
   c.evals.inception = ml_collections.ConfigDict({
       'every_steps': 0, 'num_samples': 50_000, 'seed': 12345,
       'inception_weights': 'weights/inception_fid.msgpack', 'reference_npz': 'refs/imagenet256.npz',
-      'batch_size': 200, 'precision_recall': True, 'k': 3, 'is_splits': 10})
+      'batch_size': 200, 'precision_recall': True, 'k': 3, 'is_splits': 10,
+      'preprocessing': 'tensorflow'})  # as the ADM evaluator that scored the paper's numbers
   return c
 
 

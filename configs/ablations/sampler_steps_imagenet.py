@@ -6,7 +6,7 @@
 
 Sampling only, for accelerators: every point draws the same 10,000 class-balanced samples (one noise
 seed) from the EMA parameters with the DiT paper's guidance 1.5, decodes them with the SD-VAE and scores
-FID-10K, Inception Score and precision/recall against the ImageNet reference statistics
+FID-10K, sFID, Inception Score and precision/recall against the ImageNet reference statistics
 (docs/evaluation.md; `--set=sample.num_samples=50000 --set=evals.inception.num_samples=50000` for
 FID-50K). The DDIM paper's steps table (Table 1: 10, 20, 50, 100 steps) plus the 250-step DDPM of the
 DiT paper.
