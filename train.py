@@ -20,7 +20,7 @@ import sharding as sharding_lib
 from checkpoints import CheckpointStore, model_signature
 from diffusion.classifier_guidance import classifier_loss
 from diffusion.learned_variance import hybrid_loss_per_example
-from diffusion.objectives import mse_per_example, noised_batch
+from diffusion.objectives import loss_weight, mse_per_example, noised_batch
 from diffusion.schedules import alphas_cumprod_for
 from evaluation import create_evaluator
 from input_pipeline import StepBatcher, create_source, prefetch_batches
@@ -57,11 +57,15 @@ def train_step(state, batch, *, model, tx, alphas_cumprod, config):
     if is_classifier(config):  # ADM's noisy classifier (classifier_train.py): uniform timesteps, cross-entropy
       loss, correct = classifier_loss(out, batch['label'])
       return loss.mean(), {'accuracy': correct.mean()}
+    weight = 1.0
+    if config.diffusion.get('loss_weighting', 'uniform') != 'uniform':  # Min-SNR-gamma (diffusion/objectives.py)
+      weight = loss_weight(config.diffusion.loss_weighting, config.diffusion.objective, alphas_cumprod,
+                           t.astype(jnp.int32), config.diffusion.min_snr_gamma)
     if config.diffusion.get('learn_sigma', False):  # Improved DDPM's hybrid loss (diffusion/learned_variance.py)
       loss, vlb = hybrid_loss_per_example(config.diffusion.objective, out, target, x0, x_t, t.astype(jnp.int32),
-                                          alphas_cumprod)
+                                          alphas_cumprod, weight)
       return loss.mean(), {'vlb': vlb.mean()}
-    return mse_per_example(out, target).mean(), {}
+    return (weight * mse_per_example(out, target)).mean(), {}
 
   (loss, extra), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grad_norm = optax.tree_utils.tree_norm(grads)

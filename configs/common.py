@@ -13,6 +13,7 @@ OBJECTIVES = ('eps', 'x0', 'v', 'flow')
 FLOW_TIME_SAMPLING = ('uniform', 'logit_normal')
 SAMPLERS = ('ddpm', 'ddim', 'dpm++2m', 'heun', 'euler')
 PRECONDITIONINGS = ('none', 'edm')
+LOSS_WEIGHTINGS = ('uniform', 'min_snr')  # diffusion/objectives.py
 SPACINGS = ('leading', 'trailing', 'linspace')
 DDPM_VARIANCES = ('posterior', 'beta')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
@@ -78,6 +79,10 @@ def base_config():
   c.diffusion.preconditioning = 'none'  # 'edm': Karras et al. 2022 c_skip/c_out/c_in; needs objective 'x0'
   c.diffusion.sigma_data = 0.5   # EDM's data standard deviation (preconditioning='edm')
   c.diffusion.learn_sigma = False  # Improved DDPM learned variances + hybrid loss (ADM, DiT); DDPM samples with them
+  # Per-timestep weight of the regression loss: 'uniform' (DDPM's L_simple) or 'min_snr' (Min-SNR-gamma, Hang et al.
+  # 2023: min(SNR, gamma) in x0 space, for objectives eps, x0 and v; the paper's gamma is 5).
+  c.diffusion.loss_weighting = 'uniform'
+  c.diffusion.min_snr_gamma = 5.0
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-4
@@ -227,6 +232,7 @@ def validate_config(config):
   _choice(config, 'diffusion.flow_time_sampling', FLOW_TIME_SAMPLING)
   _choice(config, 'sample.sampler', SAMPLERS)
   _choice(config, 'diffusion.preconditioning', PRECONDITIONINGS)
+  _choice(config, 'diffusion.loss_weighting', LOSS_WEIGHTINGS)
   _choice(config, 'sample.spacing', SPACINGS)
   _choice(config, 'sample.ddpm_variance', DDPM_VARIANCES)
   _choice(config, 'train.compute_dtype', COMPUTE_DTYPES)
@@ -265,6 +271,11 @@ def validate_config(config):
   if config.diffusion.learn_sigma and (flow or config.diffusion.preconditioning != 'none'):
     raise ValueError('config.diffusion.learn_sigma=True learns the variances of discrete VP steps: it needs '
                      "objective eps, x0 or v and preconditioning 'none'")
+  if config.diffusion.loss_weighting == 'min_snr':
+    _positive(config, 'diffusion.min_snr_gamma')
+    if flow or config.diffusion.preconditioning != 'none':
+      raise ValueError("config.diffusion.loss_weighting='min_snr' weights discrete VP timesteps by their SNR: it "
+                       "needs objective eps, x0 or v and preconditioning 'none' (EDM weights its own loss)")
   if config.diffusion.preconditioning == 'edm' and config.diffusion.objective != 'x0':
     raise ValueError("config.diffusion.preconditioning='edm' makes the network an x0 denoiser; set "
                      f"config.diffusion.objective='x0' (got {config.diffusion.objective!r})")

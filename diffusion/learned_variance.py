@@ -97,10 +97,11 @@ def vlb_per_example(objective, prediction, values, x0, x_t, t, alphas_cumprod):
   return jnp.where(t == 0, nll, kl)
 
 
-def hybrid_loss_per_example(objective, output, target, x0, x_t, t, alphas_cumprod):
-  """(L_simple + L_vlb * T / 1000, L_vlb) per example for a 2C-channel output: the MSE of the prediction
-  channels, plus the bound with the prediction's gradient stopped (it trains the variance channels)."""
+def hybrid_loss_per_example(objective, output, target, x0, x_t, t, alphas_cumprod, mse_weight=1.0):
+  """(mse_weight L_simple + L_vlb * T / 1000, L_vlb) per example for a 2C-channel output: the MSE of the
+  prediction channels (weighted per example, diffusion/objectives.loss_weight), plus the bound with the
+  prediction's gradient stopped (it trains the variance channels)."""
   prediction, values = split_output(output.astype(jnp.float32))
   mse = jnp.mean(jnp.square(prediction - target), axis=tuple(range(1, output.ndim)))
   vlb = vlb_per_example(objective, jax.lax.stop_gradient(prediction), values, x0, x_t, t, alphas_cumprod)
-  return mse + vlb * (len(alphas_cumprod) / 1000.0), vlb
+  return mse_weight * mse + vlb * (len(alphas_cumprod) / 1000.0), vlb

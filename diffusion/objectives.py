@@ -4,6 +4,11 @@ Discrete-time VP diffusion: x_t = alpha_t x_0 + sigma_t eps with alpha_t = sqrt(
 sigma_t = sqrt(1 - a_t). The network predicts eps, x_0 or v = alpha_t eps - sigma_t x_0
 (Salimans & Ho, 2022). Flow matching (rectified flow): x_t = (1 - t) x_0 + t eps with t in
 [0, 1] and velocity target eps - x_0; the network sees t * FLOW_TIME_SCALE as its time input.
+
+The VP regression loss is weighted per timestep (`loss_weight`): uniformly (DDPM's L_simple), or by Min-SNR-gamma
+(Hang et al., 2023), which caps the weight an example gets in x_0 space at gamma: with SNR = alpha^2 / sigma^2,
+|eps - eps'|^2 = SNR |x_0 - x_0'|^2 and |v - v'|^2 = (SNR + 1) |x_0 - x_0'|^2, so the weights min(SNR, gamma) / SNR
+(eps), min(SNR, gamma) (x0) and min(SNR, gamma) / (SNR + 1) (v) all make the loss min(SNR, gamma) |x_0 - x_0'|^2.
 """
 import jax
 import jax.numpy as jnp
@@ -120,6 +125,27 @@ def noised_batch(rng, x0, alphas_cumprod, diffusion_config):
     return net_input, t.astype(jnp.float32), target
   x_t = alpha * x0 + sigma * noise
   return x_t, t.astype(jnp.float32), regression_target(diffusion_config.objective, x0, noise, alpha, sigma)
+
+
+LOSS_WEIGHTINGS = ('uniform', 'min_snr')
+
+
+def loss_weight(weighting, objective, alphas_cumprod, t, gamma=5.0):
+  """[B] weights of the examples' regression losses at integer timesteps t (module docstring)."""
+  if weighting == 'uniform':
+    return jnp.ones(t.shape, jnp.float32)
+  if weighting != 'min_snr':
+    raise ValueError(f'unknown loss weighting {weighting!r}; choose one of {", ".join(LOSS_WEIGHTINGS)}')
+  a = jnp.asarray(alphas_cumprod, jnp.float32)[t]
+  snr = a / (1.0 - a)
+  capped = jnp.minimum(snr, gamma)
+  if objective == 'eps':
+    return jnp.minimum(1.0, gamma / snr)  # = capped / snr, without 0 / 0 where SNR is 0
+  if objective == 'x0':
+    return capped
+  if objective == 'v':
+    return capped / (snr + 1.0)
+  raise ValueError(f'objective {objective!r} has no Min-SNR weighting (it is for eps, x0 and v)')
 
 
 def mse_per_example(output, target):
