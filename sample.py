@@ -1,5 +1,4 @@
 """Generation from a model: the jitted sampling function, image conversion, grids and the sample job."""
-import json
 import logging
 import math
 import os
@@ -38,16 +37,14 @@ def load_classifier(config):
   workdir = config.sample.get('classifier_workdir', '')
   if not workdir:
     return None
-  from configs.common import validate_config  # pylint: disable=import-outside-toplevel
+  from configs.common import config_from_json  # pylint: disable=import-outside-toplevel
   from train import restore_for_inference  # pylint: disable=import-outside-toplevel
-  import ml_collections  # pylint: disable=import-outside-toplevel
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise FileNotFoundError(f'config.sample.classifier_workdir={workdir}: no config.json there; train a classifier '
                             'in it (--config=configs/digits_classifier.py, configs/adm_classifier.py) or import one '
                             '(--mode=import --config=configs/adm_classifier.py:256 --weights=256x256_classifier.pt)')
-  with open(path) as f:
-    cls_config = validate_config(ml_collections.ConfigDict(json.load(f)))
+  cls_config = config_from_json(path)
   where = f'config.sample.classifier_workdir={workdir}'
   if not is_classifier(cls_config):
     raise ValueError(f'{where} holds a {cls_config.model.name!r} model, not a classifier (e.g. adm_classifier)')

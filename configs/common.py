@@ -4,6 +4,8 @@ Each config file's `get_config(arg)` starts from `base_config()` and changes wha
 command line overrides any field (`--config.train.batch_size=64`). `validate_config` then
 rejects unknown choices and impossible numbers with a message naming the field.
 """
+import json
+
 import ml_collections
 
 MODEL_NAMES = ('dit', 'unet')
@@ -220,6 +222,16 @@ def _validate_text_and_latents(config):
   pixels = config.data.pixels
   if pixels.source and pixels.source not in ('digits', 'image_folder', 'tfds'):
     raise ValueError(f"config.data.pixels.source={pixels.source!r} is not one of 'digits', 'image_folder', 'tfds'")
+
+
+def config_from_json(path):
+  """A run's config.json (train.write_config) laid over the current defaults, validated: a workdir written before
+  a field existed loads with that field's default."""
+  with open(path) as f:
+    stored = ml_collections.ConfigDict(json.load(f))
+  config = base_config()
+  config.update(stored)
+  return validate_config(config)
 
 
 def validate_config(config):
