@@ -57,10 +57,8 @@ def train_step(state, batch, *, model, tx, alphas_cumprod, config):
     if is_classifier(config):  # ADM's noisy classifier (classifier_train.py): uniform timesteps, cross-entropy
       loss, correct = classifier_loss(out, batch['label'])
       return loss.mean(), {'accuracy': correct.mean()}
-    weight = 1.0
-    if config.diffusion.get('loss_weighting', 'uniform') != 'uniform':  # Min-SNR-gamma (diffusion/objectives.py)
-      weight = loss_weight(config.diffusion.loss_weighting, config.diffusion.objective, alphas_cumprod,
-                           t.astype(jnp.int32), config.diffusion.min_snr_gamma)
+    weight = loss_weight(config.diffusion.get('loss_weighting', 'uniform'), config.diffusion.objective,
+                         alphas_cumprod, t.astype(jnp.int32), config.diffusion.get('min_snr_gamma', 5.0))
     if config.diffusion.get('learn_sigma', False):  # Improved DDPM's hybrid loss (diffusion/learned_variance.py)
       loss, vlb = hybrid_loss_per_example(config.diffusion.objective, out, target, x0, x_t, t.astype(jnp.int32),
                                           alphas_cumprod, weight)

@@ -13,6 +13,7 @@ The VP regression loss is weighted per timestep (`loss_weight`): uniformly (DDPM
 import jax
 import jax.numpy as jnp
 
+from configs.common import LOSS_WEIGHTINGS
 from diffusion.schedules import sigma_at_timestep
 
 FLOW_TIME_SCALE = 1000.0  # flow time t in [0, 1] -> network time input, on the scale of discrete timesteps
@@ -125,9 +126,6 @@ def noised_batch(rng, x0, alphas_cumprod, diffusion_config):
     return net_input, t.astype(jnp.float32), target
   x_t = alpha * x0 + sigma * noise
   return x_t, t.astype(jnp.float32), regression_target(diffusion_config.objective, x0, noise, alpha, sigma)
-
-
-LOSS_WEIGHTINGS = ('uniform', 'min_snr')
 
 
 def loss_weight(weighting, objective, alphas_cumprod, t, gamma=5.0):
