@@ -43,29 +43,71 @@ def ema_decay(optim_config, step):
   return jnp.asarray(decay, jnp.float32)
 
 
-def train_step(state, batch, *, model, tx, alphas_cumprod, config):
+def batch_loss(params, inputs, dropout_rng, *, model, alphas_cumprod, config):
+  """(mean loss, extra metrics) of a (micro)batch of noised examples: `inputs` from `train_step`."""
+  out = model.apply({'params': params}, inputs['x_t'], inputs['t'], **inputs['cond'], train=True,
+                    rngs={'dropout': dropout_rng})
+  if is_classifier(config):  # ADM's noisy classifier (classifier_train.py): uniform timesteps, cross-entropy
+    loss, correct = classifier_loss(out, inputs['label'])
+    return loss.mean(), {'accuracy': correct.mean()}
+  if config.diffusion.get('learn_sigma', False):  # Improved DDPM's hybrid loss (diffusion/learned_variance.py)
+    loss, vlb = hybrid_loss_per_example(config.diffusion.objective, out, inputs['target'], inputs['x0'],
+                                        inputs['x_t'], inputs['t'].astype(jnp.int32), alphas_cumprod,
+                                        inputs['weight'])
+    return loss.mean(), {'vlb': vlb.mean()}
+  return (inputs['weight'] * mse_per_example(out, inputs['target'])).mean(), {}
+
+
+def microbatches(x, k, sharding=None):
+  """[B, ...] -> [k, B / k, ...], microbatch i holding examples i, i + k, i + 2k, ...: with B split over the
+  devices in blocks of B / devices, a multiple of k, every microbatch keeps an equal share on every device and the
+  split moves no data."""
+  x = x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1)
+  return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+
+
+def accumulated_loss_and_grads(params, inputs, dropout_rng, k, micro_sharding, **kwargs):
+  """((loss, extra), grads) of the whole batch as the mean over k equal microbatches, one at a time in a
+  `lax.scan` (activations of B / k examples live at once; gradients accumulate in the params' float32)."""
+  grad_fn = jax.value_and_grad(functools.partial(batch_loss, **kwargs), has_aux=True)
+  if k == 1:
+    return grad_fn(params, inputs, dropout_rng)
+  micro = jax.tree.map(lambda x: microbatches(x, k, micro_sharding), inputs)
+
+  def add_microbatch(total, i_and_inputs):
+    i, mb = i_and_inputs
+    value = grad_fn(params, mb, jax.random.fold_in(dropout_rng, i))
+    return jax.tree.map(jnp.add, total, value), None
+
+  shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), dropout_rng)
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  total, _ = jax.lax.scan(add_microbatch, zeros, (jnp.arange(k), micro))
+  return jax.tree.map(lambda x: x / k, total)
+
+
+def train_step(state, batch, *, model, tx, alphas_cumprod, config, micro_sharding=None):
   """One update: noise the batch, regress the target (a classifier: predict the label of the noised image), AdamW,
-  EMA; a non-finite loss or gradient leaves params, EMA and optimizer state unchanged and is counted."""
+  EMA; a non-finite loss or gradient leaves params, EMA and optimizer state unchanged and is counted.
+
+  With config.train.grad_accum_steps = k > 1 the gradient is the mean over k microbatches of the batch, taken one
+  after the other: the times, noise and label dropout are drawn for the whole batch as with k = 1, so the update is
+  the same (within float32 rounding) but for the model's dropout masks, and the activations held are k times fewer.
+  """
   rng = jax.random.fold_in(state.rng, state.step)
   label_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
   cond = drop_condition(label_rng, condition_from_batch(batch, config), config.diffusion.label_dropout, config)
   x0 = batch['image'].astype(jnp.float32)  # latents arrive in their stored float16
-
-  def loss_fn(params):
-    x_t, t, target = noised_batch(noise_rng, x0, alphas_cumprod, config.diffusion)
-    out = model.apply({'params': params}, x_t, t, **cond, train=True, rngs={'dropout': dropout_rng})
-    if is_classifier(config):  # ADM's noisy classifier (classifier_train.py): uniform timesteps, cross-entropy
-      loss, correct = classifier_loss(out, batch['label'])
-      return loss.mean(), {'accuracy': correct.mean()}
-    weight = loss_weight(config.diffusion.get('loss_weighting', 'uniform'), config.diffusion.objective,
-                         alphas_cumprod, t.astype(jnp.int32), config.diffusion.get('min_snr_gamma', 5.0))
-    if config.diffusion.get('learn_sigma', False):  # Improved DDPM's hybrid loss (diffusion/learned_variance.py)
-      loss, vlb = hybrid_loss_per_example(config.diffusion.objective, out, target, x0, x_t, t.astype(jnp.int32),
-                                          alphas_cumprod, weight)
-      return loss.mean(), {'vlb': vlb.mean()}
-    return (weight * mse_per_example(out, target)).mean(), {}
-
-  (loss, extra), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  x_t, t, target = noised_batch(noise_rng, x0, alphas_cumprod, config.diffusion)  # no params: outside the gradient
+  inputs = {'x_t': x_t, 't': t, 'cond': cond}
+  if is_classifier(config):
+    inputs['label'] = batch['label']
+  else:
+    inputs.update(target=target, x0=x0, weight=loss_weight(
+        config.diffusion.get('loss_weighting', 'uniform'), config.diffusion.objective, alphas_cumprod,
+        t.astype(jnp.int32), config.diffusion.get('min_snr_gamma', 5.0)))
+  (loss, extra), grads = accumulated_loss_and_grads(
+      state.params, inputs, dropout_rng, config.train.get('grad_accum_steps', 1), micro_sharding, model=model,
+      alphas_cumprod=alphas_cumprod, config=config)
   grad_norm = optax.tree_utils.tree_norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -98,10 +140,22 @@ def train_steps(state, batches, **kwargs):
 
 def make_train_step(config, model, tx, mesh, shardings, stacked=False):
   """The jitted `train_step`, or with `stacked` `train_steps` (any k; each new k compiles once)."""
+  check_grad_accum(config, mesh)
   step_fn = functools.partial(train_steps if stacked else train_step, model=model, tx=tx,
-                              alphas_cumprod=jnp.asarray(alphas_cumprod_for(config)), config=config)
+                              alphas_cumprod=jnp.asarray(alphas_cumprod_for(config)), config=config,
+                              micro_sharding=sharding_lib.batch_sharding(mesh, stacked=True))
   return jax.jit(step_fn, in_shardings=(shardings, sharding_lib.batch_sharding(mesh, stacked)),
                  out_shardings=(shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
+
+
+def check_grad_accum(config, mesh):
+  """Each device's share of the batch must split into grad_accum_steps equal microbatches."""
+  k, batch = config.train.get('grad_accum_steps', 1), config.train.batch_size
+  if batch % mesh.size == 0 and (batch // mesh.size) % k:
+    raise ValueError(f'config.train.grad_accum_steps={k} must divide the batch of each device, '
+                     f'{batch // mesh.size} (config.train.batch_size={batch} over {mesh.size} devices): choose a '
+                     f'grad_accum_steps that divides {batch // mesh.size}, or a batch_size that is a multiple of '
+                     f'{k * mesh.size}')
 
 
 class PreemptionFlag:

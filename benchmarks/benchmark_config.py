@@ -2,7 +2,7 @@
 
 
 def benchmark_config(model, patch=2, batch=256, dtype='bfloat16', attention='cudnn', remat=False,
-                     remat_policy='full'):
+                     remat_policy='full', grad_accum=1):
   """model: dit_s | dit_b | dit_l | dit_xl (with `patch`) or unet (the DDPM CIFAR-10 U-Net)."""
   if model == 'unet':
     from configs.unet_cifar10 import get_config
@@ -16,4 +16,5 @@ def benchmark_config(model, patch=2, batch=256, dtype='bfloat16', attention='cud
   config.train.remat = remat
   config.train.remat_policy = remat_policy
   config.train.batch_size = batch
+  config.train.grad_accum_steps = grad_accum
   return config

@@ -13,6 +13,7 @@ ROWS=(
   "throughput --model=dit_xl --batch=256"
   "throughput --model=dit_xl --batch=256 --remat"
   "throughput --model=dit_xl --batch=256 --remat --remat_policy=dots"
+  "throughput --model=dit_xl --batch=256 --grad_accum=2"
   "throughput --model=dit_b  --batch=256 --steps_per_call=4"
   "throughput --model=dit_s  --batch=256 --mode=guided"
   "throughput --model=dit_b  --batch=256 --mode=guided"

@@ -3,6 +3,7 @@
   python -m benchmarks.throughput --model=dit_b --batch=256              # DiT-B/2 train step
   python -m benchmarks.throughput --model=dit_xl --batch=256 --remat     # XL/2 with per-block remat
   python -m benchmarks.throughput --model=dit_xl --batch=256 --remat --remat_policy=dots  # keeping dense outputs
+  python -m benchmarks.throughput --model=dit_xl --batch=256 --grad_accum=2  # two microbatches of 128 per update
   python -m benchmarks.throughput --model=dit_b --batch=256 --mode=guided # forward with guidance (2x batch)
   python -m benchmarks.throughput --model=unet --batch=128
 
@@ -27,6 +28,7 @@ flags.DEFINE_enum('attention', 'cudnn', ['cudnn', 'xla'], 'Attention implementat
 flags.DEFINE_bool('remat', False, 'Rematerialise each block in the backward pass.')
 flags.DEFINE_enum('remat_policy', 'full', ['full', 'dots'], 'What a remat block keeps: its input only, or also its '
                   'dense layers\' outputs (config.train.remat_policy).')
+flags.DEFINE_integer('grad_accum', 1, 'Microbatches per update (config.train.grad_accum_steps; a scan).')
 flags.DEFINE_integer('steps_per_call', 1, 'Train steps per jitted call (config.train.steps_per_call; a scan).')
 flags.DEFINE_integer('steps', 10, 'Calls per timing window.')
 flags.DEFINE_integer('windows', 5, 'Timing windows; the median is reported.')
@@ -90,7 +92,7 @@ def main(_):
   from train_state import count_params, create_optimizer, create_state, state_shardings
 
   config = benchmark_config(FLAGS.model, FLAGS.patch, FLAGS.batch, FLAGS.dtype, FLAGS.attention, FLAGS.remat,
-                            FLAGS.remat_policy)
+                            FLAGS.remat_policy, FLAGS.grad_accum)
   model, tx = build_model(config), create_optimizer(config.optim)
   mesh = sharding_lib.create_mesh(config.mesh)
   _, shardings = state_shardings(config, model, tx, mesh)
@@ -137,7 +139,7 @@ def main(_):
         f'{"/" + str(FLAGS.patch) if FLAGS.model != "unet" else ""} params={count_params(state.params) / 1e6:.1f}M '
         f'mode={FLAGS.mode} batch={FLAGS.batch} steps_per_call={FLAGS.steps_per_call} dtype={FLAGS.dtype} '
         f'attention={FLAGS.attention} (cuDNN kernels: {kernels}) '
-        f'remat={FLAGS.remat_policy if FLAGS.remat else False}')
+        f'remat={FLAGS.remat_policy if FLAGS.remat else False} grad_accum={FLAGS.grad_accum}')
   print(f'img/s={images_per_second:.1f} step_ms={seconds * FLAGS.batch / b * 1e3:.2f} '
         f'GFLOP/img={flops_per_image / 1e9:.1f} MFU={100 * mfu:.1f}% '
         f'peak_mem={"n/a" if peak is None else f"{peak / 2**30:.2f}GiB"}')

@@ -100,6 +100,9 @@ def base_config():
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 400_000
   c.train.batch_size = 256        # global, across all devices and hosts
+  # Microbatches per update (gradient accumulation): the same update as one batch of batch_size, with the activations
+  # of batch_size / grad_accum_steps examples at a time; must divide each device's share of the batch.
+  c.train.grad_accum_steps = 1
   c.train.compute_dtype = 'float32'
   c.train.remat = False           # recompute each block's activations in the backward pass, keeping less memory
   c.train.remat_policy = 'full'   # what a remat block keeps: 'full' its input only; 'dots' also its dense outputs
@@ -254,12 +257,15 @@ def validate_config(config):
   for path in ('data.image_size', 'data.channels', 'diffusion.num_timesteps', 'train.num_steps',
                'train.batch_size', 'train.log_every', 'train.keep_checkpoints', 'sample.num_steps',
                'sample.num_samples', 'sample.batch_size', 'train.checkpoint_every', 'diffusion.sigma_data',
-               'sample.karras_rho', 'sample.flow_shift', 'train.steps_per_call'):
+               'sample.karras_rho', 'sample.flow_shift', 'train.steps_per_call', 'train.grad_accum_steps'):
     _positive(config, path)
   for path in ('data.num_classes', 'optim.warmup_steps', 'optim.decay_steps', 'optim.weight_decay', 'optim.grad_clip',
-               'train.sample_every', 'train.sample_grid', 'mesh.min_shard_size', 'sample.eta', 'data.prefetch',
-               'sample.karras_sigma_max'):
+               'train.sample_every', 'train.sample_grid', 'mesh.min_shard_size', 'sample.eta',
+               'data.prefetch', 'sample.karras_sigma_max'):
     _positive(config, path, allow_zero=True)
+  if config.train.batch_size % config.train.grad_accum_steps:
+    raise ValueError(f'config.train.grad_accum_steps={config.train.grad_accum_steps} must divide '
+                     f'config.train.batch_size={config.train.batch_size} into equal microbatches')
   if not 0 < config.optim.learning_rate < 1:
     raise ValueError(f'config.optim.learning_rate={config.optim.learning_rate} must be in (0, 1)')
   if not 0 <= config.optim.ema_decay < 1:
