@@ -29,7 +29,7 @@ from models.conditioning import condition_from_batch, drop_condition, is_classif
 from models.text_encoder import frozen_parameter_groups
 from sample import generate_samples, image_grid, load_classifier, make_generate_fn, write_png
 from train_state import count_params, create_optimizer, create_state, learning_rate_schedule, state_shardings
-from writers import create_writer
+from writers import ProfileWindow, create_writer
 
 
 class NonFiniteError(RuntimeError):
@@ -285,6 +285,7 @@ def train_and_evaluate(config, workdir):
   batcher = StepBatcher(source, config.train.batch_size, config.seed, config.data.random_flip,
                         jax.process_index(), jax.process_count())
   writer = create_writer(workdir, is_main)
+  profile = ProfileWindow(config.train.profile_steps, os.path.join(workdir, 'tensorboard'))
   num_steps = config.train.num_steps
   pending, last_log, last_log_step, last_saved = [], time.time(), start_step, start_step
   from tqdm import tqdm
@@ -306,6 +307,7 @@ def train_and_evaluate(config, workdir):
         batches = sharding_lib.host_batch_to_global(host_batches, mesh, stacked=True)
         state, metrics = step_fn(state, batches)
         pending.append(metrics)
+        profile.after_call(done, state.step)
         bar.update(done - start)
         if done % config.train.log_every == 0 or done == num_steps:
           summary = {k: float(np.mean(v)) for k, v in jax.device_get(jax.tree.map(
@@ -337,6 +339,7 @@ def train_and_evaluate(config, workdir):
                        final_step, generate_fn, state.ema_params, mesh, writer, workdir, final=True)
       return state
   finally:
+    profile.stop()
     bar.close()
     writer.flush()
     writer.close()

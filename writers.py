@@ -124,3 +124,37 @@ def create_writer(workdir, is_main_process=True):
                     'the console (pip install tensorboardX)', jsonl.path)
     return MultiWriter([ConsoleWriter(), jsonl])
   return MultiWriter([TensorboardXWriter(logdir), ConsoleWriter(), jsonl])
+
+
+class ProfileWindow:
+  """A jax.profiler trace of `num_steps` train steps, taken once per run after its first call (so compilation is not
+  in it), into <workdir>/tensorboard/plugins/profile/<time>/<host>.xplane.pb, which TensorBoard's profile tab
+  (`pip install tensorboard-plugin-profile`) and Perfetto read. Each host writes its own file."""
+
+  def __init__(self, num_steps, log_dir):
+    self.num_steps, self.log_dir = num_steps, log_dir
+    self.first_step = None  # the step at which the trace started; None before, -1 after it ended
+    self.last_step = None
+
+  def after_call(self, step, outputs):
+    """Called after each jitted call that ends at `step`; `outputs` are waited for at the window's edges."""
+    import jax
+    self.last_step = step
+    if not self.num_steps or self.first_step == -1:
+      return
+    if self.first_step is None:
+      jax.block_until_ready(outputs)
+      jax.profiler.start_trace(self.log_dir)
+      self.first_step = step
+    elif step - self.first_step >= self.num_steps:
+      jax.block_until_ready(outputs)
+      self.stop()
+
+  def stop(self):
+    """Ends the trace if one is running (at the window's end, or when the run ends or fails inside it)."""
+    import jax
+    if self.first_step is None or self.first_step == -1:
+      return
+    jax.profiler.stop_trace()
+    logging.info('profiled steps %d to %d: %s/plugins/profile', self.first_step + 1, self.last_step, self.log_dir)
+    self.first_step = -1

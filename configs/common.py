@@ -111,6 +111,7 @@ def base_config():
   c.train.keep_checkpoints = 3
   c.train.sample_every = 10_000   # PNG grid of EMA samples; 0 disables
   c.train.sample_grid = 64         # images in each grid; 0 disables grids
+  c.train.profile_steps = 0       # a jax.profiler trace of this many steps after the first call, in tensorboard/
   c.train.nonfinite = 'stop'      # 'stop': error naming the step; 'skip': drop the update, count it
   # Steps per jitted call (a scan over k stacked batches, one host round trip): the same updates as k calls; helps
   # when steps are short (docs/performance.md), but not for conv nets on CPU (XLA:CPU runs them ~20x slower in a
@@ -260,7 +261,7 @@ def validate_config(config):
                'sample.karras_rho', 'sample.flow_shift', 'train.steps_per_call', 'train.grad_accum_steps'):
     _positive(config, path)
   for path in ('data.num_classes', 'optim.warmup_steps', 'optim.decay_steps', 'optim.weight_decay', 'optim.grad_clip',
-               'train.sample_every', 'train.sample_grid', 'mesh.min_shard_size', 'sample.eta',
+               'train.sample_every', 'train.sample_grid', 'train.profile_steps', 'mesh.min_shard_size', 'sample.eta',
                'data.prefetch', 'sample.karras_sigma_max'):
     _positive(config, path, allow_zero=True)
   if config.train.batch_size % config.train.grad_accum_steps:

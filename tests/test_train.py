@@ -1,6 +1,7 @@
 """The training step and loop: sharding equivalence, loss that falls, outputs, mesh changes."""
 import functools
 import os
+import re
 
 import jax
 import numpy as np
@@ -78,6 +79,8 @@ def read_event_tags(workdir):
   from tensorboardX.proto import event_pb2
   tags = set()
   for name in os.listdir(os.path.join(workdir, 'tensorboard')):
+    if name == 'plugins':  # the profiler's trace
+      continue
     data = open(os.path.join(workdir, 'tensorboard', name), 'rb').read()
     pos = 0
     while pos < len(data):
@@ -89,7 +92,8 @@ def read_event_tags(workdir):
 
 
 def test_loss_falls_and_outputs_are_written(tmp_path):
-  c = tiny_unet_config(train__num_steps=60, train__log_every=20, train__checkpoint_every=30, train__sample_grid=8)
+  c = tiny_unet_config(train__num_steps=60, train__log_every=20, train__checkpoint_every=30, train__sample_grid=8,
+                       train__profile_steps=3)
   c.optim.learning_rate = 3e-3
   train.train_and_evaluate(c, str(tmp_path))
   losses = [v for _, v in read_metrics(tmp_path, 'loss')]
@@ -97,6 +101,18 @@ def test_loss_falls_and_outputs_are_written(tmp_path):
   assert {'loss', 'grad_norm', 'learning_rate', 'steps_per_second', 'samples'} <= read_event_tags(tmp_path)
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['30', '60']
   assert os.path.exists(tmp_path / 'samples' / 'step_00000060.png')
+  assert trace_step_count(tmp_path) == 3  # the profile holds steps 2-4: the jitted step ran 3 times in it
+
+
+def trace_step_count(workdir):
+  """How often the jitted train step ran inside the profiler trace of the run (Chrome trace events, one file)."""
+  import glob
+  import gzip
+  import json
+  (path,) = glob.glob(os.path.join(workdir, 'tensorboard', 'plugins', 'profile', '*', '*.trace.json.gz'))
+  assert glob.glob(os.path.join(os.path.dirname(path), '*.xplane.pb'))  # what TensorBoard's profile tab reads
+  events = json.load(gzip.open(path))['traceEvents']
+  return sum(1 for e in events if e.get('ph') == 'X' and re.fullmatch(r'\S*Execute \(jit_train_steps\)', e['name']))
 
 
 def test_writer_without_tensorboard_backends_keeps_jsonl_and_warns(tmp_path, monkeypatch, caplog):
