@@ -283,7 +283,7 @@ def train_and_evaluate(config, workdir):
   step_fn = make_train_step(config, model, tx, mesh, shardings, stacked=True)
   generate_fn = make_generate_fn(config, model, mesh, classifier)
   batcher = StepBatcher(source, config.train.batch_size, config.seed, config.data.random_flip,
-                        jax.process_index(), jax.process_count())
+                        jax.process_index(), jax.process_count(), config.data.random_crop)
   writer = create_writer(workdir, is_main)
   profile = ProfileWindow(config.train.profile_steps, os.path.join(workdir, 'tensorboard'))
   num_steps = config.train.num_steps

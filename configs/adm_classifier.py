@@ -22,8 +22,8 @@ with --classifier_scale 1.0: 250 DDPM steps, the gradient of log p(y | x_t) shif
 
 (scales in guided-diffusion's README: 1.0 at 64 and 256, 0.5 at 128, 4.0 at 512, 10.0 for the unconditional 256
 model).
-Training (--mode=train) follows guided-diffusion's classifier_train.py with the README's TRAIN_FLAGS: images noised
-at uniform timesteps, cross-entropy, AdamW with lr 3e-4 and weight decay 0.05 annealed linearly to zero over
+Training (--mode=train) follows guided-diffusion's classifier_train.py with the README's TRAIN_FLAGS: images randomly
+cropped (80-100% of the short side) and flipped, noised at uniform timesteps, cross-entropy, AdamW with lr 3e-4 and weight decay 0.05 annealed linearly to zero over
 300,000 steps of batch 256.
 """
 from configs.adm_imagenet import ARCHITECTURES, SCHEDULES
@@ -44,6 +44,7 @@ def get_config(arg=None):
   c.data.channels = 3
   c.data.num_classes = 1000
   c.data.random_flip = True
+  c.data.random_crop = True  # classifier_train.py loads its data with random_crop=True
 
   c.model.name = 'adm_classifier'
   c.model.base_channels = 128

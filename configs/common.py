@@ -41,6 +41,7 @@ def base_config():
   c.data.channels = 1
   c.data.num_classes = 10
   c.data.random_flip = False
+  c.data.random_crop = False      # ADM's classifier augmentation: a crop of 80-100% of the short side (decoded sources)
   c.data.prefetch = 2             # host batches (chunks of train.steps_per_call steps) prepared ahead by a thread
   # Captions (text-to-image): batches also carry 'tokens' int32 [B, max_tokens] (input_pipeline/captions.py).
   c.data.captions = False
@@ -217,6 +218,11 @@ def _validate_text_and_latents(config):
     if config.data.num_classes == 0 and not config.text.eval_prompts:
       raise ValueError('a text model without classes needs config.text.eval_prompts (prompts for sample grids '
                        'and evaluators)')
+  if config.data.random_crop and (config.data.source not in ('image_folder', 'tfds') or config.data.captions):
+    raise ValueError(f'config.data.random_crop=True crops images as they are decoded: it needs data.source '
+                     f"'image_folder' or 'tfds' without captions (got source={config.data.source!r}, "
+                     f'captions={config.data.captions}); the digits are stored resized and latents are encoded '
+                     'whole, so set --config.data.random_crop=False')
   if config.data.source == 'latents' and config.data.random_flip:
     raise ValueError('config.data.random_flip flips latents, which is not the latent of the flipped image; '
                      'set it to False: the encode job stores the flipped images\' latents (config.encode.flips)')

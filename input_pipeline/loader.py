@@ -2,7 +2,7 @@
 
 Example j of step s is position p = s * global_batch + j of an endless stream that visits the
 dataset in a fresh permutation every epoch; host h of P reads positions [h B/P, (h+1) B/P) of
-each step. Random flips are drawn from (seed, step) for the whole global batch. Training consumes chunks of
+each step. Random flips and crops are drawn from (seed, step) for the whole global batch. Training consumes chunks of
 `steps_per_call` steps, their host batches stacked; a background thread prepares the next `prefetch` chunks.
 """
 import queue
@@ -13,11 +13,12 @@ import numpy as np
 
 class StepBatcher:
 
-  def __init__(self, source, global_batch, seed, random_flip=False, process_index=0, process_count=1):
+  def __init__(self, source, global_batch, seed, random_flip=False, process_index=0, process_count=1,
+               random_crop=False):
     if global_batch % process_count:
       raise ValueError(f'config.train.batch_size={global_batch} is not divisible by {process_count} hosts')
     self.source, self.global_batch, self.seed = source, global_batch, seed
-    self.random_flip, self.n = random_flip, len(source)
+    self.random_flip, self.random_crop, self.n = random_flip, random_crop, len(source)
     self.local_batch = global_batch // process_count
     self.offset = process_index * self.local_batch
     self._perm_epoch, self._perm = None, None
@@ -39,7 +40,11 @@ class StepBatcher:
     return out
 
   def batch(self, step):
-    batch = self.source.get(self.indices(step))
+    if self.random_crop:  # the source crops as it decodes: three draws per example (sources.random_crop_resize)
+      draws = np.random.default_rng([self.seed, step, 2]).random((self.global_batch, 3))
+      batch = self.source.get(self.indices(step), crop_draws=draws[self.offset:self.offset + self.local_batch])
+    else:
+      batch = self.source.get(self.indices(step))
     if self.random_flip:
       flips = np.random.default_rng([self.seed, step, 1]).random(self.global_batch) < 0.5
       flip = flips[self.offset:self.offset + self.local_batch]

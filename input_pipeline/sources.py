@@ -4,6 +4,7 @@ Images come out float32 NHWC in [-1, 1] (latents in their stored dtype, usually 
 int32. Random access by index is what lets the loader compute any step's batch from (seed, step)
 alone, so resuming needs no iterator state and every host can read its own slice.
 """
+import math
 import os
 
 import numpy as np
@@ -23,16 +24,38 @@ def resize_images(images_uint8, size):
 
 def center_crop_resize(pil_image, size):
   """A PIL image -> uint8 [size, size, C]: halved with a box filter while at least twice the size (ADM), resized
-  bicubic so the short side is `size`, then centre-cropped."""
+  bicubic so the short side is `size`, then centre-cropped (guided-diffusion's center_crop_arr)."""
+  arr = _resize_short_side(pil_image, size)
+  top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+  return arr[top:top + size, left:left + size]
+
+
+def random_crop_resize(pil_image, size, draws, min_crop_fraction=0.8):
+  """guided-diffusion's random_crop_arr (its classifier training's augmentation) with the randomness passed in:
+  `draws`, three numbers in [0, 1), pick the short side uniformly among the integers [size, ceil(size / 0.8)], to
+  which the image is resized as in `center_crop_resize`, and the top and left of a size x size crop uniformly among
+  the positions that fit. So the crop keeps 80% to 100% of the short side."""
+  lo, hi = size, math.ceil(size / min_crop_fraction)
+  short = lo + int(draws[0] * (hi - lo + 1))
+  arr = _resize_short_side(pil_image, short)
+  top, left = int(draws[1] * (arr.shape[0] - size + 1)), int(draws[2] * (arr.shape[1] - size + 1))
+  return arr[top:top + size, left:left + size]
+
+
+def _resize_short_side(pil_image, short):
+  """uint8 [H, W, C] with min(H, W) = short: box-halved while at least twice that, then bicubic."""
   from PIL import Image
-  while min(pil_image.size) >= 2 * size:
+  while min(pil_image.size) >= 2 * short:
     pil_image = pil_image.resize(tuple(s // 2 for s in pil_image.size), resample=Image.BOX)
-  scale = size / min(pil_image.size)
+  scale = short / min(pil_image.size)
   pil_image = pil_image.resize(tuple(round(s * scale) for s in pil_image.size), resample=Image.BICUBIC)
   arr = np.asarray(pil_image)
-  top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
-  arr = arr[top:top + size, left:left + size]
   return arr[..., None] if arr.ndim == 2 else arr
+
+
+def crop_resize(pil_image, size, draws=None):
+  """`random_crop_resize` with the draws of one example, or `center_crop_resize` without."""
+  return center_crop_resize(pil_image, size) if draws is None else random_crop_resize(pil_image, size, draws)
 
 
 def to_unit_range(images_uint8):
@@ -89,13 +112,15 @@ class ImageFolderSource:
   def __len__(self):
     return len(self.files)
 
-  def load_uint8(self, index):
+  def load_uint8(self, index, crop_draws=None):
     from PIL import Image
     with Image.open(self.files[index]) as img:
-      return center_crop_resize(img.convert(self.mode), self.image_size)
+      return crop_resize(img.convert(self.mode), self.image_size, crop_draws)
 
-  def get(self, indices):
-    images = np.stack([self.load_uint8(i) for i in indices])
+  def get(self, indices, crop_draws=None):
+    """crop_draws: [len(indices), 3] in [0, 1) for random crops (`random_crop_resize`); None: centre crops."""
+    images = np.stack([self.load_uint8(i, None if crop_draws is None else crop_draws[j])
+                       for j, i in enumerate(indices)])
     return {'image': to_unit_range(images), 'label': self.labels[indices]}
 
 
@@ -120,11 +145,12 @@ class TfdsSource:
   def __len__(self):
     return len(self.data)
 
-  def get(self, indices):
+  def get(self, indices, crop_draws=None):
+    """crop_draws as in `ImageFolderSource.get`."""
     from PIL import Image
     records = [self.data[int(i)] for i in indices]
-    images = np.stack([center_crop_resize(Image.fromarray(np.asarray(r['image']).squeeze()), self.image_size)
-                       for r in records])
+    images = np.stack([crop_resize(Image.fromarray(np.asarray(r['image']).squeeze()), self.image_size,
+                                   None if crop_draws is None else crop_draws[j]) for j, r in enumerate(records)])
     return {'image': to_unit_range(images), 'label': np.asarray([r['label'] for r in records], np.int32)}
 
 
