@@ -28,6 +28,7 @@ from models import build_model
 from models.conditioning import condition_from_batch, drop_condition, is_classifier
 from models.text_encoder import frozen_parameter_groups
 from sample import generate_samples, image_grid, load_classifier, make_generate_fn, write_png
+from validation import HeldOutLoss, validation_data_config
 from train_state import count_params, create_optimizer, create_state, learning_rate_schedule, state_shardings
 from writers import ProfileWindow, create_writer
 
@@ -43,10 +44,26 @@ def ema_decay(optim_config, step):
   return jnp.asarray(decay, jnp.float32)
 
 
-def batch_loss(params, inputs, dropout_rng, *, model, alphas_cumprod, config):
-  """(mean loss, extra metrics) of a (micro)batch of noised examples: `inputs` from `train_step`."""
-  out = model.apply({'params': params}, inputs['x_t'], inputs['t'], **inputs['cond'], train=True,
-                    rngs={'dropout': dropout_rng})
+def loss_inputs(batch, cond, noise_rng, alphas_cumprod, config):
+  """What the loss of a batch needs besides the params: the noised images, times, condition, and the targets and
+  weights (a classifier: the labels), drawn from noise_rng."""
+  x0 = batch['image'].astype(jnp.float32)  # latents arrive in their stored float16
+  x_t, t, target = noised_batch(noise_rng, x0, alphas_cumprod, config.diffusion)
+  inputs = {'x_t': x_t, 't': t, 'cond': cond}
+  if is_classifier(config):
+    inputs['label'] = batch['label']
+  else:
+    inputs.update(target=target, x0=x0, weight=loss_weight(
+        config.diffusion.get('loss_weighting', 'uniform'), config.diffusion.objective, alphas_cumprod,
+        t.astype(jnp.int32), config.diffusion.get('min_snr_gamma', 5.0)))
+  return inputs
+
+
+def batch_loss(params, inputs, dropout_rng, *, model, alphas_cumprod, config, train=True):
+  """(mean loss, extra metrics) of a (micro)batch of noised examples: `inputs` from `loss_inputs`; with
+  train=False the model's dropout is off (dropout_rng unused)."""
+  out = model.apply({'params': params}, inputs['x_t'], inputs['t'], **inputs['cond'], train=train,
+                    rngs={'dropout': dropout_rng} if train else {})
   if is_classifier(config):  # ADM's noisy classifier (classifier_train.py): uniform timesteps, cross-entropy
     loss, correct = classifier_loss(out, inputs['label'])
     return loss.mean(), {'accuracy': correct.mean()}
@@ -96,15 +113,7 @@ def train_step(state, batch, *, model, tx, alphas_cumprod, config, micro_shardin
   rng = jax.random.fold_in(state.rng, state.step)
   label_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
   cond = drop_condition(label_rng, condition_from_batch(batch, config), config.diffusion.label_dropout, config)
-  x0 = batch['image'].astype(jnp.float32)  # latents arrive in their stored float16
-  x_t, t, target = noised_batch(noise_rng, x0, alphas_cumprod, config.diffusion)  # no params: outside the gradient
-  inputs = {'x_t': x_t, 't': t, 'cond': cond}
-  if is_classifier(config):
-    inputs['label'] = batch['label']
-  else:
-    inputs.update(target=target, x0=x0, weight=loss_weight(
-        config.diffusion.get('loss_weighting', 'uniform'), config.diffusion.objective, alphas_cumprod,
-        t.astype(jnp.int32), config.diffusion.get('min_snr_gamma', 5.0)))
+  inputs = loss_inputs(batch, cond, noise_rng, alphas_cumprod, config)  # no params: outside the gradient
   (loss, extra), grads = accumulated_loss_and_grads(
       state.params, inputs, dropout_rng, config.train.get('grad_accum_steps', 1), micro_sharding, model=model,
       alphas_cumprod=alphas_cumprod, config=config)
@@ -215,6 +224,14 @@ def run_evaluators(config, evaluators, step, generate_fn, params, mesh, writer, 
   return results
 
 
+def run_held_out(held_out, state, step, writer):
+  """The held-out loss (validation.py) at `step`; a failure is logged and training goes on."""
+  try:
+    writer.write_scalars(step, held_out(state))
+  except Exception as e:  # as an evaluator, it must never take the run down
+    logging.exception('held-out loss failed at step %d: %s', step, e)
+
+
 def write_sample_grid(config, generate_fn, params, mesh, writer, workdir, step):
   images, _ = generate_samples(config, generate_fn, params, mesh, config.train.sample_grid, seed=0)
   grid = image_grid(images)
@@ -258,6 +275,7 @@ def restore_for_inference(config, workdir, use_ema=True):
 def train_and_evaluate(config, workdir):
   """Trains until config.train.num_steps, resuming from the newest checkpoint in workdir."""
   source = create_source(config.data)  # bad paths, datasets and weight files fail before anything is written
+  val_source = create_source(validation_data_config(config)) if config.val.every_steps else None
   evaluators = {name: (create_evaluator(name, config, ev), ev) for name, ev in config.evals.items()}
   classifier = load_classifier(config)  # guides the grids and evaluators' samples, if config.sample names one
   os.makedirs(workdir, exist_ok=True)
@@ -286,6 +304,7 @@ def train_and_evaluate(config, workdir):
                         jax.process_index(), jax.process_count(), config.data.random_crop)
   writer = create_writer(workdir, is_main)
   profile = ProfileWindow(config.train.profile_steps, os.path.join(workdir, 'tensorboard'))
+  held_out = HeldOutLoss(config, model, mesh, val_source) if val_source is not None else None
   num_steps = config.train.num_steps
   pending, last_log, last_log_step, last_saved = [], time.time(), start_step, start_step
   from tqdm import tqdm
@@ -299,6 +318,8 @@ def train_and_evaluate(config, workdir):
       last_saved = step
 
   try:
+    if held_out and start_step == 0:
+      run_held_out(held_out, state, 0, writer)
     with PreemptionFlag() as preemption:
       # Chunks end on multiples of steps_per_call, which divides every period below (validate_config), so
       # logs, grids, evaluations and checkpoints fall on chunk ends; a resume off that grid first runs a short chunk.
@@ -322,6 +343,8 @@ def train_and_evaluate(config, workdir):
         if config.train.sample_grid and config.train.sample_every and done % config.train.sample_every == 0:
           write_sample_grid(config, generate_fn, state.ema_params, mesh, writer, workdir, done)
         run_evaluators(config, evaluators, done, generate_fn, state.ema_params, mesh, writer, workdir)
+        if held_out and done % config.val.every_steps == 0:
+          run_held_out(held_out, state, done, writer)
         if done % config.train.checkpoint_every == 0:
           save(done)
         if preemption.requested:
@@ -333,6 +356,8 @@ def train_and_evaluate(config, workdir):
       save(final_step)
       if config.train.sample_grid and not (config.train.sample_every and final_step % config.train.sample_every == 0):
         write_sample_grid(config, generate_fn, state.ema_params, mesh, writer, workdir, final_step)
+      if held_out and final_step % config.val.every_steps:
+        run_held_out(held_out, state, final_step, writer)
       if evaluators:
         run_evaluators(config, {k: v for k, v in evaluators.items()
                                 if not (v[1].get('every_steps', 0) and final_step % v[1].every_steps == 0)},

@@ -151,6 +151,14 @@ def base_config():
   c.mesh.fsdp = 1
   c.mesh.min_shard_size = 2 ** 14  # parameters smaller than this stay replicated under fsdp
 
+  # Held-out loss (validation.py): the training loss of fixed, noised held-out examples, for params and EMA.
+  c.val = ml_collections.ConfigDict()
+  c.val.every_steps = 0           # and at step 0 and the end; 0: none
+  c.val.split = ''                # data.source='tfds': the held-out split, e.g. 'validation'
+  c.val.path = ''                 # image_folder / latents: the held-out directory
+  c.val.num_examples = 1000
+  c.val.batch_size = 250          # global; a multiple of the device count
+
   c.evals = ml_collections.ConfigDict()  # name -> ConfigDict(every_steps=..., num_samples=...)
 
   c.text = ml_collections.ConfigDict()  # text conditioning (models/text_encoder.py); needs data.captions
@@ -328,6 +336,8 @@ def validate_config(config):
   for name, ev in config.evals.items():
     from evaluation import check_eval_config
     check_eval_config(name, ev)
+  from validation import check_val_config
+  check_val_config(config)
   _validate_steps_per_call(config)
   return config
 
@@ -383,6 +393,7 @@ def _validate_steps_per_call(config):
   if config.train.sample_grid:
     periods['train.sample_every'] = config.train.sample_every
   periods.update({f'evals.{name}.every_steps': ev.get('every_steps', 0) for name, ev in config.evals.items()})
+  periods['val.every_steps'] = config.val.every_steps
   bad = [f'config.{path}={value}' for path, value in periods.items() if value and value % k]
   if bad:
     raise ValueError(f'config.train.steps_per_call={k} does not divide {", ".join(bad)}: a jitted call runs {k} '
