@@ -28,8 +28,8 @@ from models import build_model
 from models.conditioning import condition_from_batch, drop_condition, is_classifier
 from models.text_encoder import frozen_parameter_groups
 from sample import generate_samples, image_grid, load_classifier, make_generate_fn, write_png
-from validation import HeldOutLoss, validation_data_config
 from train_state import count_params, create_optimizer, create_state, learning_rate_schedule, state_shardings
+from validation import HeldOutLoss, held_out_source
 from writers import ProfileWindow, create_writer
 
 
@@ -275,12 +275,13 @@ def restore_for_inference(config, workdir, use_ema=True):
 def train_and_evaluate(config, workdir):
   """Trains until config.train.num_steps, resuming from the newest checkpoint in workdir."""
   source = create_source(config.data)  # bad paths, datasets and weight files fail before anything is written
-  val_source = create_source(validation_data_config(config)) if config.val.every_steps else None
+  val_source = held_out_source(config) if config.val.every_steps else None
   evaluators = {name: (create_evaluator(name, config, ev), ev) for name, ev in config.evals.items()}
   classifier = load_classifier(config)  # guides the grids and evaluators' samples, if config.sample names one
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   model, tx, mesh, abstract, shardings, store = setup(config, workdir)
+  check_grad_accum(config, mesh)  # needs the mesh: before any state is made or written
 
   state, start_step = store.restore_latest(abstract)
   if start_step is not None and start_step >= config.train.num_steps:

@@ -30,18 +30,23 @@ def validation_data_config(config):
   return data
 
 
+def held_out_source(config):
+  """The held-out data source, checked to hold config.val.num_examples examples."""
+  source = create_source(validation_data_config(config))
+  if config.val.num_examples > len(source):
+    raise ValueError(f'config.val.num_examples={config.val.num_examples} is more than the {len(source)} examples of '
+                     f'the held-out data; lower it to at most {len(source)}')
+  return source
+
+
 class HeldOutLoss:
   """`__call__(state)` -> {'val/loss': ..., 'val/ema_loss': ..., ...} over config.val.num_examples examples."""
 
   def __init__(self, config, model, mesh, source=None):
     from train import batch_loss, loss_inputs  # pylint: disable=import-outside-toplevel (train imports this module)
-    source = create_source(validation_data_config(config)) if source is None else source
-    num, batch_size = config.val.num_examples, config.val.batch_size
-    if num > len(source):
-      raise ValueError(f'config.val.num_examples={num} is more than the {len(source)} examples of the held-out data; '
-                       f'lower it to at most {len(source)}')
-    self.mesh, self.num_batches = mesh, num // batch_size
-    self.batcher = StepBatcher(source, batch_size, VAL_SEED, process_index=jax.process_index(),
+    source = held_out_source(config) if source is None else source
+    self.mesh, self.num_batches = mesh, config.val.num_examples // config.val.batch_size
+    self.batcher = StepBatcher(source, config.val.batch_size, VAL_SEED, process_index=jax.process_index(),
                                process_count=jax.process_count())
     alphas_cumprod = jnp.asarray(alphas_cumprod_for(config))
 
