@@ -129,3 +129,31 @@ def test_bad_accumulation_is_refused_with_the_numbers():
   with pytest.raises(ValueError, match=r'grad_accum_steps=8 must divide the batch of each device, 4 '
                                        r'\(config\.train\.batch_size=32 over 8 devices\)'):
     train.check_grad_accum(c, mesh)
+
+
+def test_accumulation_inside_several_steps_per_call():
+  """grad_accum_steps=2 with steps_per_call=2 (a scan of accumulating steps) makes the updates of two plain steps."""
+  def run(accum, stacked):
+    c = tiny_dit_config()
+    c.train.grad_accum_steps, c.mesh.data, c.mesh.fsdp, c.optim.warmup_steps = accum, 2, 4, 0
+    c = validate_config(c)
+    mesh = sharding_lib.create_mesh(c.mesh)
+    model, tx = build_model(c), optax.sgd(0.1)
+    _, shardings = state_shardings(c, model, tx, mesh)
+    state = create_state(c, model, tx, mesh)
+    batcher = StepBatcher(create_source(c.data), c.train.batch_size, c.seed)
+    step_fn = train.make_train_step(c, model, tx, mesh, shardings, stacked=stacked)
+    if stacked:
+      state, metrics = step_fn(state, sharding_lib.host_batch_to_global(batcher.batches(0, 2), mesh, stacked=True))
+      return jax.device_get(state.params), np.asarray(metrics['loss'])
+    losses = []
+    for step in range(2):
+      state, metrics = step_fn(state, sharding_lib.host_batch_to_global(batcher.batch(step), mesh))
+      losses.append(float(metrics['loss']))
+    return jax.device_get(state.params), np.asarray(losses)
+  params_plain, losses_plain = run(1, stacked=False)
+  params_scan, losses_scan = run(2, stacked=True)
+  np.testing.assert_allclose(losses_scan, losses_plain, rtol=2e-5)
+  assert losses_plain[0] != losses_plain[1]
+  for a, b in zip(jax.tree.leaves(params_plain), jax.tree.leaves(params_scan)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
