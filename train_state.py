@@ -8,6 +8,7 @@ import optax
 
 import sharding as sharding_lib
 from checkpoints import abstract_with_shardings
+from configs.common import LR_DECAYS
 from models.conditioning import dummy_condition
 from models.text_encoder import TEXT_ENCODER_NAME, pretrained_text_params
 
@@ -24,16 +25,24 @@ class TrainState:
 
 
 def learning_rate_schedule(optim_config):
-  """Linear warmup over warmup_steps to learning_rate, then constant; with decay_steps > 0, linearly down to 0 at
-  step decay_steps (guided-diffusion's --anneal_lr: lr * (1 - step / iterations))."""
+  """Linear warmup over warmup_steps to learning_rate, then constant, or with decay_steps > 0 (optim.decay):
+  'linear' down to 0 at step decay_steps (guided-diffusion's --anneal_lr: lr * (1 - step / iterations)), 'cosine'
+  down to 0 there (lr * (1 + cos(pi step / decay_steps)) / 2), or 'inverse_sqrt' (EDM2: lr / sqrt(max(step /
+  decay_steps, 1)), flat until decay_steps). The warmup ramp multiplies the decay."""
   lr, warmup, decay = optim_config.learning_rate, optim_config.warmup_steps, optim_config.get('decay_steps', 0)
-  if decay:
-    fraction_left = lambda step: jnp.clip(1 - step / decay, 0.0, 1.0)
-    ramp = (lambda step: jnp.minimum(1.0, step / warmup)) if warmup else (lambda step: 1.0)
-    return lambda step: lr * ramp(step) * fraction_left(step)
-  if warmup == 0:
-    return optax.constant_schedule(lr)
-  return optax.linear_schedule(0.0, lr, warmup)  # holds lr after warmup
+  kind = optim_config.get('decay', 'linear')
+  if not decay:
+    return optax.constant_schedule(lr) if warmup == 0 else optax.linear_schedule(0.0, lr, warmup)  # holds lr after
+  if kind not in LR_DECAYS:
+    raise ValueError(f'config.optim.decay={kind!r} is not one of {", ".join(LR_DECAYS)}')
+  ramp = (lambda step: jnp.minimum(1.0, step / warmup)) if warmup else (lambda step: 1.0)
+  if kind == 'linear':
+    fraction = lambda step: jnp.clip(1 - step / decay, 0.0, 1.0)
+  elif kind == 'cosine':
+    fraction = lambda step: 0.5 * (1 + jnp.cos(jnp.pi * jnp.clip(step / decay, 0.0, 1.0)))
+  else:
+    fraction = lambda step: jax.lax.rsqrt(jnp.maximum(step / decay, 1.0))
+  return lambda step: lr * ramp(step) * fraction(jnp.asarray(step, jnp.float32))
 
 
 def create_optimizer(optim_config, frozen=()):

@@ -16,6 +16,7 @@ FLOW_TIME_SAMPLING = ('uniform', 'logit_normal')
 SAMPLERS = ('ddpm', 'ddim', 'dpm++2m', 'heun', 'euler')
 PRECONDITIONINGS = ('none', 'edm')
 LOSS_WEIGHTINGS = ('uniform', 'min_snr')  # diffusion/objectives.loss_weight
+LR_DECAYS = ('linear', 'cosine', 'inverse_sqrt')  # train_state.learning_rate_schedule
 SPACINGS = ('leading', 'trailing', 'linspace')
 DDPM_VARIANCES = ('posterior', 'beta')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
@@ -90,7 +91,8 @@ def base_config():
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-4
   c.optim.warmup_steps = 0
-  c.optim.decay_steps = 0         # > 0: the learning rate falls linearly to 0 at this step (after warmup); 0: constant
+  c.optim.decay_steps = 0         # > 0: the learning rate decays (optim.decay) over the steps from 0; 0: constant
+  c.optim.decay = 'linear'        # 'linear' / 'cosine': to 0 at decay_steps; 'inverse_sqrt': / sqrt(step / decay_steps)
   c.optim.weight_decay = 0.0
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
@@ -263,6 +265,7 @@ def validate_config(config):
   _choice(config, 'sample.sampler', SAMPLERS)
   _choice(config, 'diffusion.preconditioning', PRECONDITIONINGS)
   _choice(config, 'diffusion.loss_weighting', LOSS_WEIGHTINGS)
+  _choice(config, 'optim.decay', LR_DECAYS)
   _choice(config, 'sample.spacing', SPACINGS)
   _choice(config, 'sample.ddpm_variance', DDPM_VARIANCES)
   _choice(config, 'train.compute_dtype', COMPUTE_DTYPES)
