@@ -85,21 +85,38 @@ def microbatches(x, k, sharding=None):
 
 def accumulated_loss_and_grads(params, inputs, dropout_rng, k, micro_sharding, **kwargs):
   """((loss, extra), grads) of the whole batch as the mean over k equal microbatches, one at a time in a
-  `lax.scan` (activations of B / k examples live at once; gradients accumulate in the params' float32)."""
+  `lax.scan` (activations of B / k examples live at once; gradients accumulate in the params' float32).
+
+  On a data-parallel mesh (fsdp = 1, data > 1) the scan runs on each device's rows (a `shard_map` over 'data') and the
+  gradients are averaged across devices once per update, as DDP's no_sync does; XLA would otherwise all-reduce them
+  after every microbatch. With fsdp > 1 the gradients are reduce-scattered per microbatch, as in PyTorch's FSDP."""
   grad_fn = jax.value_and_grad(functools.partial(batch_loss, **kwargs), has_aux=True)
   if k == 1:
     return grad_fn(params, inputs, dropout_rng)
-  micro = jax.tree.map(lambda x: microbatches(x, k, micro_sharding), inputs)
+  mesh = None if micro_sharding is None else micro_sharding.mesh
+  per_device = mesh is not None and mesh.shape['fsdp'] == 1 and mesh.shape['data'] > 1
 
-  def add_microbatch(total, i_and_inputs):
-    i, mb = i_and_inputs
-    value = grad_fn(params, mb, jax.random.fold_in(dropout_rng, i))
-    return jax.tree.map(jnp.add, total, value), None
+  def accumulate(params, inputs, dropout_rng):
+    if per_device:  # each device's rows draw their own dropout masks
+      dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index('data'))
+    micro = jax.tree.map(lambda x: microbatches(x, k, None if per_device else micro_sharding), inputs)
 
-  shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), dropout_rng)
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-  total, _ = jax.lax.scan(add_microbatch, zeros, (jnp.arange(k), micro))
-  return jax.tree.map(lambda x: x / k, total)
+    def add_microbatch(total, i_and_inputs):
+      i, mb = i_and_inputs
+      value = grad_fn(params, mb, jax.random.fold_in(dropout_rng, i))
+      return jax.tree.map(jnp.add, total, value), None
+
+    shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), dropout_rng)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    total, _ = jax.lax.scan(add_microbatch, zeros, (jnp.arange(k), micro))
+    mean = jax.tree.map(lambda x: x / k, total)
+    return jax.lax.pmean(mean, 'data') if per_device else mean
+
+  if not per_device:
+    return accumulate(params, inputs, dropout_rng)
+  P = jax.sharding.PartitionSpec
+  return jax.shard_map(accumulate, mesh=mesh, in_specs=(P(), P('data'), P()), out_specs=P(), check_vma=False)(
+      params, inputs, dropout_rng)
 
 
 def train_step(state, batch, *, model, tx, alphas_cumprod, config, micro_sharding=None):
