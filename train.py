@@ -166,7 +166,7 @@ def train_steps(state, batches, **kwargs):
 
 def make_train_step(config, model, tx, mesh, shardings, stacked=False):
   """The jitted `train_step`, or with `stacked` `train_steps` (any k; each new k compiles once)."""
-  check_grad_accum(config, mesh)
+  check_batch_sizes(config, mesh)
   step_fn = functools.partial(train_steps if stacked else train_step, model=model, tx=tx,
                               alphas_cumprod=jnp.asarray(alphas_cumprod_for(config)), config=config,
                               micro_sharding=sharding_lib.batch_sharding(mesh, stacked=True))
@@ -174,14 +174,22 @@ def make_train_step(config, model, tx, mesh, shardings, stacked=False):
                  out_shardings=(shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
 
 
-def check_grad_accum(config, mesh):
-  """Each device's share of the batch must split into grad_accum_steps equal microbatches."""
-  k, batch = config.train.get('grad_accum_steps', 1), config.train.batch_size
-  if batch % mesh.size == 0 and (batch // mesh.size) % k:
+def check_batch_sizes(config, mesh):
+  """The train (and held-out) batches split evenly over the mesh's devices, and each device's share of the train batch
+  into grad_accum_steps equal microbatches."""
+  k, batch, devices = config.train.get('grad_accum_steps', 1), config.train.batch_size, mesh.size
+  sizes = {'train.batch_size': batch}
+  if config.get('val') and config.val.every_steps:
+    sizes['val.batch_size'] = config.val.batch_size
+  for field, size in sizes.items():
+    if size % devices:
+      raise ValueError(f'config.{field}={size} does not split over the {devices} devices of the mesh: make it a '
+                       f'multiple of {devices}')
+  if (batch // devices) % k:
     raise ValueError(f'config.train.grad_accum_steps={k} must divide the batch of each device, '
-                     f'{batch // mesh.size} (config.train.batch_size={batch} over {mesh.size} devices): choose a '
-                     f'grad_accum_steps that divides {batch // mesh.size}, or a batch_size that is a multiple of '
-                     f'{k * mesh.size}')
+                     f'{batch // devices} (config.train.batch_size={batch} over {devices} devices): choose a '
+                     f'grad_accum_steps that divides {batch // devices}, or a batch_size that is a multiple of '
+                     f'{k * devices}')
 
 
 class PreemptionFlag:
@@ -298,7 +306,7 @@ def train_and_evaluate(config, workdir):
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   model, tx, mesh, abstract, shardings, store = setup(config, workdir)
-  check_grad_accum(config, mesh)  # needs the mesh: before any state is made or written
+  check_batch_sizes(config, mesh)  # needs the mesh: before any state is made or written
 
   state, start_step = store.restore_latest(abstract)
   if start_step is not None and start_step >= config.train.num_steps:

@@ -159,7 +159,11 @@ def test_bad_accumulation_is_refused_with_the_numbers():
   mesh = sharding_lib.create_mesh(c.mesh)
   with pytest.raises(ValueError, match=r'grad_accum_steps=8 must divide the batch of each device, 4 '
                                        r'\(config\.train\.batch_size=32 over 8 devices\)'):
-    train.check_grad_accum(c, mesh)
+    train.check_batch_sizes(c, mesh)
+  c.train.grad_accum_steps, c.train.batch_size = 1, 12
+  with pytest.raises(ValueError, match=r'config\.train\.batch_size=12 does not split over the 8 devices of the mesh: '
+                                       r'make it a multiple of 8'):
+    train.check_batch_sizes(c, mesh)
 
 
 def test_accumulation_inside_several_steps_per_call():
