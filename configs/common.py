@@ -43,6 +43,7 @@ def base_config():
   c.data.num_classes = 10
   c.data.random_flip = False
   c.data.random_crop = False      # ADM's classifier augmentation: a crop of 80-100% of the short side (decoded sources)
+  c.data.num_workers = 8          # threads decoding and resizing images (image_folder, tfds)
   c.data.prefetch = 2             # host batches (chunks of train.steps_per_call steps) prepared ahead by a thread
   # Captions (text-to-image): batches also carry 'tokens' int32 [B, max_tokens] (input_pipeline/captions.py).
   c.data.captions = False
@@ -275,7 +276,8 @@ def validate_config(config):
   for path in ('data.image_size', 'data.channels', 'diffusion.num_timesteps', 'train.num_steps',
                'train.batch_size', 'train.log_every', 'train.keep_checkpoints', 'sample.num_steps',
                'sample.num_samples', 'sample.batch_size', 'train.checkpoint_every', 'diffusion.sigma_data',
-               'sample.karras_rho', 'sample.flow_shift', 'train.steps_per_call', 'train.grad_accum_steps'):
+               'sample.karras_rho', 'sample.flow_shift', 'train.steps_per_call', 'train.grad_accum_steps',
+               'data.num_workers'):
     _positive(config, path)
   for path in ('data.num_classes', 'optim.warmup_steps', 'optim.decay_steps', 'optim.weight_decay', 'optim.grad_clip',
                'train.sample_every', 'train.sample_grid', 'train.profile_steps', 'mesh.min_shard_size', 'sample.eta',

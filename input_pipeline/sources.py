@@ -4,6 +4,8 @@ Images come out float32 NHWC in [-1, 1] (latents in their stored dtype, usually 
 int32. Random access by index is what lets the loader compute any step's batch from (seed, step)
 alone, so resuming needs no iterator state and every host can read its own slice.
 """
+import concurrent.futures
+import functools
 import math
 import os
 
@@ -58,6 +60,18 @@ def crop_resize(pil_image, size, draws=None):
   return center_crop_resize(pil_image, size) if draws is None else random_crop_resize(pil_image, size, draws)
 
 
+def map_threads(fn, items, num_workers):
+  """[fn(x) for x in items] on num_workers threads, in order: PIL releases the GIL while it decodes and resizes."""
+  if num_workers <= 1 or len(items) <= 1:
+    return [fn(x) for x in items]
+  return list(_thread_pool(num_workers).map(fn, items))
+
+
+@functools.lru_cache(maxsize=None)
+def _thread_pool(num_workers):
+  return concurrent.futures.ThreadPoolExecutor(num_workers, thread_name_prefix='decode')
+
+
 def to_unit_range(images_uint8):
   return images_uint8.astype(np.float32) / 127.5 - 1.0
 
@@ -92,7 +106,7 @@ def digits_source(image_size=8, channels=1):
 class ImageFolderSource:
   """root/<class name>/<image files>; classes sorted by name get labels 0, 1, ...; decoded on demand."""
 
-  def __init__(self, root, image_size, channels=3):
+  def __init__(self, root, image_size, channels=3, num_workers=1):
     if not os.path.isdir(root):
       raise FileNotFoundError(f'config.data.path={root!r} is not a directory; point it at a folder with one '
                               'subfolder of images per class')
@@ -107,7 +121,7 @@ class ImageFolderSource:
       raise ValueError(f'config.data.path={root!r} holds no images in class subfolders '
                        f'(looked for {", ".join(IMAGE_EXTENSIONS)} files in <path>/<class>/)')
     self.labels = np.asarray(labels, np.int32)
-    self.image_size, self.mode = image_size, 'L' if channels == 1 else 'RGB'
+    self.image_size, self.mode, self.num_workers = image_size, 'L' if channels == 1 else 'RGB', num_workers
 
   def __len__(self):
     return len(self.files)
@@ -119,15 +133,15 @@ class ImageFolderSource:
 
   def get(self, indices, crop_draws=None):
     """crop_draws: [len(indices), 3] in [0, 1) for random crops (`random_crop_resize`); None: centre crops."""
-    images = np.stack([self.load_uint8(i, None if crop_draws is None else crop_draws[j])
-                       for j, i in enumerate(indices)])
+    images = np.stack(map_threads(lambda j: self.load_uint8(indices[j], None if crop_draws is None else crop_draws[j]),
+                                  range(len(indices)), self.num_workers))
     return {'image': to_unit_range(images), 'label': self.labels[indices]}
 
 
 class TfdsSource:
   """A TFDS dataset read by index through `tfds.data_source` (TensorFlow-free, ArrayRecord files)."""
 
-  def __init__(self, name, split, image_size):
+  def __init__(self, name, split, image_size, num_workers=1):
     try:
       import tensorflow_datasets as tfds
     except ImportError as e:
@@ -139,7 +153,7 @@ class TfdsSource:
       raise RuntimeError(f'could not open TFDS dataset {name!r} split {split!r} for random access ({e}). '
                          f'Prepare it once in ArrayRecord format: tfds build {name} --file_format=array_record '
                          '(ImageNet needs its archives in the manual_dir first; see the TFDS catalog)') from e
-    self.image_size = image_size
+    self.image_size, self.num_workers = image_size, num_workers
     self.labels = None
 
   def __len__(self):
@@ -148,9 +162,10 @@ class TfdsSource:
   def get(self, indices, crop_draws=None):
     """crop_draws as in `ImageFolderSource.get`."""
     from PIL import Image
-    records = [self.data[int(i)] for i in indices]
-    images = np.stack([crop_resize(Image.fromarray(np.asarray(r['image']).squeeze()), self.image_size,
-                                   None if crop_draws is None else crop_draws[j]) for j, r in enumerate(records)])
+    records = [self.data[int(i)] for i in indices]  # read in this thread; the resizing runs on num_workers
+    images = np.stack(map_threads(
+        lambda j: crop_resize(Image.fromarray(np.asarray(records[j]['image']).squeeze()), self.image_size,
+                              None if crop_draws is None else crop_draws[j]), range(len(records)), self.num_workers))
     return {'image': to_unit_range(images), 'label': np.asarray([r['label'] for r in records], np.int32)}
 
 
@@ -172,12 +187,13 @@ def _base_source(data_config):
   if kind == 'digits':
     return digits_source(data_config.image_size, data_config.channels)
   if kind == 'image_folder':
-    return ImageFolderSource(data_config.path, data_config.image_size, data_config.channels)
+    return ImageFolderSource(data_config.path, data_config.image_size, data_config.channels,
+                             data_config.get('num_workers', 1))
   if kind == 'tfds':
     if data_config.get('captions', False) and data_config.name.split(':')[0] == 'coco_captions':
       from input_pipeline.captions import CocoCaptionsSource
       return CocoCaptionsSource(data_config.name, data_config.split, data_config.image_size)
-    return TfdsSource(data_config.name, data_config.split, data_config.image_size)
+    return TfdsSource(data_config.name, data_config.split, data_config.image_size, data_config.get('num_workers', 1))
   if kind == 'latents':
     from input_pipeline.latents import LatentSource
     return LatentSource(data_config.path, data_config.image_size, data_config.channels,

@@ -83,3 +83,16 @@ def test_random_crop_needs_a_decoding_source(tmp_path):
     validate_config(c)
   from configs.adm_classifier import get_config
   assert get_config('64').data.random_crop  # as guided-diffusion's classifier_train.py
+
+
+def test_decoding_threads_give_the_same_batch(tmp_path):
+  """data.num_workers threads decode in order: the batch is that of one thread, crops included."""
+  from input_pipeline.sources import ImageFolderSource
+  c = image_folder(tmp_path)
+  one, four = (ImageFolderSource(c.data.path, 16, 3, num_workers=n) for n in (1, 4))
+  indices = np.asarray([5, 0, 11, 3, 3, 7])
+  draws = np.random.default_rng(0).random((6, 3))
+  for crop in (None, draws):
+    a, b = one.get(indices, crop), four.get(indices, crop)
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
