@@ -73,11 +73,7 @@ class HeldOutLoss:
 
 def check_val_config(config):
   """config.val: held-out data the training source can read, batches that divide the examples."""
-  val = config.val
-  for field in ('every_steps', 'num_examples', 'batch_size'):
-    if val[field] < 0 or (field != 'every_steps' and val[field] == 0):
-      raise ValueError(f'config.val.{field}={val[field]} must be positive' + (' (or 0: no held-out loss)'
-                                                                             if field == 'every_steps' else ''))
+  val = config.val  # (the sizes are checked positive with the other sizes, in configs.common.validate_config)
   if not val.every_steps:
     return
   source = config.data.source

@@ -277,11 +277,11 @@ def validate_config(config):
                'train.batch_size', 'train.log_every', 'train.keep_checkpoints', 'sample.num_steps',
                'sample.num_samples', 'sample.batch_size', 'train.checkpoint_every', 'diffusion.sigma_data',
                'sample.karras_rho', 'sample.flow_shift', 'train.steps_per_call', 'train.grad_accum_steps',
-               'data.num_workers'):
+               'data.num_workers', 'val.num_examples', 'val.batch_size'):
     _positive(config, path)
   for path in ('data.num_classes', 'optim.warmup_steps', 'optim.decay_steps', 'optim.weight_decay', 'optim.grad_clip',
                'train.sample_every', 'train.sample_grid', 'train.profile_steps', 'mesh.min_shard_size', 'sample.eta',
-               'data.prefetch', 'sample.karras_sigma_max'):
+               'data.prefetch', 'sample.karras_sigma_max', 'val.every_steps'):
     _positive(config, path, allow_zero=True)
   if config.train.batch_size % config.train.grad_accum_steps:
     raise ValueError(f'config.train.grad_accum_steps={config.train.grad_accum_steps} must divide '
