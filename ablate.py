@@ -349,13 +349,16 @@ def sample_run(run, workdir, cache):
   from train import restore_for_inference
   config = run.config
   model_workdir = os.path.abspath(cache['model_workdirs'][run.name])
-  if ('model', model_workdir) not in cache:
+  # Runs may sample other weights of the model: params, EMA, or a post-hoc EMA of another width or step (ema.py).
+  weights = ('model', model_workdir, config.sample.use_ema, config.sample.ema_sigma_rel, config.sample.ema_step)
+  if weights not in cache:
     cache.pop(cache.pop('last_model', None), None)  # keep one model in memory
-    cache['model', model_workdir] = restore_for_inference(config, model_workdir, use_ema=config.sample.use_ema)
-    cache['last_model'] = ('model', model_workdir)
-  model, params, step, mesh = cache['model', model_workdir]
-  # The guidance scale is a traced argument: runs that differ only in it share one compilation.
-  key = model_workdir + json.dumps({k: v for k, v in config.sample.to_dict().items() if k != 'guidance_scale'},
+    cache[weights] = restore_for_inference(config, model_workdir, use_ema=config.sample.use_ema)
+    cache['last_model'] = weights
+  model, params, step, mesh = cache[weights]
+  # The guidance scale and the weights are arguments: runs that differ only in them share one compilation.
+  traced = ('guidance_scale', 'use_ema', 'ema_sigma_rel', 'ema_step')
+  key = model_workdir + json.dumps({k: v for k, v in config.sample.to_dict().items() if k not in traced},
                                    sort_keys=True, default=str)
   if key not in cache:
     cache[key] = make_generate_fn(config, model, mesh)

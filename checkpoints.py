@@ -4,7 +4,11 @@ Each checkpoint holds the whole TrainState (params, EMA, optimizer state, step, 
 update counters) and a JSON record of the model signature. The input pipeline needs no state of
 its own: its batches are a function of (seed, step). Orbax writes into a temporary directory and
 renames it when complete, so a process killed mid-save leaves the previous checkpoint intact.
+The power-function EMAs (TrainState.power_ema, ema.py) are an item of their own, 'power_ema', written only when
+the run tracks some: the 'state' item has the layout of checkpoints written before they existed, which restore
+as they are, and sampling restores it alone.
 """
+import dataclasses
 import errno
 import json
 import logging
@@ -20,6 +24,8 @@ def model_signature(config):
                'channels': config.data.channels, 'num_classes': config.data.num_classes}
   if config.diffusion.get('learn_sigma', False):  # twice the output channels
     signature['learn_sigma'] = True
+  if config.optim.ema_sigma_rels:  # the power-function EMAs a resume restores (sampling ignores them)
+    signature['ema_sigma_rels'] = [float(s) for s in config.optim.ema_sigma_rels]
   text = config.get('text')
   if text is not None and text.get('encoder', ''):  # text models: the tower, the tokenizer and their use of labels
     signature['text'] = {k: text[k] for k in ('encoder', 'width', 'depth', 'num_heads', 'mlp_ratio', 'use_labels')}
@@ -32,9 +38,14 @@ def _json_normal(x):
   return json.loads(json.dumps(x))
 
 
-def signature_mismatch(saved, expected):
-  """Human-readable differences between two signatures ('' if they match)."""
+# Signature fields that only a resume needs: sampling and evaluation ignore them.
+TRAINING_ONLY_FIELDS = ('ema_sigma_rels',)
+
+
+def signature_mismatch(saved, expected, ignore=()):
+  """Human-readable differences between two signatures ('' if they match), leaving out the keys in `ignore`."""
   saved, expected = _json_normal(saved), _json_normal(expected)
+  saved, expected = ({k: v for k, v in d.items() if k not in ignore} for d in (saved, expected))
   diffs = []
   for key in sorted(set(saved) | set(expected)):
     a, b = saved.get(key), expected.get(key)
@@ -47,10 +58,32 @@ def signature_mismatch(saved, expected):
   return '; '.join(diffs)
 
 
-class CheckpointStore:
+def _is_train_state(state):
+  return dataclasses.is_dataclass(state) and hasattr(state, 'power_ema')
 
-  def __init__(self, workdir, keep=3):
-    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+
+def _items(state):
+  """The checkpoint items of a state: a TrainState's power-function EMAs apart (when it has some), any other
+  pytree as the 'state' item."""
+  if not _is_train_state(state):
+    return {'state': state}
+  items = {'state': {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if f.name != 'power_ema'}}
+  if state.power_ema:
+    items['power_ema'] = list(state.power_ema)
+  return items
+
+
+def _from_items(abstract_state, restored):
+  if not _is_train_state(abstract_state):
+    return restored['state']
+  return type(abstract_state)(**restored['state'], power_ema=tuple(restored.get('power_ema', ())))
+
+
+class CheckpointStore:
+  """<workdir>/<name>: orbax steps, the newest `keep` kept (None: all), each with a JSON signature."""
+
+  def __init__(self, workdir, keep=3, name='checkpoints'):
+    self.directory = os.path.abspath(os.path.join(workdir, name))
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -58,9 +91,10 @@ class CheckpointStore:
     return sorted(self.manager.all_steps())
 
   def save(self, step, state, signature):
+    items = {name: ocp.args.StandardSave(tree) for name, tree in _items(state).items()}
     try:
-      self.manager.save(int(step), args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(_json_normal(signature))), force=True)
+      self.manager.save(int(step), args=ocp.args.Composite(meta=ocp.args.JsonSave(_json_normal(signature)), **items),
+                        force=True)
       self.manager.wait_until_finished()
     except OSError as e:
       previous = [s for s in self.steps() if s != step]
@@ -69,17 +103,23 @@ class CheckpointStore:
       raise RuntimeError(f'saving the checkpoint of step {step} to {self.directory} failed: {reason}; {kept}. '
                          'Free space (or point --workdir elsewhere) and restart to resume.') from e
 
+  def restore(self, step, abstract_state):
+    """The state of `step`, placed as abstract_state's shardings (jax.ShapeDtypeStruct with .sharding)."""
+    items = {name: ocp.args.StandardRestore(tree) for name, tree in _items(abstract_state).items()}
+    return _from_items(abstract_state, self.manager.restore(step, args=ocp.args.Composite(**items)))
+
   def read_signature(self, step):
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
-  def check_signature(self, expected):
-    """Raises if the newest checkpoint was written by a different model; returns quietly otherwise."""
+  def check_signature(self, expected, ignore=()):
+    """Raises if the newest checkpoint was written by a different model (comparing the signature but the keys in
+    `ignore`); returns quietly otherwise."""
     for step in reversed(self.steps()):
       try:
         saved = self.read_signature(step)
       except Exception:  # unreadable metadata: restore_latest reports it and falls back
         continue
-      diff = signature_mismatch(saved, expected)
+      diff = signature_mismatch(saved, expected, ignore)
       if diff:
         raise ValueError(f'{self.directory} holds checkpoints of a different model (step {step}): {diff}. '
                          'Use a new --workdir, or restore the config that wrote them; nothing was changed.')
@@ -95,9 +135,7 @@ class CheckpointStore:
     steps = self.steps()
     for step in reversed(steps):
       try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state)))
-        return restored['state'], step
+        return self.restore(step, abstract_state), step
       except Exception as e:
         logging.warning('checkpoint of step %d in %s could not be restored (%s: %s); trying the previous one',
                         step, self.directory, type(e).__name__, str(e).splitlines()[0] if str(e) else '')

@@ -57,7 +57,8 @@ def write_pretrained_checkpoint(config, workdir, params):
     params = jax.tree.map(place, params, shardings.params, abstract.params)  # the host copies are freed here
     # the state is built around the imported params (donated): no random initialisation to hold beside them
     rng = jax.random.split(jax.random.PRNGKey(config.seed))[1]  # as train_state.init_state's
-    state = jax.jit(lambda p: state_from_params(p, tx, rng), out_shardings=shardings, donate_argnums=0)(params)
+    state = jax.jit(lambda p: state_from_params(p, tx, rng, len(config.optim.ema_sigma_rels)),
+                    out_shardings=shardings, donate_argnums=0)(params)
     del params
     store.save(0, state, model_signature(config))
     if jax.process_index() == 0:

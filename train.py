@@ -17,11 +17,12 @@ import numpy as np
 import optax
 
 import sharding as sharding_lib
-from checkpoints import CheckpointStore, model_signature
+from checkpoints import TRAINING_ONLY_FIELDS, CheckpointStore, model_signature
 from diffusion.classifier_guidance import classifier_loss
 from diffusion.learned_variance import hybrid_loss_per_example
 from diffusion.objectives import loss_weight, mse_per_example, noised_batch
 from diffusion.schedules import alphas_cumprod_for
+import ema as ema_lib
 from evaluation import create_evaluator
 from input_pipeline import StepBatcher, create_source, prefetch_batches
 from models import build_model
@@ -35,13 +36,6 @@ from writers import ProfileWindow, create_writer
 
 class NonFiniteError(RuntimeError):
   pass
-
-
-def ema_decay(optim_config, step):
-  decay = optim_config.ema_decay
-  if optim_config.ema_warmup:
-    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
-  return jnp.asarray(decay, jnp.float32)
 
 
 def loss_inputs(batch, cond, noise_rng, alphas_cumprod, config):
@@ -121,7 +115,7 @@ def accumulated_loss_and_grads(params, inputs, dropout_rng, k, micro_sharding, *
 
 def train_step(state, batch, *, model, tx, alphas_cumprod, config, micro_sharding=None):
   """One update: noise the batch, regress the target (a classifier: predict the label of the noised image), AdamW,
-  EMA; a non-finite loss or gradient leaves params, EMA and optimizer state unchanged and is counted.
+  EMA (and the power-function EMAs of ema.py); a non-finite loss or gradient leaves params, EMA and optimizer state unchanged and is counted.
 
   With config.train.grad_accum_steps = k > 1 the gradient is the mean over k microbatches of the batch, taken one
   after the other: the times, noise and label dropout are drawn for the whole batch as with k = 1, so the update is
@@ -137,14 +131,16 @@ def train_step(state, batch, *, model, tx, alphas_cumprod, config, micro_shardin
   grad_norm = optax.tree_utils.tree_norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  decay = ema_decay(config.optim, state.step)
+  decay = ema_lib.ema_decay(config.optim, state.step)
   ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
+  gammas = [ema_lib.sigma_rel_to_gamma(s) for s in ema_lib.power_ema_sigma_rels(config)]
+  power_ema = ema_lib.update_power_emas(state.power_ema, params, gammas, state.step)
 
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   new_state = state.replace(
       step=state.step + 1, params=keep(params, state.params), ema_params=keep(ema, state.ema_params),
-      opt_state=keep(opt_state, state.opt_state),
+      opt_state=keep(opt_state, state.opt_state), power_ema=keep(power_ema, state.power_ema),
       nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32),
       first_nonfinite_step=jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step,
                                      state.first_nonfinite_step))
@@ -268,14 +264,15 @@ def write_sample_grid(config, generate_fn, params, mesh, writer, workdir, step):
     logging.info('wrote %s', path)
 
 
-def setup(config, workdir):
-  """Model, optimizer, mesh, shardings, checkpoint store; refuses a workdir of another model."""
+def setup(config, workdir, training=True):
+  """Model, optimizer, mesh, shardings, checkpoint store; refuses a workdir of another model (for inference, one of
+  the same model trained with other settings of the signature's TRAINING_ONLY_FIELDS is fine)."""
   model = build_model(config)
   tx = create_optimizer(config.optim, frozen_parameter_groups(config))
   mesh = sharding_lib.create_mesh(config.mesh)
   abstract, shardings = state_shardings(config, model, tx, mesh)
   store = CheckpointStore(workdir, config.train.keep_checkpoints)
-  store.check_signature(model_signature(config))
+  store.check_signature(model_signature(config), ignore=() if training else TRAINING_ONLY_FIELDS)
   return model, tx, mesh, abstract, shardings, store
 
 
@@ -286,12 +283,20 @@ def write_config(config, workdir):
 
 
 def restore_for_inference(config, workdir, use_ema=True):
-  """(model, params, step, mesh) from the newest checkpoint in workdir, for sampling and evaluation."""
+  """(model, params, step, mesh) from the newest checkpoint in workdir, for sampling and evaluation: its EMA, or
+  with use_ema=False its params; with config.sample.ema_sigma_rel > 0 the power-function EMA of that width rebuilt
+  from the run's snapshots (ema.py), and step is the snapshot step."""
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise FileNotFoundError(f'no checkpoints in {workdir}/checkpoints; train first with --mode=train '
                             f'--workdir={workdir}')
-  model, tx, mesh, abstract, _, store = setup(config, workdir)
-  state, step = store.restore_latest(abstract)
+  model, tx, mesh, abstract, _, store = setup(config, workdir, training=False)
+  try:
+    if use_ema and config.sample.ema_sigma_rel:
+      params, step = ema_lib.reconstruct(config, workdir, abstract.params, mesh)
+      return model, params, step, mesh
+    state, step = store.restore_latest(abstract.replace(power_ema=()))
+  finally:
+    store.close()
   if state is None:
     raise FileNotFoundError(f'{workdir}/checkpoints holds no checkpoint; train first with --mode=train')
   return model, state.ema_params if use_ema else state.params, step, mesh
@@ -331,6 +336,8 @@ def train_and_evaluate(config, workdir):
   writer = create_writer(workdir, is_main)
   profile = ProfileWindow(config.train.profile_steps, os.path.join(workdir, 'tensorboard'))
   held_out = HeldOutLoss(config, model, mesh, val_source) if val_source is not None else None
+  sigma_rels, snapshot_every = ema_lib.power_ema_sigma_rels(config), config.train.ema_snapshot_every
+  snapshots = ema_lib.snapshot_store(workdir) if sigma_rels else None
   num_steps = config.train.num_steps
   pending, last_log, last_log_step, last_saved = [], time.time(), start_step, start_step
   from tqdm import tqdm
@@ -371,6 +378,8 @@ def train_and_evaluate(config, workdir):
         run_evaluators(config, evaluators, done, generate_fn, state.ema_params, mesh, writer, workdir)
         if held_out and done % config.val.every_steps == 0:
           run_held_out(held_out, state, done, writer)
+        if snapshots and done % snapshot_every == 0:
+          ema_lib.save_snapshot(snapshots, done, state, sigma_rels)
         if done % config.train.checkpoint_every == 0:
           save(done)
         if preemption.requested:
@@ -379,6 +388,8 @@ def train_and_evaluate(config, workdir):
                           done)
           return state
       final_step = int(state.step)
+      if snapshots and final_step % snapshot_every:
+        ema_lib.save_snapshot(snapshots, final_step, state, sigma_rels)
       save(final_step)
       if config.train.sample_grid and not (config.train.sample_every and final_step % config.train.sample_every == 0):
         write_sample_grid(config, generate_fn, state.ema_params, mesh, writer, workdir, final_step)
@@ -395,3 +406,5 @@ def train_and_evaluate(config, workdir):
     writer.flush()
     writer.close()
     store.close()
+    if snapshots:
+      snapshots.close()

@@ -21,6 +21,9 @@ class TrainState:
   rng: jax.Array                  # raw uint32[2] key; step keys are fold_in(rng, step)
   nonfinite_count: jax.Array      # updates dropped because the loss or gradient was not finite
   first_nonfinite_step: jax.Array  # -1 until one happens
+  # EDM2's power-function EMAs, one params tree per config.optim.ema_sigma_rels (ema.py); () without them. Their own
+  # checkpoint item (checkpoints.py), so the 'state' item keeps its layout and sampling never needs them.
+  power_ema: tuple = ()
 
 
 def learning_rate_schedule(optim_config):
@@ -72,14 +75,17 @@ def abstract_params(config, model):
 def init_state(config, model, tx, seed):
   x, t, cond = dummy_inputs(config)
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
-  return state_from_params(model.init(init_rng, x, t, **cond)['params'], tx, state_rng)
+  return state_from_params(model.init(init_rng, x, t, **cond)['params'], tx, state_rng,
+                           len(config.optim.ema_sigma_rels))
 
 
-def state_from_params(params, tx, rng):
-  """Step 0 with these params (EMA a copy of them) and a fresh optimizer state."""
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=jax.tree.map(jnp.copy, params),
-                    opt_state=tx.init(params), rng=rng, nonfinite_count=jnp.zeros((), jnp.int32),
-                    first_nonfinite_step=jnp.full((), -1, jnp.int32))
+def state_from_params(params, tx, rng, num_power_emas=0):
+  """Step 0 with these params (the EMAs copies of them: a power-function EMA's first update replaces it) and a fresh
+  optimizer state."""
+  copy = lambda: jax.tree.map(jnp.copy, params)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=copy(), opt_state=tx.init(params),
+                    rng=rng, nonfinite_count=jnp.zeros((), jnp.int32), first_nonfinite_step=jnp.full((), -1, jnp.int32),
+                    power_ema=tuple(copy() for _ in range(num_power_emas)))
 
 
 def state_shardings(config, model, tx, mesh):

@@ -100,6 +100,9 @@ def base_config():
   c.optim.grad_clip = 1.0         # global norm; 0 disables
   c.optim.ema_decay = 0.9999
   c.optim.ema_warmup = False      # decay min(ema_decay, (1 + step) / (10 + step))
+  # EDM2's power-function EMAs (ema.py): the widths sigma_rel tracked beside the EMA above, e.g. (0.05, 0.1), and
+  # snapshot every train.ema_snapshot_every steps; sampling rebuilds any other width from them (sample.ema_sigma_rel).
+  c.optim.ema_sigma_rels = ()
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 400_000
@@ -116,6 +119,7 @@ def base_config():
   c.train.sample_every = 10_000   # PNG grid of EMA samples; 0 disables
   c.train.sample_grid = 64         # images in each grid; 0 disables grids
   c.train.profile_steps = 0       # a jax.profiler trace of this many steps after the first call, in tensorboard/
+  c.train.ema_snapshot_every = 0  # power-function EMA snapshots (optim.ema_sigma_rels) in ema_snapshots/, kept
   c.train.nonfinite = 'stop'      # 'stop': error naming the step; 'skip': drop the update, count it
   # Steps per jitted call (a scan over k stacked batches, one host round trip): the same updates as k calls; helps
   # when steps are short (docs/performance.md), but not for conv nets on CPU (XLA:CPU runs them ~20x slower in a
@@ -140,6 +144,8 @@ def base_config():
   c.sample.batch_size = 250
   c.sample.seed = 1
   c.sample.use_ema = True
+  c.sample.ema_sigma_rel = 0.0    # > 0: the power-function EMA of this width rebuilt from the snapshots (ema.py)
+  c.sample.ema_step = 0           # ... at this snapshot step; 0 = the newest
   # Classifier guidance (ADM; diffusion/classifier_guidance.py): the workdir of a noisy classifier (model
   # 'adm_classifier', trained or imported there) whose gradient scale * d log p(y | x_t) / d x_t steers sampling.
   c.sample.classifier_workdir = ''  # '' = none
@@ -343,6 +349,8 @@ def validate_config(config):
     check_eval_config(name, ev)
   from validation import check_val_config
   check_val_config(config)
+  from ema import check_ema_config
+  check_ema_config(config)
   _validate_steps_per_call(config)
   return config
 

@@ -138,7 +138,7 @@ def run_eval_job(config, workdir, samples=None, name=None, overwrite=False):
   """--mode=eval: evaluates `samples` (an npz) or fresh samples of the newest checkpoint; returns the record.
 
   The result goes to <workdir>/eval/<name>.json, name defaulting to the npz's file name without extension,
-  or to step_<checkpoint step> for fresh samples; scalars are written at the checkpoint's step (0 for an npz).
+  or to step_<checkpoint step> for fresh samples (step_<snapshot step>_ema<sigma_rel> for a post-hoc EMA); scalars are written at the checkpoint's step (0 for an npz).
   """
   hint = '--eval_name=<another name>'
   if samples:
@@ -152,7 +152,8 @@ def run_eval_job(config, workdir, samples=None, name=None, overwrite=False):
   else:
     from train import restore_for_inference  # pylint: disable=import-outside-toplevel
     model, params, step, mesh = restore_for_inference(config, workdir, use_ema=config.sample.use_ema)
-    name = name or f'step_{step:08d}'
+    sigma_rel = config.sample.ema_sigma_rel  # a post-hoc EMA (ema.py) of that width, at snapshot `step`
+    name = name or f'step_{step:08d}' + (f'_ema{sigma_rel:g}' if sigma_rel else '')
     refuse_existing(eval_result_path(workdir, name), overwrite, hint)
     logging.info('sampling %d images with %s, %d steps, guidance %.2f, from the checkpoint of step %d',
                  config.sample.num_samples, config.sample.sampler, config.sample.num_steps,

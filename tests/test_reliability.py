@@ -47,7 +47,9 @@ def losses(workdir):
 
 
 def test_resume_is_bit_exact(tmp_path):
-  c = tiny_unet_config(train__num_steps=6, train__checkpoint_every=3, train__log_every=1)
+  c = tiny_unet_config(train__num_steps=6, train__checkpoint_every=3, train__log_every=1,
+                       train__ema_snapshot_every=2)
+  c.optim.ema_sigma_rels = (0.05,)
   train.train_and_evaluate(c, str(tmp_path / 'straight'))
   c.train.num_steps = 3
   train.train_and_evaluate(c, str(tmp_path / 'resumed'))
@@ -56,8 +58,13 @@ def test_resume_is_bit_exact(tmp_path):
   a, step_a = restore(c, str(tmp_path / 'straight'))
   b, step_b = restore(c, str(tmp_path / 'resumed'))
   assert step_a == step_b == 6
-  assert_states_identical(a, b)  # params, EMA, optimizer state, step, RNG
+  assert_states_identical(a, b)  # params, EMA, power-function EMA, optimizer state, step, RNG
   assert losses(tmp_path / 'straight') == losses(tmp_path / 'resumed')
+  snapshots = {run: CheckpointStore(str(tmp_path / run), keep=None, name='ema_snapshots')
+               for run in ('straight', 'resumed')}
+  assert snapshots['straight'].steps() == [2, 4, 6] and snapshots['resumed'].steps() == [2, 3, 4, 6]  # 3: the end
+  for step in (2, 4, 6):
+    assert_states_identical(*(store.restore(step, {'power_ema': [a.params]}) for store in snapshots.values()))
 
 
 def run_main(workdir, *overrides, wait=True):

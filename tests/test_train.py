@@ -27,7 +27,7 @@ def one_step(config, devices):
   batcher = StepBatcher(create_source(config.data), config.train.batch_size, config.seed)
   for step in range(2):
     state, metrics = step_fn(state, sharding_lib.host_batch_to_global(batcher.batch(step), mesh))
-  return jax.device_get(state.params), float(metrics['loss'])
+  return jax.device_get((state.params, state.power_ema)), float(metrics['loss'])
 
 
 def equivalence_config():
@@ -35,6 +35,8 @@ def equivalence_config():
   c.model.channel_mult = (1,)
   c.model.attn_resolutions = (8,)
   c.model.dropout = 0.1  # dropout masks must not depend on the sharding either
+  c.optim.ema_sigma_rels = (0.1,)  # a power-function EMA, sharded as the params
+  c.train.ema_snapshot_every = 2
   return c
 
 
@@ -47,7 +49,7 @@ def one_device_result():
 def test_step_on_8_devices_equals_1_device(mesh):
   devices = jax.devices()
   assert len(devices) == 8, 'tests/conftest.py asks XLA for 8 fake CPU devices'
-  params_1, loss_1 = one_device_result()
+  params_1, loss_1 = one_device_result()  # and the power-function EMA
   params_8, loss_8 = one_step(equivalence_config(), (devices, mesh))
   assert loss_1 == pytest.approx(loss_8, rel=1e-5)
   for a, b in zip(jax.tree.leaves(params_1), jax.tree.leaves(params_8)):
