@@ -201,9 +201,6 @@ def restore_fresh(config):
       'train.num_steps': 4, 'train.log_every': 2, 'train.checkpoint_every': 2}, 'does not divide'),
 ])
 def test_validate_config_names_bad_power_ema_fields(fields, match):
-  c = tiny_unet_config()
-  for path, value in fields.items():
-    section, field = path.split('.')
-    c[section][field] = value
+  c = tiny_unet_config(**{path.replace('.', '__'): value for path, value in fields.items()})
   with pytest.raises(ValueError, match=match):
     validate_config(c)
