@@ -3,7 +3,7 @@
     python ablate.py --sweep=configs/ablations/posthoc_ema.py --root=runs/ablations   # trains the model first
 
 The model is the quickstart with two power-function EMAs tracked (sigma_rel 0.05 and 0.10) and snapshotted every
-50 steps; each point rebuilds the EMA of one width sigma_rel at the last step from the 31 snapshots and samples it
+50 steps; each point rebuilds the EMA of one width sigma_rel at the last step from the 30 snapshots and samples it
 (DDIM 20 steps, guidance 2, 500 samples, the same noise). Two reference rows: the raw params, and the quickstart's
 own EMA (decay 0.999 with warmup). The sweep never retrains: a point costs one reconstruction and one sampling.
 """
