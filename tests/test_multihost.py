@@ -34,8 +34,11 @@ def run_two_processes(*args, timeout=500):
   port = free_port()
   procs = []
   for process_id in range(2):
+    # No persistent compilation cache: one process finding a program in it while the other compiles reaches the
+    # first all-reduce too late for gloo's 30 s rendezvous (seen after an interrupted suite left half the entries).
     env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo',
-               JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(process_id))
+               JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(process_id),
+               JAX_ENABLE_COMPILATION_CACHE='false')
     procs.append(subprocess.Popen([sys.executable, 'main.py', '--config=tests/tiny_config.py', '--jax_distributed',
                                    *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True))
