@@ -119,7 +119,7 @@ def edit_conditions(config, count, labels=None, prompt=None):
 
 
 def check_edit_settings(config, strength, inpainting):
-  editing.check_edit_sampler(config.sample.sampler, inpainting)
+  editing.check_edit_sampler(config.sample.sampler, inpainting, config.sample.spacing)
   if not 0 <= strength <= 1:
     raise ValueError(f'--strength={strength} must be in [0, 1] (the fraction of the sampler steps that run)')
   if config.diffusion.objective == 'flow':

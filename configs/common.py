@@ -17,7 +17,7 @@ SAMPLERS = ('ddpm', 'ddim', 'dpm++2m', 'heun', 'euler')
 PRECONDITIONINGS = ('none', 'edm')
 LOSS_WEIGHTINGS = ('uniform', 'min_snr')  # diffusion/objectives.loss_weight
 LR_DECAYS = ('linear', 'cosine', 'inverse_sqrt')  # train_state.learning_rate_schedule
-SPACINGS = ('leading', 'trailing', 'linspace')
+SPACINGS = ('leading', 'trailing', 'linspace', 'karras')  # karras: dpm++2m only
 DDPM_VARIANCES = ('posterior', 'beta')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 TEXT_ENCODERS = ('', 'small', 'clip')
@@ -137,7 +137,7 @@ def base_config():
   c.sample.clip_denoised = True
   c.sample.guidance_interval = ()  # (lo, hi) network times where guidance applies; () = everywhere
   c.sample.guidance_channels = 0   # guide only the first k channels of the prediction (DiT's sampler: 3); 0 = all
-  c.sample.karras_rho = 7.0       # 'heun'/'euler' on VP objectives: Karras noise-level spacing
+  c.sample.karras_rho = 7.0       # 'heun'/'euler' on VP objectives, 'dpm++2m' with spacing 'karras': Karras levels
   c.sample.karras_sigma_max = 0.0  # ... starting there (EDM: 80); 0 = the schedule's largest (cosine: ~2e4)
   c.sample.flow_shift = 1.0       # flow samplers: t -> shift t / (1 + (shift - 1) t); 1 = uniform
   c.sample.num_samples = 1000
@@ -308,7 +308,12 @@ def validate_config(config):
   if flow and config.sample.sampler not in flow_samplers:
     raise ValueError(f'config.sample.sampler={config.sample.sampler!r} does not apply to '
                      f'config.diffusion.objective=\'flow\'; choose one of {flow_samplers}')
-  if config.sample.get('karras_sigma_max', 0.0) and not flow and config.sample.sampler in flow_samplers:
+  if config.sample.spacing == 'karras' and config.sample.sampler != 'dpm++2m':
+    raise ValueError(f"config.sample.spacing='karras' applies to config.sample.sampler='dpm++2m' (DPM++ 2M Karras), "
+                     f"not {config.sample.sampler!r}: euler and heun always use Karras noise levels, ddpm and ddim "
+                     "need integer timesteps; choose spacing leading, trailing or linspace")
+  uses_karras = config.sample.sampler in flow_samplers or config.sample.spacing == 'karras'
+  if config.sample.get('karras_sigma_max', 0.0) and not flow and uses_karras:
     from diffusion.karras import schedule_karras_sigmas
     from diffusion.schedules import alphas_cumprod_for
     schedule_karras_sigmas(alphas_cumprod_for(config), 2, sigma_max=config.sample.karras_sigma_max)  # in range?

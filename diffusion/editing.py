@@ -86,19 +86,22 @@ def edit_loop(model_fn, x, alphas_cumprod, timesteps, sampler='ddim', objective=
   return x if pinned is None else jnp.where(pinned, known, x)
 
 
-def check_edit_sampler(name, inpainting):
-  """Raises unless `name` can edit: DDIM and DDPM, and for img2img (no mask) DPM-Solver++ 2M too."""
+def check_edit_sampler(name, inpainting, spacing='leading'):
+  """Raises unless `name` can edit: DDIM and DDPM, and for img2img (no mask) DPM-Solver++ 2M too, on timesteps."""
   supported = EDIT_SAMPLERS + (() if inpainting else ('dpm++2m',))
   if name not in supported:
     raise ValueError(f'config.sample.sampler={name!r}: {"inpainting" if inpainting else "img2img"} supports '
                      f'{", ".join(supported)}; pass e.g. --config.sample.sampler=ddim')
+  if spacing == 'karras':
+    raise ValueError("config.sample.spacing='karras': editing starts at an integer timestep of a leading, trailing "
+                     "or linspace spacing; pass e.g. --config.sample.spacing=linspace")
 
 
 def edit(sample_config, objective, alphas_cumprod, model_fn, x0, rng, strength=1.0, mask=None):
   """img2img (mask None, strength < 1) or inpainting (mask given) with config.sample's sampler, steps,
   spacing, eta, DDPM variance and clipping. x0 is in the model's data space ([-1, 1] pixels or latents)."""
   name = sample_config.sampler
-  check_edit_sampler(name, inpainting=mask is not None)
+  check_edit_sampler(name, inpainting=mask is not None, spacing=sample_config.spacing)
   num_timesteps = len(alphas_cumprod)
   if name == 'dpm++2m':
     from diffusion.dpm_solver import dpm_solver_2m_sample, dpm_solver_timesteps

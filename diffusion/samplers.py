@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion.classifier_guidance import score_guided
-from diffusion.dpm_solver import dpm_solver_2m_sample, dpm_solver_timesteps
+from diffusion.dpm_solver import dpm_solver_2m_sample, dpm_solver_karras, dpm_solver_timesteps
 from diffusion.flow_samplers import flow_sample
 from diffusion.karras import karras_sample
 from diffusion.learned_variance import interpolated_log_variance, split_output, step_log_variance_bounds
@@ -95,8 +95,8 @@ def run_sampler(sample_config, objective, alphas_cumprod, model_fn, noise, rng, 
                 sigma_data=0.5, learn_sigma=False, classifier_gradient=None):
   """Runs the sampler `sample_config.sampler` from initial noise; returns x_0 estimates.
 
-  VP objectives (eps, x0, v): 'ddpm', 'ddim', 'dpm++2m' on `sample_config.spacing` timesteps;
-  'heun' and 'euler' on Karras noise levels (rho = sample_config.karras_rho, from karras_sigma_max or the
+  VP objectives (eps, x0, v): 'ddpm', 'ddim', 'dpm++2m' on `sample_config.spacing` timesteps ('dpm++2m' also on
+  Karras noise levels, spacing 'karras'); 'heun' and 'euler' on Karras noise levels (rho = sample_config.karras_rho, from karras_sigma_max or the
   schedule's largest sigma). Objective 'flow':
   'euler' and 'heun' on uniform flow times, shifted by sample_config.flow_shift.
   preconditioning='edm' reads model_fn as EDM's preconditioned network F (objectives.edm_denoiser).
@@ -135,6 +135,10 @@ def run_sampler(sample_config, objective, alphas_cumprod, model_fn, noise, rng, 
                        sample_config.ddpm_variance, clip, classifier_gradient)
   if classifier_gradient is not None:
     model_fn, objective = score_guided(model_fn, objective, alphas_cumprod, classifier_gradient)
+  if name == 'dpm++2m' and sample_config.spacing == 'karras':
+    timesteps, levels = dpm_solver_karras(alphas_cumprod, num_steps, sample_config.get('karras_rho', 7.0),
+                                          sample_config.get('karras_sigma_max', 0.0) or None)
+    return dpm_solver_2m_sample(model_fn, noise, alphas_cumprod, timesteps, objective, clip, levels)
   if name == 'dpm++2m':
     timesteps = dpm_solver_timesteps(num_timesteps, num_steps, sample_config.spacing)
     return dpm_solver_2m_sample(model_fn, noise, alphas_cumprod, timesteps, objective, clip)

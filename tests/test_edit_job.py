@@ -89,6 +89,10 @@ def test_bad_edit_inputs_fail_before_anything_is_written(run):
   heun.sample.sampler = 'heun'
   with pytest.raises(ValueError, match=r"sampler='heun': inpainting supports ddim, ddpm"):
     edit.run_edit_job(heun, workdir, images, mask=mask, name='bad')
+  karras = config.copy_and_resolve_references()
+  karras.sample.sampler, karras.sample.spacing = 'dpm++2m', 'karras'
+  with pytest.raises(ValueError, match=r"spacing='karras': editing starts at an integer timestep"):
+    edit.run_edit_job(karras, workdir, images, strength=0.5, name='bad')
   assert not os.path.exists(root / 'run' / 'edits' / 'bad.npz')
   # an existing result is refused without --overwrite and left as it was
   first = edit.run_edit_job(config, workdir, images, strength=0.3, name='kept')
