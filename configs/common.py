@@ -139,6 +139,13 @@ def base_config():
   c.sample.guidance_channels = 0   # guide only the first k channels of the prediction (DiT's sampler: 3); 0 = all
   c.sample.karras_rho = 7.0       # 'heun'/'euler' on VP objectives, 'dpm++2m' with spacing 'karras': Karras levels
   c.sample.karras_sigma_max = 0.0  # ... starting there (EDM: 80); 0 = the schedule's largest (cosine: ~2e4)
+  # EDM Algorithm 2 for 'heun'/'euler' on VP objectives: S_churn > 0 adds noise of std S_noise sqrt(sigma_hat^2 -
+  # sigma^2) before each step at levels in [S_tmin, S_tmax], raising sigma by min(S_churn / N, sqrt 2 - 1) of itself
+  # (EDM's ImageNet-64: 40, 0.05, 50, 1.003). 0 = deterministic (Algorithm 1).
+  c.sample.s_churn = 0.0
+  c.sample.s_tmin = 0.0
+  c.sample.s_tmax = float('inf')
+  c.sample.s_noise = 1.0
   c.sample.flow_shift = 1.0       # flow samplers: t -> shift t / (1 + (shift - 1) t); 1 = uniform
   c.sample.num_samples = 1000
   c.sample.batch_size = 250
@@ -283,11 +290,11 @@ def validate_config(config):
                'train.batch_size', 'train.log_every', 'train.keep_checkpoints', 'sample.num_steps',
                'sample.num_samples', 'sample.batch_size', 'train.checkpoint_every', 'diffusion.sigma_data',
                'sample.karras_rho', 'sample.flow_shift', 'train.steps_per_call', 'train.grad_accum_steps',
-               'data.num_workers', 'val.num_examples', 'val.batch_size'):
+               'data.num_workers', 'val.num_examples', 'val.batch_size', 'sample.s_noise'):
     _positive(config, path)
   for path in ('data.num_classes', 'optim.warmup_steps', 'optim.decay_steps', 'optim.weight_decay', 'optim.grad_clip',
                'train.sample_every', 'train.sample_grid', 'train.profile_steps', 'mesh.min_shard_size', 'sample.eta',
-               'data.prefetch', 'sample.karras_sigma_max', 'val.every_steps'):
+               'data.prefetch', 'sample.karras_sigma_max', 'val.every_steps', 'sample.s_churn', 'sample.s_tmin'):
     _positive(config, path, allow_zero=True)
   if config.train.batch_size % config.train.grad_accum_steps:
     raise ValueError(f'config.train.grad_accum_steps={config.train.grad_accum_steps} must divide '
@@ -312,6 +319,13 @@ def validate_config(config):
     raise ValueError(f"config.sample.spacing='karras' applies to config.sample.sampler='dpm++2m' (DPM++ 2M Karras), "
                      f"not {config.sample.sampler!r}: euler and heun always use Karras noise levels, ddpm and ddim "
                      "need integer timesteps; choose spacing leading, trailing or linspace")
+  if config.sample.get('s_churn', 0.0) and (flow or config.sample.sampler not in flow_samplers):
+    raise ValueError(f'config.sample.s_churn={config.sample.s_churn} (EDM stochastic sampling) applies to samplers '
+                     f"'heun' and 'euler' on VP objectives (eps, x0, v), not {config.sample.sampler!r} with objective "
+                     f"{config.diffusion.objective!r}; set it to 0 or choose sampler heun")
+  if not config.sample.get('s_tmin', 0.0) < config.sample.get('s_tmax', float('inf')):
+    raise ValueError(f'config.sample.s_tmin={config.sample.s_tmin} must be below config.sample.s_tmax='
+                     f'{config.sample.s_tmax} (the noise levels where S_churn applies)')
   uses_karras = config.sample.sampler in flow_samplers or config.sample.spacing == 'karras'
   if config.sample.get('karras_sigma_max', 0.0) and not flow and uses_karras:
     from diffusion.karras import schedule_karras_sigmas

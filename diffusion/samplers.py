@@ -97,7 +97,7 @@ def run_sampler(sample_config, objective, alphas_cumprod, model_fn, noise, rng, 
 
   VP objectives (eps, x0, v): 'ddpm', 'ddim', 'dpm++2m' on `sample_config.spacing` timesteps ('dpm++2m' also on
   Karras noise levels, spacing 'karras'); 'heun' and 'euler' on Karras noise levels (rho = sample_config.karras_rho, from karras_sigma_max or the
-  schedule's largest sigma). Objective 'flow':
+  schedule's largest sigma), stochastic (EDM Algorithm 2) with sample_config.s_churn > 0. Objective 'flow':
   'euler' and 'heun' on uniform flow times, shifted by sample_config.flow_shift.
   preconditioning='edm' reads model_fn as EDM's preconditioned network F (objectives.edm_denoiser).
   learn_sigma: model_fn outputs prediction and variance values (learned_variance.py); 'ddpm' samples with
@@ -145,7 +145,10 @@ def run_sampler(sample_config, objective, alphas_cumprod, model_fn, noise, rng, 
   if name in ('heun', 'euler'):
     return karras_sample(model_fn, noise, alphas_cumprod, num_steps, objective,
                          rho=sample_config.get('karras_rho', 7.0), order=2 if name == 'heun' else 1,
-                         clip_denoised=clip, sigma_max=sample_config.get('karras_sigma_max', 0.0) or None)
+                         clip_denoised=clip, sigma_max=sample_config.get('karras_sigma_max', 0.0) or None,
+                         s_churn=sample_config.get('s_churn', 0.0), s_tmin=sample_config.get('s_tmin', 0.0),
+                         s_tmax=sample_config.get('s_tmax', float('inf')), s_noise=sample_config.get('s_noise', 1.0),
+                         rng=rng)
   raise ValueError(f'config.sample.sampler={name!r} is not available')
 
 
