@@ -111,6 +111,12 @@ def make_generate_fn(config, model, mesh, classifier=None):
 
   def generate_fn(params, cond, noise, rng, guidance_scale):
     return jitted(params, classifier_inputs, cond, noise, rng, guidance_scale)
+
+  def compile_for(params, cond, noise, rng, guidance_scale):
+    """generate_fn compiled ahead of time for these shapes (to time compilation apart from sampling)."""
+    compiled = jitted.lower(params, classifier_inputs, cond, noise, rng, guidance_scale).compile()
+    return lambda params, cond, noise, rng, scale: compiled(params, classifier_inputs, cond, noise, rng, scale)
+  generate_fn.compile_for = compile_for
   generate_fn.classifier_classes = 0 if classifier is None else classifier.num_classes
   return generate_fn
 

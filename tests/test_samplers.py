@@ -355,6 +355,22 @@ def test_make_generate_fn_applies_the_guidance_interval(sampler):
   np.testing.assert_allclose(generate(3.0, (0.0, 1000.0)), guided_everywhere, rtol=1e-5, atol=1e-6)
 
 
+def test_generate_fn_compiled_ahead_is_the_same_function_and_the_sampler_table_runs():
+  """benchmarks/sampler_table.py times compilation apart through generate_fn.compile_for."""
+  from benchmarks.sampler_table import time_cell
+  mesh = sharding_lib.create_mesh(ml_collections.ConfigDict({'data': -1, 'fsdp': 1}))
+  c = base_config()
+  c.data.image_size, c.data.channels = 2, 1
+  c.sample.sampler, c.sample.num_steps, c.sample.batch_size, c.sample.s_churn = 'heun', 4, 8, 2.0
+  generate_fn = make_generate_fn(c, ToyModel(), mesh)
+  args = ({}, {'y': jnp.arange(8) % 10}, jax.random.normal(jax.random.PRNGKey(0), (8, 2, 2, 1)),
+          jax.random.PRNGKey(1), jnp.float32(2.0))
+  np.testing.assert_array_equal(generate_fn.compile_for(*args)(*args), generate_fn(*args))
+  images, labels, seconds, compile_seconds = time_cell(c, ToyModel(), {}, mesh, 8, seed=0)
+  assert images.shape[:3] == (8, 2, 2) and images.dtype == np.uint8 and labels.shape == (8,)
+  assert seconds > 0 and compile_seconds > 0
+
+
 # ----------------------------------------------------------------------------------------------
 # EDM preconditioning
 
