@@ -43,7 +43,8 @@ def sampler_label(config, sampler):
     return f'{sampler} ({config.sample.spacing})'
   if sampler == 'dpm++2m':
     return f'dpm++2m ({config.sample.spacing})'
-  return f'{sampler} ({"flow" if flow else "Karras sigmas"})'
+  churn = f', S_churn {config.sample.s_churn:g}' if config.sample.s_churn and not flow else ''
+  return f'{sampler} ({"flow" if flow else "Karras sigmas"}{churn})'
 
 
 def real_digits_row(num_samples, seed):

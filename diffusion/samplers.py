@@ -95,9 +95,10 @@ def run_sampler(sample_config, objective, alphas_cumprod, model_fn, noise, rng, 
                 sigma_data=0.5, learn_sigma=False, classifier_gradient=None):
   """Runs the sampler `sample_config.sampler` from initial noise; returns x_0 estimates.
 
-  VP objectives (eps, x0, v): 'ddpm', 'ddim', 'dpm++2m' on `sample_config.spacing` timesteps ('dpm++2m' also on
-  Karras noise levels, spacing 'karras'); 'heun' and 'euler' on Karras noise levels (rho = sample_config.karras_rho, from karras_sigma_max or the
-  schedule's largest sigma), stochastic (EDM Algorithm 2) with sample_config.s_churn > 0. Objective 'flow':
+  VP objectives (eps, x0, v): 'ddpm', 'ddim', 'dpm++2m' on `sample_config.spacing` timesteps ('dpm++2m' also
+  on Karras noise levels, spacing 'karras'); 'heun' and 'euler' on Karras noise levels (rho =
+  sample_config.karras_rho, from karras_sigma_max or the schedule's largest sigma), stochastic (EDM Algorithm 2)
+  with sample_config.s_churn > 0. Objective 'flow':
   'euler' and 'heun' on uniform flow times, shifted by sample_config.flow_shift.
   preconditioning='edm' reads model_fn as EDM's preconditioned network F (objectives.edm_denoiser).
   learn_sigma: model_fn outputs prediction and variance values (learned_variance.py); 'ddpm' samples with
