@@ -268,11 +268,13 @@ def test_flow_times():
 # ----------------------------------------------------------------------------------------------
 # Compilation: a jitted sampler traces once for repeated calls of the same shapes
 
-@pytest.mark.parametrize('sampler,objective', [('ddpm', 'eps'), ('ddim', 'eps'), ('dpm++2m', 'v'), ('heun', 'eps'),
-                                               ('euler', 'x0'), ('heun', 'flow'), ('euler', 'flow')])
-def test_sampler_traces_once(sampler, objective):
+@pytest.mark.parametrize('sampler,objective,extra', [
+    ('ddpm', 'eps', {}), ('ddim', 'eps', {}), ('dpm++2m', 'v', {}), ('dpm++2m', 'eps', dict(spacing='karras')),
+    ('heun', 'eps', {}), ('heun', 'eps', dict(s_churn=10.0)), ('euler', 'x0', {}), ('heun', 'flow', {}),
+    ('euler', 'flow', {})])
+def test_sampler_traces_once(sampler, objective, extra):
   ac = SCHEDULES['linear']
-  c = sample_config(sampler=sampler, num_steps=8, eta=0.5)
+  c = sample_config(sampler=sampler, num_steps=8, eta=0.5, **extra)
   model_fn = exact_flow_model if objective == 'flow' else exact_vp_model(objective, ac)
   chex.clear_trace_counter()
 
