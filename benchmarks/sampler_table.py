@@ -22,14 +22,18 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-config_flags.DEFINE_config_file('config', 'configs/quickstart.py', 'Config of the trained model.', lock_config=False)
-flags.DEFINE_string('workdir', 'runs/quickstart', 'Workdir holding the checkpoints.')
-flags.DEFINE_list('samplers', ['ddpm', 'ddim', 'dpm++2m', 'euler', 'heun'], 'Samplers to compare.')
-flags.DEFINE_list('steps', ['10', '20', '50', '100', '250'], 'Step counts.')
-flags.DEFINE_integer('num_samples', 1000, 'Samples per (sampler, steps) cell.')
-flags.DEFINE_integer('seed', 12345, 'Seed of the initial noise (the same for every cell).')
-flags.DEFINE_string('output', 'docs/sampler_table.md', 'Markdown table written row by row.')
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Defined only when run as a script: importing time_cell (tests) must not clash with main.py's --config."""
+  config_flags.DEFINE_config_file('config', 'configs/quickstart.py', 'Config of the trained model.', lock_config=False)
+  flags.DEFINE_string('workdir', 'runs/quickstart', 'Workdir holding the checkpoints.')
+  flags.DEFINE_list('samplers', ['ddpm', 'ddim', 'dpm++2m', 'euler', 'heun'], 'Samplers to compare.')
+  flags.DEFINE_list('steps', ['10', '20', '50', '100', '250'], 'Step counts.')
+  flags.DEFINE_integer('num_samples', 1000, 'Samples per (sampler, steps) cell.')
+  flags.DEFINE_integer('seed', 12345, 'Seed of the initial noise (the same for every cell).')
+  flags.DEFINE_string('output', 'docs/sampler_table.md', 'Markdown table written row by row.')
 
 
 def network_evaluations(sampler, steps):
@@ -113,4 +117,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
