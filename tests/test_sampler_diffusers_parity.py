@@ -19,7 +19,7 @@ torch = pytest.importorskip('torch')
 diffusers = pytest.importorskip('diffusers')
 
 SCHEDULES = {'linear': (linear_alphas_cumprod(), 'linear'), 'cosine': (cosine_alphas_cumprod(), 'squaredcos_cap_v2')}
-PREDICTION_TYPES = {'eps': 'epsilon', 'x0': 'sample', 'v': 'v_prediction', 'flow': 'flow_prediction'}
+PREDICTION_TYPES = {'eps': 'epsilon', 'x0': 'sample', 'v': 'v_prediction'}
 SHAPE = (2, 6, 6, 3)
 
 
