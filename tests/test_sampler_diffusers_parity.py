@@ -190,3 +190,26 @@ def test_flow_euler_matches_diffusers_flow_match_euler(shift, num_steps):
   theirs = run_diffusers(scheduler, initial_noise())
   ours = flow_sample(jax_model, jnp.asarray(initial_noise()), num_steps, order=1, shift=shift)
   assert_close(ours, theirs)
+
+
+def heun_layout(levels):
+  """diffusers' Heun schedulers list each level between the ends twice (a first- and a second-order call)."""
+  levels = torch.as_tensor(np.asarray(levels, np.float32))
+  timesteps = torch.cat([levels[:1], levels[1:-1].repeat_interleave(2)]) * 1000
+  return timesteps, torch.cat([levels[:1], levels[1:-1].repeat_interleave(2), levels[-1:]])
+
+
+@pytest.mark.parametrize('shift', [1.0, 3.0])
+@pytest.mark.parametrize('num_steps', [10, 28])
+def test_flow_heun_matches_diffusers_flow_match_heun(shift, num_steps):
+  scheduler = diffusers.FlowMatchHeunDiscreteScheduler(shift=shift)
+  # Its set_timesteps takes no grid: its own runs from t = 1 to 1/1000 and then to 0. Check that heun_layout
+  # rebuilds its layout from its levels, then give it ours (1 to 0) in that layout.
+  scheduler.set_timesteps(num_steps)
+  their_levels = np.append(scheduler.sigmas.numpy()[:-1:2], 0.0)
+  for built, theirs in zip(heun_layout(their_levels), (scheduler.timesteps, scheduler.sigmas)):
+    np.testing.assert_allclose(built.numpy(), theirs.numpy(), rtol=1e-6)
+  scheduler.timesteps, scheduler.sigmas = heun_layout(flow_times(num_steps, shift))
+  theirs = run_diffusers(scheduler, initial_noise())
+  ours = flow_sample(jax_model, jnp.asarray(initial_noise()), num_steps, order=2, shift=shift)
+  assert_close(ours, theirs)
