@@ -186,6 +186,12 @@ def pixel_data_config(data_config):
   return pixels
 
 
+def reference_image_size(data_config):
+  """The side of the images the samples are comparable to: data.pixels.image_size for a latent dataset (set
+  even where data.pixels.source is not, as when the latents were encoded elsewhere), data.image_size otherwise."""
+  return data_config.pixels.image_size if data_config.source == 'latents' else data_config.image_size
+
+
 def dataset_image_chunks(data_config, num_images=0):
   """uint8 NHWC chunks of the config's dataset in index order (a fixed subset if num_images > 0)."""
   from input_pipeline import create_source  # pylint: disable=import-outside-toplevel
@@ -238,7 +244,7 @@ def reference_image_chunks(config, images=None, num_images=0):
   if not images:
     return dataset_image_chunks(config.data, num_images)
   if os.path.isdir(images):
-    return folder_image_chunks(images, pixel_data_config(config.data).image_size, num_images)
+    return folder_image_chunks(images, reference_image_size(config.data), num_images)
   if images.endswith('.npz'):
     return npz_image_chunks(images, num_images)
   raise FileNotFoundError(f'--images={images!r} is neither a folder of images nor an .npz file')

@@ -48,6 +48,18 @@ def eval_config(**fields):
 
 # --- the registry ------------------------------------------------------------------------------------------
 
+def test_fid_stats_of_a_folder_for_latents_encoded_elsewhere(tmp_path):
+  """--images=<folder> with a latent config whose data.pixels.source is unset: the images come at pixels.image_size."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  for i in range(3):
+    Image.fromarray(np.full((40, 60, 3), 50 * i, np.uint8)).save(tmp_path / f'{i}.png')
+  config = ml_collections.ConfigDict({'data': {'source': 'latents', 'image_size': 4,
+                                               'pixels': {'source': '', 'image_size': 32}}})
+  chunks, total, _ = jobs.reference_image_chunks(config, str(tmp_path))
+  images = np.concatenate(list(chunks))
+  assert total == 3 and images.shape == (3, 32, 32, 3) and images[:, 0, 0, 0].tolist() == [0, 50, 100]
+
+
 def test_registry_names_and_lazy_imports():
   assert set(evaluation.EVALUATORS) >= {'digits', 'inception', 'clip_score'}
   code = ('import sys, evaluation; print(sorted(m for m in ("evaluation.inception_metrics", "evaluation.clip_score",'
@@ -73,6 +85,7 @@ def test_reference_images_of_a_latent_model_are_its_pixels():
   data.pixels.source = ''
   with pytest.raises(ValueError, match='holds VAE latents, not images'):
     jobs.pixel_data_config(data)
+  assert jobs.reference_image_size(ml_collections.ConfigDict({'source': 'digits', 'image_size': 8})) == 8
   assert jobs.subset_indices(5, 0).tolist() == [0, 1, 2, 3, 4] == jobs.subset_indices(5, 9).tolist()
   chosen = jobs.subset_indices(1797, 8)
   assert len(set(chosen)) == 8 and list(chosen) == sorted(chosen) and chosen.max() > 100
