@@ -197,6 +197,11 @@ def dataset_image_chunks(data_config, num_images=0):
   from input_pipeline import create_source  # pylint: disable=import-outside-toplevel
   from sample import to_uint8  # pylint: disable=import-outside-toplevel
   data_config = pixel_data_config(data_config)
+  if data_config.get('captions', False):
+    # Captioned sources repeat an image once per caption (coco_captions: 5 times), and repeated reference images
+    # would give precision/recall 3-NN radii of 0 and weight FID's statistics by caption count: each image once.
+    data_config = data_config.copy_and_resolve_references()
+    data_config.captions = False
   source = create_source(data_config)
   indices = subset_indices(len(source), num_images)
   description = f'data source {data_config.source!r} ({len(indices)} of {len(source)} images)'
