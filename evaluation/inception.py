@@ -10,10 +10,10 @@ Mixed_7c max-pools it). Module and parameter names follow torchvision (`Mixed_5b
 
 Input: uint8 or float images [N, H, W, 3] in [0, 255], resized to 299x299 and scaled to [-1, 1] in one of two
 ways (`preprocessing`), which give slightly different FIDs:
-- 'pytorch_fid' (pytorch-fid, torchmetrics): bilinear as torch's `F.interpolate(mode='bilinear',
+- 'pytorch_fid' (pytorch-fid): bilinear as torch's `F.interpolate(mode='bilinear',
   align_corners=False)` (half-pixel centres, no antialiasing, also when downsampling), then x / 127.5 - 1;
 - 'tensorflow': what the 2015 TF graph does to what it is fed (the ADM evaluator behind ADM's and DiT's FIDs,
-  TTUR's fid.py): TF1's ResizeBilinear (no half-pixel centres: source = destination x in / out), then
+  TTUR's fid.py, torch-fidelity and so torchmetrics' FID and IS): TF1's ResizeBilinear (no half-pixel centres: source = destination x in / out), then
   (x - 128) / 128.
 
 Outputs: pool3 (FID, precision/recall), the logits (Inception Score) and the spatial features of sFID
