@@ -122,10 +122,9 @@ def make_generate_fn(config, model, mesh, classifier=None):
 
 
 def to_uint8(images):
-  """[-1, 1] floats -> uint8 [0, 255]; a single channel becomes 3 for viewing and Inception."""
+  """[-1, 1] floats -> uint8 [0, 255], channels kept (the evaluators repeat a single channel to RGB)."""
   images = np.asarray(images, np.float32)
-  out = np.clip(np.round((images + 1) * 127.5), 0, 255).astype(np.uint8)
-  return out
+  return np.clip(np.round((images + 1) * 127.5), 0, 255).astype(np.uint8)
 
 
 def generate_samples(config, generate_fn, params, mesh, num_samples, seed, cond=None, batch_size=None,
