@@ -13,8 +13,8 @@ ways (`preprocessing`), which give slightly different FIDs:
 - 'pytorch_fid' (pytorch-fid): bilinear as torch's `F.interpolate(mode='bilinear',
   align_corners=False)` (half-pixel centres, no antialiasing, also when downsampling), then x / 127.5 - 1;
 - 'tensorflow': what the 2015 TF graph does to what it is fed (the ADM evaluator behind ADM's and DiT's FIDs,
-  TTUR's fid.py, torch-fidelity and so torchmetrics' FID and IS): TF1's ResizeBilinear (no half-pixel centres: source = destination x in / out), then
-  (x - 128) / 128.
+  TTUR's fid.py, torch-fidelity and so torchmetrics' FID and IS): TF1's ResizeBilinear (no half-pixel centres:
+  source = destination x in / out), then (x - 128) / 128.
 
 Outputs: pool3 (FID, precision/recall), the logits (Inception Score) and the spatial features of sFID
 (Nash et al. 2021, reported by ADM and DiT): the ADM evaluator takes the TF graph's `mixed_6/conv` tensor,
