@@ -41,6 +41,14 @@ def sincos_pos_embed_2d(dim, grid_size):
   return emb.astype(np.float32)
 
 
+def patch_embed_init(key, shape, dtype=jnp.float32):
+  """Xavier-uniform of the patch embedding as a [p * p * C, hidden] linear map, as DiT initialises its conv
+  (`xavier_uniform_(w.view([w.shape[0], -1]))`): flax's conv fan-out would count the p x p window too, halving the
+  bound for p = 2."""
+  flat = (int(np.prod(shape[:-1])), shape[-1])
+  return nn.initializers.xavier_uniform()(key, flat, dtype).reshape(shape)
+
+
 def modulate(x, shift, scale):
   return x * (1 + scale[:, None]) + shift[:, None]
 
@@ -118,7 +126,7 @@ class DiT(nn.Module):
     if h % p or w % p:
       raise ValueError(f'image side {h}x{w} is not divisible by patch size {p}')
     x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
-                kernel_init=nn.initializers.xavier_uniform(), name='x_embedder')(x.astype(self.dtype))
+                kernel_init=patch_embed_init, name='x_embedder')(x.astype(self.dtype))
     gh, gw = x.shape[1], x.shape[2]
     x = x.reshape(b, gh * gw, self.hidden_size)
     x = x + jnp.asarray(sincos_pos_embed_2d(self.hidden_size, gh), self.dtype)[None]

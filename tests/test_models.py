@@ -87,6 +87,37 @@ def test_forward_shapes_and_null_label(name):
   assert float(jnp.abs(out_a - out_null).max()) > 1e-4  # the label changes the output
 
 
+def test_dit_initialisation_is_the_papers():
+  """DiT's initialize_weights: xavier-uniform linears (the patch embedding's conv as a [hidden, C p p] matrix),
+  N(0, 0.02^2) timestep MLP and label table, zero adaLN and output layers, zero biases. Checked by the closed-form
+  std of each distribution (uniform on +-b: b / sqrt(3)) and its bound."""
+  c = dit_config('S', 2)
+  c.data.update(image_size=8, channels=4, num_classes=10)
+  c.model.update(depth=1, hidden_size=64, num_heads=4)
+  model = build_model(c)
+  x, t, cond = dummy_inputs(c)
+  params = model.init(jax.random.PRNGKey(0), x, t, **cond)['params']
+  hidden, fan_patch = 64, 2 * 2 * 4
+  xavier = lambda fan_in, fan_out: np.sqrt(6 / (fan_in + fan_out))
+  block = params['blocks_0']
+  uniform = {'x_embedder': (params['x_embedder']['kernel'], xavier(fan_patch, hidden)),
+             'qkv': (block['attn']['qkv']['kernel'], xavier(hidden, 3 * hidden)),
+             'proj': (block['attn']['proj']['kernel'], xavier(hidden, hidden)),
+             'mlp_fc1': (block['mlp_fc1']['kernel'], xavier(hidden, 4 * hidden)),
+             'mlp_fc2': (block['mlp_fc2']['kernel'], xavier(4 * hidden, hidden))}
+  for name, (kernel, bound) in uniform.items():
+    kernel = np.asarray(kernel)
+    assert np.abs(kernel).max() <= bound, name
+    np.testing.assert_allclose(kernel.std(), bound / np.sqrt(3), rtol=0.06, err_msg=name)
+  for kernel in (params['t_embedder']['mlp_0']['kernel'], params['t_embedder']['mlp_2']['kernel'],
+                 params['y_embedder']['embedding_table']['embedding']):
+    np.testing.assert_allclose(np.asarray(kernel).std(), 0.02, rtol=0.06)
+  zero = [block['adaLN_modulation']['kernel'], params['final_layer']['adaLN_modulation']['kernel'],
+          params['final_layer']['linear']['kernel']]
+  zero += [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params) if path[-1].key == 'bias']
+  assert all(float(np.abs(np.asarray(leaf)).max()) == 0 for leaf in zero)
+
+
 def test_bfloat16_compute_keeps_float32_params():
   c = unet_cifar10_config()
   c.train.compute_dtype = 'bfloat16'
