@@ -70,8 +70,8 @@ class DiTBlock(nn.Module):
                                                        name='attn')(h)
     if context is not None:  # text: cross-attention to the token states (PixArt-alpha), output projection zero-init
       h = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm_cross')(x)
-      x = x + MultiHeadCrossAttention(self.num_heads, self.dtype, self.attention_impl, name='cross_attn')(
-          h, context, context_lengths)
+      x = x + MultiHeadCrossAttention(self.num_heads, self.dtype, self.attention_impl,
+                                      nn.initializers.xavier_uniform(), name='cross_attn')(h, context, context_lengths)
     h = modulate(layer_norm(x), shift_mlp, scale_mlp)  # norm2
     init = nn.initializers.xavier_uniform()
     h = nn.Dense(int(self.hidden_size * self.mlp_ratio), kernel_init=init, dtype=self.dtype, name='mlp_fc1')(h)

@@ -170,17 +170,20 @@ class MultiHeadSelfAttention(nn.Module):
 class MultiHeadCrossAttention(nn.Module):
   """Queries from x [B, L, C], keys and values from a context [B, S, D] (e.g. text token states), with
   optional key lengths [B] (see `attention`); the output projection starts at zero, so a new layer starts as identity
-  in its residual branch."""
+  in its residual branch. kernel_init: that of q, k and v (DiT passes xavier-uniform, as PixArt-alpha initialises
+  every linear of its blocks)."""
   num_heads: int
   dtype: jnp.dtype = jnp.float32
   attention_impl: str | None = None
+  kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
 
   @nn.compact
   def __call__(self, x, context, context_lengths=None):
     b, l, c = x.shape
     heads = lambda y: y.reshape(y.shape[0], y.shape[1], self.num_heads, c // self.num_heads)
-    q = heads(nn.Dense(c, dtype=self.dtype, name='q')(x))
-    k = heads(nn.Dense(c, dtype=self.dtype, name='k')(context.astype(self.dtype)))
-    v = heads(nn.Dense(c, dtype=self.dtype, name='v')(context.astype(self.dtype)))
+    dense = lambda name: nn.Dense(c, kernel_init=self.kernel_init, dtype=self.dtype, name=name)
+    q = heads(dense('q')(x))
+    k = heads(dense('k')(context.astype(self.dtype)))
+    v = heads(dense('v')(context.astype(self.dtype)))
     out = attention(q, k, v, self.attention_impl, context_lengths)
     return nn.Dense(c, kernel_init=nn.initializers.zeros, dtype=self.dtype, name='proj')(out.reshape(b, l, c))

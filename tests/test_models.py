@@ -116,6 +116,16 @@ def test_dit_initialisation_is_the_papers():
           params['final_layer']['linear']['kernel']]
   zero += [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params) if path[-1].key == 'bias']
   assert all(float(np.abs(np.asarray(leaf)).max()) == 0 for leaf in zero)
+  # a text DiT's cross-attention (PixArt-alpha): xavier-uniform q/k/v from the hidden (q) and context (k, v) widths
+  from models.dit import DiTBlock
+  context_width = 48
+  block = DiTBlock(hidden, 4).init(jax.random.PRNGKey(1), jnp.zeros((1, 4, hidden)), jnp.zeros((1, hidden)),
+                                   jnp.zeros((1, 7, context_width)))['params']['cross_attn']
+  for name, fan_in in (('q', hidden), ('k', context_width), ('v', context_width)):
+    kernel = np.asarray(block[name]['kernel'])
+    assert np.abs(kernel).max() <= xavier(fan_in, hidden), name
+    np.testing.assert_allclose(kernel.std(), xavier(fan_in, hidden) / np.sqrt(3), rtol=0.06, err_msg=name)
+  assert float(np.abs(np.asarray(block['proj']['kernel'])).max()) == 0
 
 
 def test_bfloat16_compute_keeps_float32_params():
