@@ -1,4 +1,6 @@
 """Min-SNR-gamma loss weighting (Hang et al., 2023): its closed forms, and the weighted loss in the train step."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,12 +67,14 @@ def test_train_step_minimises_the_weighted_loss(objective, learn_sigma):
   images = jax.random.uniform(jax.random.PRNGKey(1), (16, 8, 8, 1), minval=-1, maxval=1)
   batch = {'image': images, 'label': jnp.arange(16) % 10}
   alphas_cumprod = jnp.asarray(linear_alphas_cumprod(1000))
-  _, metrics = train.train_step(state, batch, model=model, tx=tx, alphas_cumprod=alphas_cumprod, config=config)
+  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, alphas_cumprod=alphas_cumprod, config=config))
+  _, metrics = step(state, batch)  # jitted: op by op, the step took a minute here
 
   label_rng, noise_rng, dropout_rng = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
   cond = drop_condition(label_rng, condition_from_batch(batch, config), config.diffusion.label_dropout, config)
   x_t, t, target = noised_batch(noise_rng, images, alphas_cumprod, config.diffusion)
-  out = model.apply({'params': state.params}, x_t, t, **cond, train=True, rngs={'dropout': dropout_rng})
+  out = jax.jit(lambda p, x, t, cond, rng: model.apply({'params': p}, x, t, **cond, train=True, rngs={'dropout': rng}))(
+      state.params, x_t, t, cond, dropout_rng)
   weight = loss_weight('min_snr', objective, alphas_cumprod, t.astype(jnp.int32), 2.0)
   mse = mse_per_example(out[..., :1] if learn_sigma else out, target)
   if learn_sigma:
