@@ -62,6 +62,7 @@ class DiTBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, c, context=None, context_lengths=None):
+    init = nn.initializers.xavier_uniform()  # the non-zero linears (DiT, PixArt-alpha)
     mod = nn.Dense(6 * self.hidden_size, kernel_init=nn.initializers.zeros, dtype=self.dtype,
                    name='adaLN_modulation')(nn.silu(c))
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
@@ -70,10 +71,9 @@ class DiTBlock(nn.Module):
                                                        name='attn')(h)
     if context is not None:  # text: cross-attention to the token states (PixArt-alpha), output projection zero-init
       h = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm_cross')(x)
-      x = x + MultiHeadCrossAttention(self.num_heads, self.dtype, self.attention_impl,
-                                      nn.initializers.xavier_uniform(), name='cross_attn')(h, context, context_lengths)
+      x = x + MultiHeadCrossAttention(self.num_heads, self.dtype, self.attention_impl, init, name='cross_attn')(
+          h, context, context_lengths)
     h = modulate(layer_norm(x), shift_mlp, scale_mlp)  # norm2
-    init = nn.initializers.xavier_uniform()
     h = nn.Dense(int(self.hidden_size * self.mlp_ratio), kernel_init=init, dtype=self.dtype, name='mlp_fc1')(h)
     h = gelu_tanh(h)
     h = nn.Dense(self.hidden_size, kernel_init=init, dtype=self.dtype, name='mlp_fc2')(h)
