@@ -1,7 +1,8 @@
 """The DDPM CIFAR-10 U-Net (Ho et al., 2020): 128 channels, (1, 2, 2, 2), attention at 16x16, ~35.7M params.
 
 Class-conditional here (label dropout 0.1 for guidance); set --config.data.num_classes=0 for the
-unconditional model of the paper. Needs tensorflow-datasets for cifar10 (or point data at an image folder).
+unconditional model of the paper. Reads TFDS cifar10 (`pip install -r requirements-tfds.txt`; prepared once, with
+TensorFlow, by `tfds build cifar10 --file_format=array_record`), or point data at an image folder.
 """
 from configs.common import base_config
 

@@ -20,6 +20,7 @@ import logging
 import os
 import time
 
+import ml_collections
 import numpy as np
 
 EVAL_DIR = 'eval'
@@ -183,7 +184,8 @@ def pixel_data_config(data_config):
   if pixels is None or not pixels.get('source'):
     raise ValueError("config.data.source='latents' holds VAE latents, not images, and config.data.pixels.source "
                      'is not set: compute the reference statistics from the images with --images=<folder or npz>')
-  return pixels
+  return ml_collections.ConfigDict(dict(pixels.to_dict(), tfds_data_dir=data_config.get('tfds_data_dir', ''),
+                                        num_workers=data_config.get('num_workers', 1)))
 
 
 def reference_image_size(data_config):

@@ -9,7 +9,7 @@ next to 'image' and 'label'; raw strings never reach the devices.
 - image folder: `<class>/<stem>.txt` beside each `<class>/<stem>.png|jpg|...` (first line used).
 - TFDS coco_captions (data.source='tfds', data.name='coco_captions'): each image with each of its first
   5 captions is one example, so the dataset has 5x as many entries as images (random access by index
-  stays exact). Not tested here (needs tensorflow-datasets and the prepared dataset).
+  stays exact).
 - latents: the captions the encode job stored beside the latents (see input_pipeline/latents.py).
 """
 import os
@@ -83,25 +83,19 @@ class FolderCaptionSource:
 class CocoCaptionsSource:
   """TFDS coco_captions by index: example i is image i // 5 with its caption i % 5 (labels are 0)."""
 
-  def __init__(self, name, split, image_size):
-    from input_pipeline.sources import TfdsSource
-    self.images = TfdsSource(name, split, image_size)
+  def __init__(self, images):
+    self.images = images  # a sources.TfdsSource of coco_captions
 
   def __len__(self):
-    return COCO_CAPTIONS_PER_IMAGE * len(self.images.data)
+    return COCO_CAPTIONS_PER_IMAGE * len(self.images)
 
   def get(self, indices):
-    from PIL import Image
-
-    from input_pipeline.sources import center_crop_resize, to_unit_range
-    images, captions = [], []
-    for i in indices:
-      record = self.images.data[int(i) // COCO_CAPTIONS_PER_IMAGE]
-      images.append(center_crop_resize(Image.fromarray(np.asarray(record['image'])), self.images.image_size))
-      text = record['captions']['text'][int(i) % COCO_CAPTIONS_PER_IMAGE]
-      captions.append(text.decode('utf-8') if isinstance(text, bytes) else str(text))
-    return {'image': to_unit_range(np.stack(images)), 'label': np.zeros(len(indices), np.int32),
-            'caption': np.asarray(captions)}
+    from input_pipeline.sources import to_unit_range
+    image_indices, caption_indices = np.divmod(np.asarray(indices, np.int64), COCO_CAPTIONS_PER_IMAGE)
+    records = self.images.records(image_indices)
+    captions = [r['captions']['text'][c] for r, c in zip(records, caption_indices)]
+    return {'image': to_unit_range(self.images.images(records)), 'label': np.zeros(len(records), np.int32),
+            'caption': np.asarray([t.decode('utf-8') if isinstance(t, bytes) else str(t) for t in captions])}
 
 
 class TokenizedCaptions:

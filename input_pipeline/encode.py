@@ -36,7 +36,7 @@ def pixel_data_config(config):
                      'with config.data.pixels.path, or tfds with config.data.pixels.name)')
   return ml_collections.ConfigDict(dict(source=pixels.source, name=pixels.name, split=pixels.split,
                                         path=pixels.path, image_size=pixels.image_size, channels=pixels.channels,
-                                        captions=config.data.captions))
+                                        captions=config.data.captions, tfds_data_dir=config.data.tfds_data_dir))
 
 
 def build_meta(config, count, classes=None):

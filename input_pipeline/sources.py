@@ -6,6 +6,7 @@ alone, so resuming needs no iterator state and every host can read its own slice
 """
 import concurrent.futures
 import functools
+import io
 import math
 import os
 
@@ -103,6 +104,27 @@ def digits_source(image_size=8, channels=1):
   return ArraySource(to_unit_range(images), digits.target)
 
 
+def decode_image(fileobj, mode, size, crop_draws=None):
+  """An encoded image (a path or file object) -> uint8 [size, size, C] in PIL `mode` ('L' or 'RGB'), resized and
+  cropped by `crop_resize`."""
+  from PIL import Image
+  with Image.open(fileobj) as img:
+    return crop_resize(img.convert(mode), size, crop_draws)
+
+
+def image_mode(channels):
+  return 'L' if channels == 1 else 'RGB'
+
+
+def check_class_count(classes, data_config, what):
+  """Labels of `classes` classes fit the model's config.data.num_classes (0: unconditional, labels unused)."""
+  wanted = data_config.get('num_classes', 0)
+  if classes is not None and 0 < wanted < classes:
+    raise ValueError(f'{what} has {classes} classes but config.data.num_classes={wanted}: labels {wanted} and up '
+                     f'would fall outside the class embedding; set --config.data.num_classes={classes} (or 0 to '
+                     'train unconditionally)')
+
+
 class ImageFolderSource:
   """root/<class name>/<image files>; classes sorted by name get labels 0, 1, ...; decoded on demand."""
 
@@ -121,52 +143,67 @@ class ImageFolderSource:
       raise ValueError(f'config.data.path={root!r} holds no images in class subfolders '
                        f'(looked for {", ".join(IMAGE_EXTENSIONS)} files in <path>/<class>/)')
     self.labels = np.asarray(labels, np.int32)
-    self.image_size, self.mode, self.num_workers = image_size, 'L' if channels == 1 else 'RGB', num_workers
+    self.image_size, self.mode, self.num_workers = image_size, image_mode(channels), num_workers
 
   def __len__(self):
     return len(self.files)
 
-  def load_uint8(self, index, crop_draws=None):
-    from PIL import Image
-    with Image.open(self.files[index]) as img:
-      return crop_resize(img.convert(self.mode), self.image_size, crop_draws)
-
   def get(self, indices, crop_draws=None):
     """crop_draws: [len(indices), 3] in [0, 1) for random crops (`random_crop_resize`); None: centre crops."""
-    images = np.stack(map_threads(lambda j: self.load_uint8(indices[j], None if crop_draws is None else crop_draws[j]),
-                                  range(len(indices)), self.num_workers))
+    images = np.stack(map_threads(
+        lambda j: decode_image(self.files[indices[j]], self.mode, self.image_size,
+                               None if crop_draws is None else crop_draws[j]), range(len(indices)), self.num_workers))
     return {'image': to_unit_range(images), 'label': self.labels[indices]}
 
 
 class TfdsSource:
-  """A TFDS dataset read by index through `tfds.data_source` (TensorFlow-free, ArrayRecord files)."""
+  """A prepared TFDS dataset read by index (ArrayRecord files). The builder is restored from the prepared files
+  (`features.json`, `dataset_info.json`), not from its generation code, so reading needs tensorflow-datasets and
+  array_record but not TensorFlow (some builders' code imports it, coco_captions' among them). The records'
+  images stay encoded until the num_workers threads decode, convert and resize them."""
 
-  def __init__(self, name, split, image_size, num_workers=1):
+  def __init__(self, name, split, image_size, channels=3, num_workers=1, data_dir=''):
     try:
       import tensorflow_datasets as tfds
+      from tensorflow_datasets.core import read_only_builder
     except ImportError as e:
-      raise ImportError(f"config.data.source='tfds' needs tensorflow-datasets: pip install tensorflow-datasets "
-                        f"(and tensorflow to prepare {name!r} once)") from e
+      raise ImportError(f"config.data.source='tfds' needs tensorflow-datasets and array_record: pip install -r "
+                        f"requirements-tfds.txt (and tensorflow to prepare {name!r} once)") from e
+    where = f'in {data_dir!r}' if data_dir else 'in $TFDS_DATA_DIR or ~/tensorflow_datasets'
     try:
-      self.data = tfds.data_source(name, split=split)
+      builder = read_only_builder.builder_from_files(name, data_dir=data_dir or None)
+      self.data = builder.as_data_source(split=split, decoders={'image': tfds.decode.SkipDecoding()})
     except Exception as e:
-      raise RuntimeError(f'could not open TFDS dataset {name!r} split {split!r} for random access ({e}). '
+      raise RuntimeError(f'could not open TFDS dataset {name!r} split {split!r} {where} for random access ({e}). '
                          f'Prepare it once in ArrayRecord format: tfds build {name} --file_format=array_record '
-                         '(ImageNet needs its archives in the manual_dir first; see the TFDS catalog)') from e
-    self.image_size, self.num_workers = image_size, num_workers
-    self.labels = None
+                         '(ImageNet needs its archives in the manual_dir first; see the TFDS catalog), or point '
+                         '--config.data.tfds_data_dir at where it was prepared') from e
+    features = self.data.dataset_info.features
+    if 'image' not in features:
+      raise ValueError(f'TFDS dataset {name!r} has no "image" feature (it has {", ".join(features)})')
+    label = features['label'] if 'label' in features else None
+    self.num_classes = getattr(label, 'num_classes', None)
+    self.has_labels = label is not None
+    self.image_size, self.mode, self.num_workers = image_size, image_mode(channels), num_workers
 
   def __len__(self):
     return len(self.data)
 
+  def records(self, indices):
+    """The records of `indices`, their images still encoded (one batched ArrayRecord read)."""
+    return self.data.__getitems__([int(i) for i in indices])
+
+  def images(self, records, crop_draws=None):
+    """uint8 [len(records), size, size, C]: the records' images decoded and resized on num_workers threads."""
+    return np.stack(map_threads(
+        lambda j: decode_image(io.BytesIO(records[j]['image']), self.mode, self.image_size,
+                               None if crop_draws is None else crop_draws[j]), range(len(records)), self.num_workers))
+
   def get(self, indices, crop_draws=None):
     """crop_draws as in `ImageFolderSource.get`."""
-    from PIL import Image
-    records = [self.data[int(i)] for i in indices]  # read in this thread; the resizing runs on num_workers
-    images = np.stack(map_threads(
-        lambda j: crop_resize(Image.fromarray(np.asarray(records[j]['image']).squeeze()), self.image_size,
-                              None if crop_draws is None else crop_draws[j]), range(len(records)), self.num_workers))
-    return {'image': to_unit_range(images), 'label': np.asarray([r['label'] for r in records], np.int32)}
+    records = self.records(indices)
+    labels = [r['label'] for r in records] if self.has_labels else np.zeros(len(records))
+    return {'image': to_unit_range(self.images(records, crop_draws)), 'label': np.asarray(labels, np.int32)}
 
 
 def create_source(data_config, tokenize=True):
@@ -182,18 +219,32 @@ def create_source(data_config, tokenize=True):
   return source
 
 
+def _tfds_base_name(name):
+  """'coco_captions/2014:1.1.0' -> 'coco_captions'."""
+  return name.split(':')[0].split('/')[0]
+
+
+def tfds_source(data_config):
+  return TfdsSource(data_config.name, data_config.split, data_config.image_size, data_config.get('channels', 3),
+                    data_config.get('num_workers', 1), data_config.get('tfds_data_dir', ''))
+
+
 def _base_source(data_config):
   kind = data_config.source
   if kind == 'digits':
     return digits_source(data_config.image_size, data_config.channels)
   if kind == 'image_folder':
-    return ImageFolderSource(data_config.path, data_config.image_size, data_config.channels,
-                             data_config.get('num_workers', 1))
+    source = ImageFolderSource(data_config.path, data_config.image_size, data_config.channels,
+                               data_config.get('num_workers', 1))
+    check_class_count(len(source.classes), data_config, f'the image folder {data_config.path!r}')
+    return source
   if kind == 'tfds':
-    if data_config.get('captions', False) and data_config.name.split(':')[0] == 'coco_captions':
+    if data_config.get('captions', False) and _tfds_base_name(data_config.name) == 'coco_captions':
       from input_pipeline.captions import CocoCaptionsSource
-      return CocoCaptionsSource(data_config.name, data_config.split, data_config.image_size)
-    return TfdsSource(data_config.name, data_config.split, data_config.image_size, data_config.get('num_workers', 1))
+      return CocoCaptionsSource(tfds_source(data_config))
+    source = tfds_source(data_config)
+    check_class_count(source.num_classes, data_config, f'TFDS dataset {data_config.name!r}')
+    return source
   if kind == 'latents':
     from input_pipeline.latents import LatentSource
     return LatentSource(data_config.path, data_config.image_size, data_config.channels,

@@ -60,31 +60,22 @@ def test_fid_stats_of_a_folder_for_latents_encoded_elsewhere(tmp_path):
   assert total == 3 and images.shape == (3, 32, 32, 3) and images[:, 0, 0, 0].tolist() == [0, 50, 100]
 
 
-def test_fid_stats_of_a_captioned_dataset_reads_each_image_once(monkeypatch):
+def test_fid_stats_of_a_captioned_dataset_reads_each_image_once(tmp_path):
   """coco_captions lists each image once per caption; the reference must hold each image once."""
-  import input_pipeline.sources  # pylint: disable=import-outside-toplevel
-
-  class FakeTfds:  # TFDS's records as CocoCaptionsSource reads them, and get() as TfdsSource answers it
-    def __init__(self, name, split, image_size, num_workers=1):
-      del name, split, num_workers
-      self.image_size = image_size
-      self.data = [{'image': np.full((20, 20, 3), 60 * i, np.uint8), 'captions': {'text': [b'a cat'] * 5}}
-                   for i in range(4)]
-
-    def __len__(self):
-      return len(self.data)
-
-    def get(self, indices):
-      return {'image': np.stack([self.data[i]['image'][:self.image_size, :self.image_size] / 127.5 - 1
-                                 for i in indices])}
-
-  monkeypatch.setattr(input_pipeline.sources, 'TfdsSource', FakeTfds)
+  pytest.importorskip('tensorflow_datasets')
+  pytest.importorskip('array_record')
+  from tests import tfds_datasets  # pylint: disable=import-outside-toplevel
+  tfds_datasets.prepare_coco_captions(tmp_path)
   data = ml_collections.ConfigDict({'source': 'tfds', 'name': 'coco_captions', 'split': 'train', 'image_size': 8,
-                                    'channels': 3, 'captions': True})
-  assert len(input_pipeline.sources.create_source(data, tokenize=False)) == 20  # what training sees
+                                    'channels': 3, 'captions': True, 'num_classes': 0,
+                                    'tfds_data_dir': str(tmp_path)})
+  captioned = create_source(data, tokenize=False)
+  assert len(captioned) == 20  # what training sees: 4 images x 5 captions
   chunks, total, _ = jobs.dataset_image_chunks(data)
   images = np.concatenate(list(chunks))
-  assert total == 4 and images[:, 0, 0, 0].tolist() == [0, 60, 120, 180]
+  assert total == 4 and images.shape == (4, 8, 8, 3)
+  np.testing.assert_array_equal(images, to_uint8(captioned.get(np.arange(0, 20, 5))['image']))
+  assert len({image.tobytes() for image in images}) == 4
   assert data.captions  # the caller's config is left as it was
 
 
