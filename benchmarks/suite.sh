@@ -22,11 +22,12 @@ ROWS=(
   "throughput --model=unet   --batch=128"
   "throughput --model=unet   --batch=128 --mode=guided"
   "input_pipeline --train_img_per_s=3000"
+  "pixel_pipeline --workers=1,4,8,16"
   "fid_features --batch_size=250 --num_images=2000 --image_size=256"
 )
 for row in "${ROWS[@]}"; do
   if [ $# -gt 0 ] && [[ "$row" != *"$1"* ]]; then continue; fi
   echo "\$ python -m benchmarks.$row"
-  python -m benchmarks.$row 2>&1 | grep -E '^(device=|img/s=|source=|host batches|FID Inception|wrote|Traceback|.*Error)|attention_impl=cudnn is not' \
+  python -m benchmarks.$row 2>&1 | grep -E '^(device=|img/s=|source=|host batches|FID Inception|wrote|[0-9]+ synthetic|[|]|Traceback|.*Error)|attention_impl=cudnn is not' \
     || echo "(failed: rerun the command above to see why)"
 done
