@@ -117,11 +117,12 @@ def create_writer(workdir, is_main_process=True):
     return ConsoleWriter()
   logdir = os.path.join(workdir, 'tensorboard')
   jsonl = JsonlWriter(os.path.join(workdir, 'metrics.jsonl'))
-  if importlib.util.find_spec('tensorflow') is not None:
+  # clu's TensorFlow writer also imports tensorboard, which tensorflow-cpu 2.21 no longer installs.
+  if all(importlib.util.find_spec(m) is not None for m in ('tensorflow', 'tensorboard')):
     return MultiWriter([CluWriter(logdir, just_logging=False), jsonl])
   if importlib.util.find_spec('tensorboardX') is None:  # e.g. a bare accelerator image: keep training, say so
-    logging.warning('neither tensorflow nor tensorboardX is installed: no TensorBoard events, metrics go to %s and '
-                    'the console (pip install tensorboardX)', jsonl.path)
+    logging.warning('neither tensorflow with tensorboard nor tensorboardX is installed: no TensorBoard events, '
+                    'metrics go to %s and the console (pip install tensorboardX)', jsonl.path)
     return MultiWriter([ConsoleWriter(), jsonl])
   return MultiWriter([TensorboardXWriter(logdir), ConsoleWriter(), jsonl])
 

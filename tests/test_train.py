@@ -131,6 +131,22 @@ def test_writer_without_tensorboard_backends_keeps_jsonl_and_warns(tmp_path, mon
   assert any('pip install tensorboardX' in r.getMessage() for r in caplog.records)
 
 
+def test_tensorflow_without_tensorboard_writes_events_through_tensorboardx(tmp_path, monkeypatch):
+  """tensorflow-cpu 2.21 comes without tensorboard, which clu's TensorFlow writer imports: use tensorboardX."""
+  import importlib.machinery
+  import importlib.util
+  import writers
+  real_find_spec = importlib.util.find_spec
+  found = {'tensorflow': importlib.machinery.ModuleSpec('tensorflow', None), 'tensorboard': None}
+  monkeypatch.setattr(writers.importlib.util, 'find_spec',
+                      lambda name, *a: found[name] if name in found else real_find_spec(name, *a))
+  writer = writers.create_writer(str(tmp_path))
+  writer.write_scalars(3, {'loss': 0.5})
+  writer.close()
+  assert read_metrics(tmp_path, 'loss') == [(3, 0.5)]
+  assert read_event_tags(tmp_path) >= {'loss'}
+
+
 def test_checkpoint_restores_under_another_mesh(tmp_path):
   from checkpoints import CheckpointStore
   c = tiny_unet_config(train__num_steps=2, train__checkpoint_every=2)
