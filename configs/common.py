@@ -36,7 +36,8 @@ def base_config():
   c.data = ml_collections.ConfigDict()
   c.data.source = 'digits'        # one of DATA_SOURCES
   c.data.name = ''                # TFDS dataset name (source=tfds), e.g. 'imagenet2012' or 'coco_captions/2014'
-  c.data.tfds_data_dir = ''       # where TFDS datasets were prepared ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets)
+  c.data.tfds_data_dir = ''       # where TFDS datasets (also data.pixels') were prepared; '' = $TFDS_DATA_DIR or
+                                  # ~/tensorflow_datasets
   c.data.split = 'train'
   c.data.path = ''                # image folder or latent directory
   c.data.image_size = 8           # side length the model sees (pixels, or latent side)
