@@ -140,13 +140,17 @@ def trained_workdir(tmp_path_factory):
     FailingEvaluator.calls.clear()
     train.train_and_evaluate(tiny_config(failing={'every_steps': 2, 'num_samples': 8},
                                          digits={'every_steps': 2, 'num_samples': 16}), workdir)
+  TRAINING_RECORDS[workdir] = read_jsonl(workdir)  # before the eval jobs of other tests append theirs
   return workdir
+
+
+TRAINING_RECORDS = {}  # trained_workdir -> what training wrote to its metrics.jsonl
 
 
 def test_failing_evaluator_does_not_stop_training(trained_workdir):
   assert FailingEvaluator.calls == [8, 8]  # called at steps 2 and 4, failed both times
   assert sorted(os.listdir(os.path.join(trained_workdir, 'checkpoints'))) == ['2', '4']
-  records = read_jsonl(trained_workdir)
+  records = TRAINING_RECORDS[trained_workdir]
   digits = [(r['step'], r['eval/digits_accuracy']) for r in records if 'eval/digits_accuracy' in r]
   assert [step for step, _ in digits] == [2, 4] and all(0 <= a <= 1 for _, a in digits)
   assert not any('eval/failing_seconds' in r for r in records)
