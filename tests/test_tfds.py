@@ -107,3 +107,19 @@ def test_a_dataset_not_prepared_names_the_command_that_prepares_it(data_dir):
     create_source(data_config(data_dir, name='cifar10'))
   with pytest.raises(RuntimeError, match=r"split 'validation'"):
     create_source(data_config(data_dir, split='validation'))
+
+
+def test_the_encode_and_fid_stats_jobs_read_a_latent_models_tfds_pixels_from_tfds_data_dir(data_dir):
+  """A latent model's images (config.data.pixels, what --mode=encode encodes and --mode=fid_stats reads) come from
+  TFDS in config.data.tfds_data_dir."""
+  from configs.common import base_config
+  from evaluation import jobs
+  from input_pipeline import encode
+  c = base_config()
+  c.data.update(source='latents', path='/unused', tfds_data_dir=data_dir, num_workers=2)
+  c.data.pixels.update(source='tfds', name='tiny_images', split='train', image_size=8)
+  for pixels in (encode.pixel_data_config(c), jobs.pixel_data_config(c.data)):
+    source = create_source(pixels, tokenize=False)
+    assert len(source) == 9 and source.get(np.arange(3))['image'].shape == (3, 8, 8, 3)
+  chunks, total, _ = jobs.dataset_image_chunks(c.data)
+  assert total == 9 and np.concatenate(list(chunks)).shape == (9, 8, 8, 3)
