@@ -116,9 +116,13 @@ def image_mode(channels):
   return 'L' if channels == 1 else 'RGB'
 
 
-def check_class_count(classes, data_config, what):
-  """Labels of `classes` classes fit the model's config.data.num_classes (0: unconditional, labels unused)."""
+def check_class_count(classes, data_config, what, labelled=True):
+  """Labels of `classes` classes (None: not known) fit the model's config.data.num_classes (0: unconditional,
+  labels unused), and a class-conditional model has labels to read (`labelled`)."""
   wanted = data_config.get('num_classes', 0)
+  if wanted > 0 and not labelled:
+    raise ValueError(f"{what} has no 'label' feature, so it cannot train a class-conditional model "
+                     f'(config.data.num_classes={wanted}); set --config.data.num_classes=0 to train unconditionally')
   if classes is not None and 0 < wanted < classes:
     raise ValueError(f'{what} has {classes} classes but config.data.num_classes={wanted}: labels {wanted} and up '
                      f'would fall outside the class embedding; set --config.data.num_classes={classes} (or 0 to '
@@ -243,7 +247,7 @@ def _base_source(data_config):
       from input_pipeline.captions import CocoCaptionsSource
       return CocoCaptionsSource(tfds_source(data_config))
     source = tfds_source(data_config)
-    check_class_count(source.num_classes, data_config, f'TFDS dataset {data_config.name!r}')
+    check_class_count(source.num_classes, data_config, f'TFDS dataset {data_config.name!r}', source.has_labels)
     return source
   if kind == 'latents':
     from input_pipeline.latents import LatentSource

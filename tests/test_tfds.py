@@ -87,11 +87,16 @@ def test_coco_captions_gives_each_image_with_each_of_its_first_five_captions(dat
   np.testing.assert_array_equal(batch['label'], np.zeros(20))
 
 
-def test_a_label_beyond_num_classes_fails_at_start(data_dir, tmp_path):
+def test_a_label_beyond_num_classes_or_no_label_for_a_conditional_model_fails_at_start(data_dir, tmp_path):
   with pytest.raises(ValueError, match=r"TFDS dataset 'tiny_images' has 3 classes but config\.data\.num_classes=2: "
                                        r'.*--config\.data\.num_classes=3'):
     create_source(data_config(data_dir, num_classes=2))
   assert len(create_source(data_config(data_dir, num_classes=0))) == 9  # unconditional: labels unused
+  with pytest.raises(ValueError, match=r"TFDS dataset 'coco_captions' has no 'label' feature, so it cannot train a "
+                                       r'class-conditional model \(config\.data\.num_classes=3\); set '
+                                       r'--config\.data\.num_classes=0'):
+    create_source(data_config(data_dir, name='coco_captions'))
+  assert create_source(data_config(data_dir, name='coco_captions', num_classes=0)).get([0])['label'].tolist() == [0]
   for c in range(3):
     (tmp_path / f'class{c}').mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / f'class{c}/0.png')
