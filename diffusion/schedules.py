@@ -59,7 +59,9 @@ def timestep_spacing(num_timesteps, num_steps, spacing='leading'):
   if spacing == 'leading':
     steps = np.arange(num_steps) * (num_timesteps // num_steps)
   elif spacing == 'trailing':
-    steps = np.round(np.arange(num_timesteps, 0, -num_timesteps / num_steps)).astype(np.int64)[::-1] - 1
+    # arange with a float step can give one element more (about 1e-13, rounded to 0: a timestep of -1), e.g. for
+    # 61 of 1000 steps; keep the first num_steps (diffusers' DDIMScheduler has the extra step)
+    steps = np.round(np.arange(num_timesteps, 0, -num_timesteps / num_steps)[:num_steps]).astype(np.int64)[::-1] - 1
   elif spacing == 'linspace':
     steps = np.round(np.linspace(0, num_timesteps - 1, num_steps)).astype(np.int64)
   else:

@@ -33,5 +33,18 @@ def test_timestep_spacings():
   np.testing.assert_array_equal(timestep_spacing(1000, 10, 'leading'), np.arange(900, -1, -100))
   np.testing.assert_array_equal(timestep_spacing(1000, 10, 'trailing'), np.arange(999, 0, -100))
   np.testing.assert_array_equal(timestep_spacing(1000, 4, 'linspace'), [999, 666, 333, 0])
+  trailing_61 = timestep_spacing(1000, 61, 'trailing')  # arange(1000, 0, -1000 / 61) has 62 elements, the last -1
+  assert len(trailing_61) == 61 and list(trailing_61[-2:]) == [32, 15]
   with pytest.raises(ValueError, match='sampling steps'):
     timestep_spacing(1000, 0)
+
+
+@pytest.mark.parametrize('spacing', ['leading', 'trailing', 'linspace'])
+@pytest.mark.parametrize('num_timesteps', [1000, 250, 4000])
+def test_every_step_count_gives_that_many_distinct_timesteps_in_range(spacing, num_timesteps):
+  for n in range(1, num_timesteps + 1):
+    steps = timestep_spacing(num_timesteps, n, spacing)
+    assert len(steps) == n and np.all(np.diff(steps) < 0), (n, steps[-3:])
+    assert 0 <= steps[-1] and steps[0] <= num_timesteps - 1, (n, steps[[0, -1]])
+    if spacing == 'trailing':
+      assert steps[0] == num_timesteps - 1
