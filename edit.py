@@ -77,13 +77,17 @@ def read_images(path, image_size, channels):
 
 
 def read_keep_mask(path, image_size):
-  """bool [S, S, 1], True where a pixel is kept: black (< 128) in the mask file; white is repainted."""
+  """bool [S, S, 1], True where a pixel is kept: black (< 128) in the mask file; white is repainted. The mask is
+  scaled (nearest) so its short side is S and centre-cropped, as `center_crop_resize` does the images, so a mask
+  drawn on an image covers the same pixels of its crop."""
   from PIL import Image
   if not os.path.isfile(path):
     raise FileNotFoundError(f'--mask={path!r}: no such file')
   with Image.open(path) as image:
-    grey = np.asarray(image.convert('L').resize((image_size, image_size), Image.NEAREST))
-  keep = grey < 128
+    scale = image_size / min(image.size)
+    grey = np.asarray(image.convert('L').resize(tuple(round(s * scale) for s in image.size), Image.NEAREST))
+  top, left = (grey.shape[0] - image_size) // 2, (grey.shape[1] - image_size) // 2
+  keep = grey[top:top + image_size, left:left + image_size] < 128
   if keep.all():
     raise ValueError(f'--mask={path} is black everywhere: nothing to repaint (white marks the region to repaint)')
   return keep[..., None]

@@ -102,6 +102,21 @@ def test_bad_edit_inputs_fail_before_anything_is_written(run):
   assert open(first, 'rb').read() == before
 
 
+def test_a_mask_is_centre_cropped_as_its_image_is(tmp_path):
+  """A 40x20 image becomes its middle 20x20, scaled to 8x8; its mask, repainting the right 15 columns, must repaint
+  the same pixels of that crop: the 5 of its 20 columns right of the middle, 2 of 8 (squashing the mask gave 3)."""
+  mask = np.zeros((20, 40), np.uint8)
+  mask[:, 25:] = 255
+  Image.fromarray(mask).save(tmp_path / 'mask.png')
+  image = np.repeat(np.arange(40, dtype=np.uint8)[None, :, None] * 6, 20, axis=0).repeat(3, -1)
+  Image.fromarray(image).save(tmp_path / 'image.png')
+  keep = edit.read_keep_mask(str(tmp_path / 'mask.png'), 8)
+  assert keep.shape == (8, 8, 1) and (keep == keep[:1]).all()
+  assert keep[0, :, 0].tolist() == [True] * 6 + [False] * 2
+  column = edit.read_images(str(tmp_path / 'image.png'), 8, 3)[0, 0, :, 0] / 6  # the source column of each pixel
+  assert (column[:6] < 25.5).all() and (column[6:] > 25).all(), column
+
+
 def test_latent_keep_mask_keeps_only_whole_patches():
   keep = np.ones((8, 8, 1), bool)
   keep[3, 5] = False  # one repainted pixel: its 4x4 patch (rows 0-3, cols 4-7) is repainted in the latent
