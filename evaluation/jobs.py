@@ -229,20 +229,21 @@ def image_files(root):
   return files
 
 
-def read_rgb(path, image_size):
-  """One image file as uint8 RGB, centre-cropped and resized to image_size as the training data is."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-  from input_pipeline.sources import center_crop_resize  # pylint: disable=import-outside-toplevel
-  with Image.open(path) as image:
-    return center_crop_resize(image.convert('RGB'), image_size)
+def reference_channels(data_config):
+  """The channels of the images the samples are comparable to (1: grey), as `reference_image_size`."""
+  pixels = data_config.pixels if data_config.source == 'latents' else data_config
+  return pixels.get('channels', 3)
 
 
-def folder_image_chunks(root, image_size, num_images=0):
-  """uint8 NHWC RGB chunks of the images in a folder (any layout), at image_size."""
+def folder_image_chunks(root, image_size, num_images=0, channels=3):
+  """uint8 NHWC chunks of the images in a folder (any layout), centre-cropped and resized to image_size and
+  converted to `channels` (1: PIL's grey, as the training data is) as `input_pipeline.sources` reads them."""
+  from input_pipeline.sources import decode_image, image_mode  # pylint: disable=import-outside-toplevel
   files = image_files(root)
   indices = subset_indices(len(files), num_images)
-  description = f'{root} ({len(indices)} of {len(files)} images, at {image_size}x{image_size})'
-  return (np.stack([read_rgb(files[j], image_size) for j in indices[i:i + READ_CHUNK]])
+  description = f'{root} ({len(indices)} of {len(files)} images, at {image_size}x{image_size}x{channels})'
+  mode = image_mode(channels)
+  return (np.stack([decode_image(files[j], mode, image_size) for j in indices[i:i + READ_CHUNK]])
           for i in range(0, len(indices), READ_CHUNK)), len(indices), description
 
 
@@ -251,7 +252,7 @@ def reference_image_chunks(config, images=None, num_images=0):
   if not images:
     return dataset_image_chunks(config.data, num_images)
   if os.path.isdir(images):
-    return folder_image_chunks(images, reference_image_size(config.data), num_images)
+    return folder_image_chunks(images, reference_image_size(config.data), num_images, reference_channels(config.data))
   if images.endswith('.npz'):
     return npz_image_chunks(images, num_images)
   raise FileNotFoundError(f'--images={images!r} is neither a folder of images nor an .npz file')

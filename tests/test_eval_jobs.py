@@ -60,6 +60,24 @@ def test_fid_stats_of_a_folder_for_latents_encoded_elsewhere(tmp_path):
   assert total == 3 and images.shape == (3, 32, 32, 3) and images[:, 0, 0, 0].tolist() == [0, 50, 100]
 
 
+def test_fid_stats_of_a_folder_reads_it_in_the_models_channels(tmp_path):
+  """A grey model's reference from --images=<folder of colour files> is the grey images it trains on, not RGB."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  colour = [rng.integers(0, 256, (12, 12, 3), dtype=np.uint8) for _ in range(2)]
+  for i, image in enumerate(colour):
+    (tmp_path / 'c').mkdir(exist_ok=True)
+    Image.fromarray(image).save(tmp_path / f'c/{i}.png')
+  data = ml_collections.ConfigDict({'source': 'image_folder', 'path': str(tmp_path), 'image_size': 12, 'channels': 1,
+                                    'num_classes': 0})
+  chunks, _, description = jobs.reference_image_chunks(ml_collections.ConfigDict({'data': data}), str(tmp_path))
+  grey = np.concatenate(list(chunks))
+  trained = np.concatenate(list(jobs.dataset_image_chunks(data)[0]))
+  assert grey.shape == (2, 12, 12, 1) and '12x12x1' in description
+  np.testing.assert_array_equal(grey, trained)
+  np.testing.assert_array_equal(grey[..., 0], [np.asarray(Image.fromarray(c).convert('L')) for c in colour])
+
+
 def test_fid_stats_of_a_captioned_dataset_reads_each_image_once(tmp_path):
   """coco_captions lists each image once per caption; the reference must hold each image once."""
   pytest.importorskip('tensorflow_datasets')
