@@ -91,6 +91,10 @@ class CheckpointStore:
     return sorted(self.manager.all_steps())
 
   def save(self, step, state, signature):
+    """Writes `step`. A step already on disk (one restore_latest could not restore and fell back from, or a
+    snapshot written after the checkpoint a run resumed from) is first moved aside, never deleted."""
+    if step in self.steps():
+      self._move_aside(step)
     items = {name: ocp.args.StandardSave(tree) for name, tree in _items(state).items()}
     try:
       self.manager.save(int(step), args=ocp.args.Composite(meta=ocp.args.JsonSave(_json_normal(signature)), **items),
@@ -102,6 +106,20 @@ class CheckpointStore:
       reason = 'the disk is full' if e.errno == errno.ENOSPC else str(e)
       raise RuntimeError(f'saving the checkpoint of step {step} to {self.directory} failed: {reason}; {kept}. '
                          'Free space (or point --workdir elsewhere) and restart to resume.') from e
+
+  def _move_aside(self, step):
+    """<directory>/<step> -> <directory>/<step>.replaced[.k], which orbax does not count as a step."""
+    if jax.process_index() == 0:
+      target, k = os.path.join(self.directory, f'{step}.replaced'), 1
+      while os.path.exists(target):
+        target, k = os.path.join(self.directory, f'{step}.replaced.{k}'), k + 1
+      os.rename(os.path.join(self.directory, str(step)), target)
+      logging.warning('%s/%d already existed (a run stopped after writing it, or it could not be restored); '
+                      'moved it to %s to write step %d anew', self.directory, step, target, step)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      multihost_utils.sync_global_devices(f'checkpoint {self.directory} {step} moved aside')
+    self.manager.reload()
 
   def restore(self, step, abstract_state):
     """The state of `step`, placed as abstract_state's shardings (jax.ShapeDtypeStruct with .sharding)."""

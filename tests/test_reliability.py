@@ -139,6 +139,12 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
     _, step = restore(c, str(tmp_path))
   assert step == 2
   assert 'checkpoint of step 4' in caplog.text and 'trying the previous one' in caplog.text
+  c.train.num_steps = 6  # the resumed run reaches step 4 again: the unrestorable one is moved aside, not deleted
+  train.train_and_evaluate(c, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4', '4.replaced', '6']
+  assert restore(c, str(tmp_path))[1] == 6
+  moved = [os.path.join(r, f) for r, _, fs in os.walk(tmp_path / 'checkpoints' / '4.replaced' / 'state') for f in fs]
+  assert moved and all(open(f, 'rb').read() == b'garbage' for f in moved)
 
 
 class NaNAtStep3(train.StepBatcher):
@@ -157,6 +163,18 @@ def test_nonfinite_stop_names_the_step_and_keeps_good_checkpoints(tmp_path, monk
     train.train_and_evaluate(c, str(tmp_path))
   state, step = restore(c, str(tmp_path))
   assert step == 2 and all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
+def test_a_rerun_after_a_stop_rewrites_the_snapshots_written_after_the_last_checkpoint(tmp_path, monkeypatch):
+  monkeypatch.setattr(train, 'StepBatcher', NaNAtStep3)
+  c = tiny_unet_config(train__num_steps=4, train__checkpoint_every=4, train__ema_snapshot_every=2)
+  c.optim.ema_sigma_rels = (0.05,)
+  with pytest.raises(train.NonFiniteError, match='at step 3'):
+    train.train_and_evaluate(c, str(tmp_path))
+  assert not os.listdir(tmp_path / 'checkpoints') and os.listdir(tmp_path / 'ema_snapshots') == ['2']
+  monkeypatch.undo()
+  train.train_and_evaluate(c, str(tmp_path))  # starts again from step 0 and writes snapshot 2 again
+  assert sorted(os.listdir(tmp_path / 'ema_snapshots')) == ['2', '2.replaced', '4']
 
 
 def test_nonfinite_skip_drops_and_counts_the_update(tmp_path, monkeypatch):
