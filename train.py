@@ -224,6 +224,20 @@ def check_finite(state, config):
         "--config.train.nonfinite=skip to drop such updates and count them.")
 
 
+def restart_nonfinite_record(state, config):
+  """A checkpoint of a train.nonfinite='skip' run records the first update it skipped; resumed with 'stop', that old
+  record would stop the run at its first log step. The record starts again (nonfinite_count keeps the total)."""
+  first = int(state.first_nonfinite_step)
+  if first < 0 or config.train.nonfinite != 'stop':
+    return state
+  logging.warning('the checkpoint comes from a run that skipped %d non-finite update(s), the first at step %d '
+                  "(train.nonfinite='skip'); with 'stop' this run stops at the next one", int(state.nonfinite_count),
+                  first)
+  sharding = state.first_nonfinite_step.sharding
+  none = jax.jit(lambda x: jnp.full_like(x, -1), out_shardings=sharding)(state.first_nonfinite_step)
+  return state.replace(first_nonfinite_step=none)
+
+
 def run_evaluators(config, evaluators, step, generate_fn, params, mesh, writer, workdir, final=False):
   """Runs the evaluators due at `step`; a failing evaluator is logged and training goes on."""
   results = {}
@@ -326,6 +340,7 @@ def train_and_evaluate(config, workdir):
                  count_params(state.params) / 1e6, dict(mesh.shape))
   else:
     logging.info('resumed from the checkpoint of step %d in %s', start_step, store.directory)
+    state = restart_nonfinite_record(state, config)
   if is_main:
     write_config(config, workdir)
 

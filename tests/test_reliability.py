@@ -187,6 +187,30 @@ def test_nonfinite_skip_drops_and_counts_the_update(tmp_path, monkeypatch):
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
 
+class NaNAtStep5(train.StepBatcher):
+
+  def batch(self, step):
+    b = super().batch(step)
+    if step == 5:
+      b['image'] = np.full_like(b['image'], np.nan)
+    return b
+
+
+def test_a_skip_run_resumed_with_stop_stops_at_a_new_nonfinite_step_only(tmp_path, monkeypatch):
+  monkeypatch.setattr(train, 'StepBatcher', NaNAtStep3)
+  c = tiny_unet_config(train__num_steps=4, train__checkpoint_every=2, train__log_every=1)
+  c.train.nonfinite = 'skip'
+  train.train_and_evaluate(c, str(tmp_path))
+  c.train.nonfinite, c.train.num_steps = 'stop', 6
+  monkeypatch.setattr(train, 'StepBatcher', NaNAtStep5)
+  with pytest.raises(train.NonFiniteError, match='non-finite loss or gradient at step 5'):
+    train.train_and_evaluate(c, str(tmp_path))
+  monkeypatch.undo()
+  train.train_and_evaluate(c, str(tmp_path))  # step 3, skipped before the checkpoint of step 4, stops nothing
+  state, step = restore(c, str(tmp_path))
+  assert step == 6 and int(state.nonfinite_count) == 1 and int(state.first_nonfinite_step) == -1
+
+
 def test_full_disk_fails_clearly_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
   c = tiny_unet_config(train__num_steps=4, train__checkpoint_every=2)
   original = CheckpointStore.save
