@@ -219,8 +219,8 @@ def check_finite(state, config):
   first = int(state.first_nonfinite_step)
   if first >= 0 and config.train.nonfinite == 'stop':
     raise NonFiniteError(
-        f'non-finite loss or gradient at step {first} (no update from it was applied; the last checkpoint is '
-        'from before it). Lower the learning rate, enable gradient clipping, or set '
+        f'non-finite loss or gradient at step {first} (no update from it was applied, and no checkpoint was '
+        'written after it). Lower the learning rate, enable gradient clipping, or set '
         "--config.train.nonfinite=skip to drop such updates and count them.")
 
 
