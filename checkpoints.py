@@ -143,18 +143,27 @@ class CheckpointStore:
                          'Use a new --workdir, or restore the config that wrote them; nothing was changed.')
       return
 
-  def restore_latest(self, abstract_state):
+  def restore_latest(self, abstract_state, alternatives=()):
     """(state, step) from the newest checkpoint that restores, or (None, None) if there is none.
 
     abstract_state carries the target shardings (jax.ShapeDtypeStruct with .sharding), so a
-    checkpoint written under one mesh restores under another. A corrupt or partial checkpoint is
-    reported and the one before it is tried; none is deleted.
+    checkpoint written under one mesh restores under another. `alternatives`: (abstract, convert, what) for
+    layouts an older config wrote, tried when abstract_state's fails; convert turns what restores into
+    abstract_state's layout. A corrupt or partial checkpoint is reported and the one before it is tried; none is
+    deleted.
     """
     steps = self.steps()
     for step in reversed(steps):
       try:
         return self.restore(step, abstract_state), step
       except Exception as e:
+        for abstract, convert, what in alternatives:
+          try:
+            state = convert(self.restore(step, abstract))
+          except Exception:  # not that layout either
+            continue
+          logging.warning('checkpoint of step %d in %s restored from %s', step, self.directory, what)
+          return state, step
         logging.warning('checkpoint of step %d in %s could not be restored (%s: %s); trying the previous one',
                         step, self.directory, type(e).__name__, str(e).splitlines()[0] if str(e) else '')
     if steps:

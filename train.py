@@ -290,6 +290,24 @@ def setup(config, workdir, training=True):
   return model, tx, mesh, abstract, shardings, store
 
 
+def toggled_clip_layout(config, model, mesh, abstract, shardings):
+  """(abstract, convert, what) for checkpoints written with optim.grad_clip off while it is on, or on while off:
+  the clipping adds an optax.chain level to the optimizer state, with no arrays of its own, so the arrays carry
+  over one to one (the toggle NonFiniteError's advice to clip makes)."""
+  optim = config.optim.copy_and_resolve_references()
+  optim.grad_clip = 0.0 if config.optim.grad_clip > 0 else 1.0
+  other, _ = state_shardings(config, model, create_optimizer(optim, frozen_parameter_groups(config)), mesh)
+  treedef = jax.tree.structure(abstract.opt_state)
+
+  def convert(state):
+    leaves = [jax.device_put(x, s) for x, s in zip(jax.tree.leaves(state.opt_state),
+                                                    jax.tree.leaves(shardings.opt_state))]
+    return state.replace(opt_state=jax.tree.unflatten(treedef, leaves))
+
+  was = 'off' if config.optim.grad_clip > 0 else 'on'
+  return other, convert, f'a run with gradient clipping {was} (optim.grad_clip); its optimizer state carries over'
+
+
 def write_config(config, workdir):
   """<workdir>/config.json: the run's config, which a guided sampler reads back (sample.load_classifier)."""
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -303,12 +321,13 @@ def restore_for_inference(config, workdir, use_ema=True):
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise FileNotFoundError(f'no checkpoints in {workdir}/checkpoints; train first with --mode=train '
                             f'--workdir={workdir}')
-  model, tx, mesh, abstract, _, store = setup(config, workdir, training=False)
+  model, tx, mesh, abstract, shardings, store = setup(config, workdir, training=False)
   try:
     if use_ema and config.sample.ema_sigma_rel:
       params, step = ema_lib.reconstruct(config, workdir, abstract.params, mesh)
       return model, params, step, mesh
-    state, step = store.restore_latest(abstract.replace(power_ema=()))
+    other, convert, what = toggled_clip_layout(config, model, mesh, abstract, shardings)
+    state, step = store.restore_latest(abstract.replace(power_ema=()), [(other.replace(power_ema=()), convert, what)])
   finally:
     store.close()
   if state is None:
@@ -327,7 +346,7 @@ def train_and_evaluate(config, workdir):
   model, tx, mesh, abstract, shardings, store = setup(config, workdir)
   check_batch_sizes(config, mesh)  # needs the mesh: before any state is made or written
 
-  state, start_step = store.restore_latest(abstract)
+  state, start_step = store.restore_latest(abstract, [toggled_clip_layout(config, model, mesh, abstract, shardings)])
   if start_step is not None and start_step >= config.train.num_steps:
     logging.info('%s already holds the checkpoint of step %d >= config.train.num_steps=%d; nothing to train '
                  '(raise --config.train.num_steps to continue)', store.directory, start_step,

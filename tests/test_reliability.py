@@ -211,6 +211,31 @@ def test_a_skip_run_resumed_with_stop_stops_at_a_new_nonfinite_step_only(tmp_pat
   assert step == 6 and int(state.nonfinite_count) == 1 and int(state.first_nonfinite_step) == -1
 
 
+def test_gradient_clipping_turned_on_or_off_at_a_resume_carries_the_optimizer_state_over(tmp_path, caplog):
+  c = tiny_unet_config(train__num_steps=2, train__checkpoint_every=2)
+  c.optim.grad_clip = 0.0
+  train.train_and_evaluate(c, str(tmp_path))
+  unclipped, _ = restore(c, str(tmp_path))
+  c.optim.grad_clip = 1.0  # an optax.chain level more in the optimizer state
+  model, _, mesh, abstract, shardings, store = train.setup(c, str(tmp_path))
+  carried, step = store.restore_latest(abstract, [train.toggled_clip_layout(c, model, mesh, abstract, shardings)])
+  store.close()
+  assert step == 2 and jax.tree.structure(carried.opt_state) == jax.tree.structure(abstract.opt_state)
+  assert_states_identical(jax.tree.leaves(jax.device_get(carried)), jax.tree.leaves(unclipped))
+  for clip, steps in ((1.0, 4), (0.0, 6)):
+    c.optim.grad_clip, c.train.num_steps = clip, steps
+    with caplog.at_level(logging.WARNING):
+      train.train_and_evaluate(c, str(tmp_path))
+    assert f'restored from a run with gradient clipping {"off" if clip else "on"}' in caplog.text
+    caplog.clear()
+    state, step = restore(c, str(tmp_path))
+    assert step == steps
+  counts = [int(x) for x in jax.tree.leaves(state.opt_state) if np.ndim(x) == 0]
+  assert counts and set(counts) == {6}  # Adam's step count went on through both toggles
+  c.optim.grad_clip = 1.0
+  assert train.restore_for_inference(c, str(tmp_path))[2] == 6  # sampling with the other setting
+
+
 def test_full_disk_fails_clearly_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
   c = tiny_unet_config(train__num_steps=4, train__checkpoint_every=2)
   original = CheckpointStore.save
