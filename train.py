@@ -138,9 +138,13 @@ def train_step(state, batch, *, model, tx, alphas_cumprod, config, micro_shardin
 
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  # A skipped update keeps the moments but not the optimizer's step counts (its integer leaves), so that the
+  # learning-rate schedule follows state.step: the logged rate is the one used, and a decay ends at its step.
+  opt_state = jax.tree.map(lambda n, o: n if jnp.issubdtype(n.dtype, jnp.integer) else jnp.where(finite, n, o),
+                           opt_state, state.opt_state)
   new_state = state.replace(
       step=state.step + 1, params=keep(params, state.params), ema_params=keep(ema, state.ema_params),
-      opt_state=keep(opt_state, state.opt_state), power_ema=keep(power_ema, state.power_ema),
+      opt_state=opt_state, power_ema=keep(power_ema, state.power_ema),
       nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32),
       first_nonfinite_step=jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step,
                                      state.first_nonfinite_step))

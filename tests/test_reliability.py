@@ -185,6 +185,8 @@ def test_nonfinite_skip_drops_and_counts_the_update(tmp_path, monkeypatch):
   state, step = restore(c, str(tmp_path))
   assert step == 6 and int(state.nonfinite_count) == 1 and int(state.first_nonfinite_step) == 3
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+  counts = [int(x) for x in jax.tree.leaves(state.opt_state) if np.issubdtype(x.dtype, np.integer)]
+  assert counts and set(counts) == {6}  # the schedule went on through the skipped step: the logged rate was used
 
 
 class NaNAtStep5(train.StepBatcher):
