@@ -19,6 +19,7 @@ import numpy as np
 from evaluation import device_batches
 from evaluation import frechet
 from evaluation import inception
+from evaluation import npz_layout
 
 
 class Features(NamedTuple):
@@ -234,10 +235,16 @@ def check_reference_npz(path, preprocessing=None):
         f'FID reference statistics {path!r} not found. Compute them from the training data with '
         f'`python main.py --mode=fid_stats --config=<config> --workdir=<dir> --output={path or "<ref>.npz"}` '
         '(or from an image folder / npz with --images=...), or use an ADM reference batch (VIRTUAL_*.npz).')
+  npz_layout.check_npz(path, "FID reference statistics need 'mu' and 'sigma', or 'arr_0' (uint8 NHWC images)")
   keys = _npz_keys(path)
   if not ({'mu', 'sigma'} <= keys or 'arr_0' in keys):
     raise ValueError(f"{path}: not FID reference statistics (need 'mu' and 'sigma', or 'arr_0'); "
                      f'the file has {sorted(keys)}')
+  if 'arr_0' in keys:  # the reference images (precision/recall, and the statistics when none are stored)
+    shape, dtype = npz_layout.member_header(path, 'arr_0')
+    error = npz_layout.image_layout_error(dtype, shape)
+    if error:
+      raise ValueError(f"{path}: its 'arr_0' is not reference images in the ADM layout: {error}")
   if preprocessing is not None and 'preprocessing' in keys and {'mu', 'sigma'} <= keys:
     with np.load(path) as data:
       stored = str(data['preprocessing'])

@@ -23,6 +23,8 @@ import time
 import ml_collections
 import numpy as np
 
+from evaluation import npz_layout
+
 EVAL_DIR = 'eval'
 SUBSET_SEED = 0
 READ_CHUNK = 1000  # images read from a source (and kept in host memory) at a time
@@ -37,8 +39,9 @@ def refuse_existing(path, overwrite, hint):
 
 def check_images(images, where):
   """Raises unless `images` is uint8 [N, H, W, C] with C = 1 or 3 and N > 0."""
-  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3) or not len(images):
-    raise ValueError(f'{where}: need uint8 images [N, H, W, 1 or 3], got {images.dtype} {images.shape}')
+  error = npz_layout.image_layout_error(images.dtype, images.shape)
+  if error:
+    raise ValueError(f'{where}: {error}')
 
 
 def subset_indices(total, num_images):
@@ -69,6 +72,7 @@ def load_samples_npz(path):
   `prompts` -> cond['prompts'] when present."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path!r}: no such npz file (--mode=sample writes one)')
+  npz_layout.check_npz(path, "samples need 'arr_0', uint8 NHWC images (as --mode=sample writes)")
   with np.load(path) as data:
     if 'arr_0' not in data.files:
       raise ValueError(f"{path}: no 'arr_0' (uint8 NHWC images); the file has {sorted(data.files)}")

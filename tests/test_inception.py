@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from evaluation import frechet, inception, inception_convert, inception_metrics
+from evaluation import frechet, inception, inception_convert, inception_metrics, jobs
 
 # torchvision's inception_v3 has 27,161,264 parameters (1000 classes, with the aux head of
 # 98,560 + 2,459,136 + 769,000 = 3,326,696); without the aux head and with a 1008-way fc
@@ -291,6 +291,25 @@ def test_a_reference_of_other_preprocessing_is_refused(tmp_path):
     inception_metrics.check_reference_npz(path, 'pytorch_fid')
   inception_metrics.save_reference_npz(path, np.zeros(2), np.eye(2))  # untagged, as ADM's reference batches
   inception_metrics.check_reference_npz(path, 'pytorch_fid')
+
+
+def test_a_reference_whose_images_are_not_uint8_nhwc_or_not_an_npz_is_refused_when_the_evaluator_is_built(tmp_path):
+  path = str(tmp_path / 'ref.npz')
+  good = np.zeros((4, 8, 8, 3), np.uint8)
+  for images, layout in ((good.astype(np.float32) / 255, r'float32 \(4, 8, 8, 3\)'),  # [0, 1] floats, read as 0..255
+                         (good.transpose(0, 3, 1, 2), r'uint8 \(4, 3, 8, 8\)')):  # NCHW
+    for save in (np.savez, np.savez_compressed):
+      save(path, arr_0=images, mu=np.zeros(2), sigma=np.eye(2))
+      with pytest.raises(ValueError, match=r"ref\.npz: its 'arr_0' is not reference images in the ADM layout: need "
+                                           r'uint8 images \[N, H, W, 1 or 3\], got ' + layout):
+        inception_metrics.check_reference_npz(path)
+  np.savez_compressed(path, arr_0=good)
+  assert inception_metrics.check_reference_npz(path) == {'arr_0'}
+  np.save(str(tmp_path / 'ref.npy'), good)
+  with pytest.raises(ValueError, match=r'ref\.npy: not an \.npz file .*FID reference statistics need'):
+    inception_metrics.check_reference_npz(str(tmp_path / 'ref.npy'))
+  with pytest.raises(ValueError, match=r"ref\.npy: not an \.npz file .*samples need 'arr_0'"):
+    jobs.load_samples_npz(str(tmp_path / 'ref.npy'))
 
 
 def test_evaluate_samples_against_itself(tmp_path, monkeypatch, variables, images):
