@@ -105,6 +105,20 @@ def preprocess_images(images, image_size=224):
   return np.stack([preprocess_image(image, image_size) for image in images])
 
 
+class PreprocessedImages:
+  """`preprocess_images` of images, made one slice at a time as `device_batches.map_batches` reads them: all of a
+  30k-sample evaluation at once would be 18 GB of float32 pixels."""
+
+  def __init__(self, images, image_size):
+    self.images, self.image_size = images, image_size
+
+  def __len__(self):
+    return len(self.images)
+
+  def __getitem__(self, rows):
+    return preprocess_images(self.images[rows], self.image_size)
+
+
 # --- embeddings, jitted once per (model, batch shape) ----------------------------------------------------
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -151,7 +165,7 @@ class CLIPScorer:
                                       self.mesh)
 
   def embed_images(self, images):
-    return self.embed_pixels(preprocess_images(images, self.image_size))
+    return self._map(image_embeddings, PreprocessedImages(images, self.image_size))
 
   def embed_token_ids(self, input_ids):
     return self._map(text_embeddings, np.asarray(input_ids, np.int32))

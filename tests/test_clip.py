@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from evaluation import clip_convert
+from evaluation import clip_convert, clip_score
 from evaluation.clip_score import (CLIP_MEAN, CLIP_STD, CLIPScorer, aggregate_clip_score, center_crop,
                                    clip_score_from_embeddings, clip_score_per_pair, image_embeddings,
                                    preprocess_image, resized_shape)
@@ -268,7 +268,11 @@ def test_preprocessing():
   np.testing.assert_array_equal(preprocess_image(flat[:, :, 0]), preprocess_image(np.repeat(flat[..., :1], 3, -1)))
 
 
-def test_scorer_compiles_once_per_shape(tokenizer):
+def test_scorer_compiles_once_per_shape(tokenizer, monkeypatch):
+  preprocessed = []  # the images preprocessed at a time: one device batch (4 rounded up to the 8 devices), not all
+  monkeypatch.setattr(clip_score, 'preprocess_images',
+                      lambda images, size, f=clip_score.preprocess_images: preprocessed.append(len(images)) or
+                      f(images, size))
   config = dataclasses.replace(TINY, text=dataclasses.replace(TINY.text, vocab_size=tokenizer.vocab_size))
   params = clip_convert.convert_state_dict(hf_tiny_state_dict(config, seed=3), config)
   scorer = CLIPScorer(config, params, tokenizer, batch_size=4)
@@ -276,7 +280,8 @@ def test_scorer_compiles_once_per_shape(tokenizer):
   images = [rng.integers(0, 256, size=(40 + 3 * i, 36, 3), dtype=np.uint8) for i in range(6)]
   texts = ['hello', 'a cat', 'a photo', 'hello cat', 'photo', 'a']
   before = image_embeddings._cache_size()
-  per_pair = scorer.per_pair(images, texts)
+  per_pair = scorer.per_pair(images + images[:4], texts + texts[:4])[:6]
+  assert preprocessed == [8, 2]
   scorer.per_pair(images[:3], texts[:3])
   assert image_embeddings._cache_size() == before + 1
   pixels = np.stack([preprocess_image(im, 32) for im in images])
