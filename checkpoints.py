@@ -143,21 +143,22 @@ class CheckpointStore:
                          'Use a new --workdir, or restore the config that wrote them; nothing was changed.')
       return
 
-  def restore_latest(self, abstract_state, alternatives=()):
+  def restore_latest(self, abstract_state, alternatives=tuple):
     """(state, step) from the newest checkpoint that restores, or (None, None) if there is none.
 
     abstract_state carries the target shardings (jax.ShapeDtypeStruct with .sharding), so a
-    checkpoint written under one mesh restores under another. `alternatives`: (abstract, convert, what) for
-    layouts an older config wrote, tried when abstract_state's fails; convert turns what restores into
-    abstract_state's layout. A corrupt or partial checkpoint is reported and the one before it is tried; none is
-    deleted.
+    checkpoint written under one mesh restores under another. `alternatives()`, called once if abstract_state's
+    layout fails: (abstract, convert, what) for layouts another config writes, each tried in turn; convert turns
+    what restores into abstract_state's layout. A corrupt or partial checkpoint is reported and the one before it
+    is tried; none is deleted.
     """
-    steps = self.steps()
+    steps, layouts = self.steps(), None
     for step in reversed(steps):
       try:
         return self.restore(step, abstract_state), step
       except Exception as e:
-        for abstract, convert, what in alternatives:
+        layouts = alternatives() if layouts is None else layouts
+        for abstract, convert, what in layouts:
           try:
             state = convert(self.restore(step, abstract))
           except Exception:  # not that layout either

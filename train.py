@@ -330,8 +330,10 @@ def restore_for_inference(config, workdir, use_ema=True):
     if use_ema and config.sample.ema_sigma_rel:
       params, step = ema_lib.reconstruct(config, workdir, abstract.params, mesh)
       return model, params, step, mesh
-    other, convert, what = toggled_clip_layout(config, model, mesh, abstract, shardings)
-    state, step = store.restore_latest(abstract.replace(power_ema=()), [(other.replace(power_ema=()), convert, what)])
+    def other_layouts():
+      other, convert, what = toggled_clip_layout(config, model, mesh, abstract, shardings)
+      return [(other.replace(power_ema=()), convert, what)]
+    state, step = store.restore_latest(abstract.replace(power_ema=()), other_layouts)
   finally:
     store.close()
   if state is None:
@@ -350,7 +352,8 @@ def train_and_evaluate(config, workdir):
   model, tx, mesh, abstract, shardings, store = setup(config, workdir)
   check_batch_sizes(config, mesh)  # needs the mesh: before any state is made or written
 
-  state, start_step = store.restore_latest(abstract, [toggled_clip_layout(config, model, mesh, abstract, shardings)])
+  state, start_step = store.restore_latest(
+      abstract, lambda: [toggled_clip_layout(config, model, mesh, abstract, shardings)])
   if start_step is not None and start_step >= config.train.num_steps:
     logging.info('%s already holds the checkpoint of step %d >= config.train.num_steps=%d; nothing to train '
                  '(raise --config.train.num_steps to continue)', store.directory, start_step,

@@ -220,7 +220,8 @@ def test_gradient_clipping_turned_on_or_off_at_a_resume_carries_the_optimizer_st
   unclipped, _ = restore(c, str(tmp_path))
   c.optim.grad_clip = 1.0  # an optax.chain level more in the optimizer state
   model, _, mesh, abstract, shardings, store = train.setup(c, str(tmp_path))
-  carried, step = store.restore_latest(abstract, [train.toggled_clip_layout(c, model, mesh, abstract, shardings)])
+  carried, step = store.restore_latest(abstract, lambda: [train.toggled_clip_layout(c, model, mesh, abstract,
+                                                                               shardings)])
   store.close()
   assert step == 2 and jax.tree.structure(carried.opt_state) == jax.tree.structure(abstract.opt_state)
   assert_states_identical(jax.tree.leaves(jax.device_get(carried)), jax.tree.leaves(unclipped))
