@@ -238,8 +238,8 @@ def restart_nonfinite_record(state, config):
                   "(train.nonfinite='skip'); with 'stop' this run stops at the next one", int(state.nonfinite_count),
                   first)
   sharding = state.first_nonfinite_step.sharding
-  none = jax.jit(lambda x: jnp.full_like(x, -1), out_shardings=sharding)(state.first_nonfinite_step)
-  return state.replace(first_nonfinite_step=none)
+  cleared = jax.jit(lambda x: jnp.full_like(x, -1), out_shardings=sharding)(state.first_nonfinite_step)
+  return state.replace(first_nonfinite_step=cleared)
 
 
 def run_evaluators(config, evaluators, step, generate_fn, params, mesh, writer, workdir, final=False):
@@ -295,12 +295,13 @@ def setup(config, workdir, training=True):
 
 
 def toggled_clip_layout(config, model, mesh, abstract, shardings):
-  """(abstract, convert, what) for checkpoints written with optim.grad_clip off while it is on, or on while off:
-  the clipping adds an optax.chain level to the optimizer state, with no arrays of its own, so the arrays carry
-  over one to one (the toggle NonFiniteError's advice to clip makes)."""
+  """(abstract, convert, what) for checkpoints written with optim.grad_clip off while it is on, or on while off
+  (NonFiniteError advises turning it on): clipping adds an optax.chain level to the optimizer state, with no arrays
+  of its own, so the arrays carry over one to one. `abstract`: the layout restored otherwise."""
   optim = config.optim.copy_and_resolve_references()
   optim.grad_clip = 0.0 if config.optim.grad_clip > 0 else 1.0
   other, _ = state_shardings(config, model, create_optimizer(optim, frozen_parameter_groups(config)), mesh)
+  other = other.replace(power_ema=abstract.power_ema)
   treedef = jax.tree.structure(abstract.opt_state)
 
   def convert(state):
@@ -330,10 +331,9 @@ def restore_for_inference(config, workdir, use_ema=True):
     if use_ema and config.sample.ema_sigma_rel:
       params, step = ema_lib.reconstruct(config, workdir, abstract.params, mesh)
       return model, params, step, mesh
-    def other_layouts():
-      other, convert, what = toggled_clip_layout(config, model, mesh, abstract, shardings)
-      return [(other.replace(power_ema=()), convert, what)]
-    state, step = store.restore_latest(abstract.replace(power_ema=()), other_layouts)
+    abstract = abstract.replace(power_ema=())  # sampling needs none of the power-function EMAs
+    state, step = store.restore_latest(
+        abstract, lambda: [toggled_clip_layout(config, model, mesh, abstract, shardings)])
   finally:
     store.close()
   if state is None:
