@@ -92,6 +92,8 @@ class LatentSource:
     if len(self.labels) != self.count:
       raise ValueError(f'{path}: the label shards hold {len(self.labels)} labels, meta.json says {self.count}')
     self.classes = meta.get('classes')
+    top = int(self.labels.max()) if len(self.labels) else -1
+    self.num_classes = len(self.classes) if self.classes else (top + 1 if top >= 0 else None)
 
   def __len__(self):
     return self.count * self.views

@@ -236,6 +236,7 @@ def tfds_source(data_config):
 def _base_source(data_config):
   kind = data_config.source
   if kind == 'digits':
+    check_class_count(10, data_config, 'the digits dataset')
     return digits_source(data_config.image_size, data_config.channels)
   if kind == 'image_folder':
     source = ImageFolderSource(data_config.path, data_config.image_size, data_config.channels,
@@ -251,6 +252,8 @@ def _base_source(data_config):
     return source
   if kind == 'latents':
     from input_pipeline.latents import LatentSource
-    return LatentSource(data_config.path, data_config.image_size, data_config.channels,
-                        latent_scale=data_config.get('latent_scale'), captions=data_config.get('captions', False))
+    source = LatentSource(data_config.path, data_config.image_size, data_config.channels,
+                          latent_scale=data_config.get('latent_scale'), captions=data_config.get('captions', False))
+    check_class_count(source.num_classes, data_config, f'the latent dataset {data_config.path!r}')
+    return source
   raise ValueError(f'config.data.source={kind!r} is not one of digits, image_folder, tfds, latents')

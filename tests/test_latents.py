@@ -71,6 +71,10 @@ def test_encode_writes_shards_labels_and_flipped_copies(files, encoded):
   batch = source.get(np.array([0, 10, 7, 19]))
   assert batch['image'].dtype == np.dtype(meta['dtype']) and batch['image'].shape == (4, 8, 8, 4)  # cast on device
   np.testing.assert_array_equal(batch['label'], [0, 0, 1, 1])
+  one_class = encoded.copy_and_resolve_references()
+  one_class.data.num_classes = 1
+  with pytest.raises(ValueError, match=r"the latent dataset '.*' has 2 classes but config\.data\.num_classes=1"):
+    create_source(one_class.data)
   pixels = create_source(latent_config(files).data.pixels).get(np.array([0]))['image']
   variables = load_vae_params(encoded.data.vae_weights, TINY_VAE_CONFIG)
   expected = encode_to_latents(variables, pixels, config=TINY_VAE_CONFIG)
