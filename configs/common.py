@@ -312,7 +312,16 @@ def validate_config(config):
                      f'got {config.diffusion.beta_start} and {config.diffusion.beta_end}')
   if config.sample.guidance_scale < 0:
     raise ValueError(f'config.sample.guidance_scale={config.sample.guidance_scale} must be >= 0')
+  if config.sample.eta > 1:
+    raise ValueError(f'config.sample.eta={config.sample.eta} must be in [0, 1] (DDIM: 0 deterministic, 1 the DDPM '
+                     'posterior variance; above 1 the step has no real noise scale)')
   flow = config.diffusion.objective == 'flow'
+  if not flow and config.sample.sampler in ('ddpm', 'ddim', 'dpm++2m') and config.sample.spacing != 'karras':
+    most = config.diffusion.num_timesteps - (config.sample.sampler == 'dpm++2m' and config.sample.spacing != 'trailing')
+    if config.sample.num_steps > most:
+      raise ValueError(f'config.sample.num_steps={config.sample.num_steps}: sampler {config.sample.sampler!r} with '
+                       f'spacing {config.sample.spacing!r} takes at most {most} steps of the '
+                       f'config.diffusion.num_timesteps={config.diffusion.num_timesteps} timesteps')
   flow_samplers = ('euler', 'heun')
   if flow and config.sample.sampler not in flow_samplers:
     raise ValueError(f'config.sample.sampler={config.sample.sampler!r} does not apply to '
@@ -360,6 +369,7 @@ def validate_config(config):
     raise ValueError('config.sample.guidance_scale needs class labels (config.data.num_classes > 0) or text '
                      '(config.text.encoder)')
   _validate_text_and_latents(config)
+  _validate_model_shape(config)
   _validate_classifier(config)
   _validate_super_res(config)
   for axis in ('data', 'fsdp'):
@@ -374,6 +384,20 @@ def validate_config(config):
   check_ema_config(config)
   _validate_steps_per_call(config)
   return config
+
+
+def _validate_model_shape(config):
+  """The image side fits the model: whole DiT patches, and a U-Net's halvings (one per channel_mult level but the
+  last) leave whole pixels for its skip connections."""
+  size, model = config.data.image_size, config.model
+  if model.name == 'dit' and size % model.patch_size:
+    raise ValueError(f'config.data.image_size={size} is not a multiple of config.model.patch_size='
+                     f'{model.patch_size}: DiT cuts the image into whole patches')
+  if model.name in ('unet', 'adm_classifier'):
+    factor = 2 ** (len(model.channel_mult) - 1)
+    if size % factor:
+      raise ValueError(f'config.data.image_size={size} is not a multiple of {factor}: config.model.channel_mult='
+                       f'{tuple(model.channel_mult)} halves the image {len(model.channel_mult) - 1} times')
 
 
 def _validate_classifier(config):
