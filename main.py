@@ -47,6 +47,22 @@ flags.DEFINE_bool('jax_distributed', False, 'Call jax.distributed.initialize() f
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
+# The modes that read each mode-specific flag; given to any other mode, it is refused rather than ignored.
+MODE_FLAGS = {'overwrite': ('sample', 'eval', 'fid_stats', 'edit'), 'samples': ('eval',), 'eval_name': ('eval',),
+              'images': ('fid_stats', 'edit'), 'output': ('fid_stats',), 'inception_weights': ('fid_stats',),
+              'num_images': ('fid_stats',), 'keep_images': ('fid_stats',), 'mask': ('edit',), 'strength': ('edit',),
+              'labels': ('edit',), 'prompt': ('edit',), 'edit_name': ('edit',), 'weights': ('import',)}
+
+
+def check_mode_flags(mode, given):
+  """Raises ValueError naming the `given` flags (those set on the command line) that `mode` does not read."""
+  unread = [f'--{name} ({"/".join(modes)})' for name, modes in MODE_FLAGS.items() if name in given and
+            mode not in modes]
+  if unread:
+    hint = ('; name the samples file with --config.sample.output' if mode == 'sample' and 'output' in given else '')
+    raise ValueError(f'--mode={mode} does not read {", ".join(unread)}: each is read only by the modes in '
+                         f'parentheses{hint}')
+
 
 class _QuietLibraries(logging.Filter):
   """Drops the per-save INFO chatter of orbax (warnings and errors still show)."""
@@ -74,6 +90,7 @@ def distributed_settings(environ):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  check_mode_flags(FLAGS.mode, {name for name in MODE_FLAGS if FLAGS[name].present})
   logging.getLogger().setLevel(logging.INFO)
   for handler in logging.getLogger().handlers:
     handler.addFilter(_QuietLibraries())
@@ -123,7 +140,7 @@ def main(argv):
 def run():
   try:
     app.run(main)
-  except (ValueError, FileNotFoundError, FileExistsError) as e:
+  except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
     # Bad input: one clear line, no traceback, nothing written.
     logging.error('%s', e)
     raise SystemExit(f'error: {e}')

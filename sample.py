@@ -124,6 +124,11 @@ def make_generate_fn(config, model, mesh, classifier=None):
 def to_uint8(images):
   """[-1, 1] floats -> uint8 [0, 255], channels kept (the evaluators repeat a single channel to RGB)."""
   images = np.asarray(images, np.float32)
+  finite = np.isfinite(images)
+  if not finite.all():  # as uint8 they would pass for black pixels
+    raise FloatingPointError(f'{finite.size - finite.sum()} of {finite.size} sampled values are not finite (NaN or '
+                             'inf): the sampler diverged. Check config.sample (sampler, num_steps, eta, '
+                             'guidance_scale) and that the checkpoint was trained without non-finite updates')
   return np.clip(np.round((images + 1) * 127.5), 0, 255).astype(np.uint8)
 
 
@@ -227,6 +232,8 @@ def run_sample_job(config, workdir, overwrite=False):
       raise FileExistsError(f'{path} exists; pass --overwrite to replace it, or set '
                             '--config.sample.output=<another name>.npz')
   model, params, step, mesh = restore_for_inference(config, workdir, use_ema=config.sample.use_ema)
+  if jax.process_index() == 0:  # before hours of sampling, not after
+    os.makedirs(os.path.dirname(out_path), exist_ok=True)
   generate_fn = make_generate_fn(config, model, mesh, load_classifier(config))
   logging.info('sampling %d images with %s, %d steps, guidance %.2f, from step %d',
                config.sample.num_samples, config.sample.sampler, config.sample.num_steps,

@@ -272,7 +272,13 @@ def run_held_out(held_out, state, step, writer):
 
 
 def write_sample_grid(config, generate_fn, params, mesh, writer, workdir, step):
-  images, _ = generate_samples(config, generate_fn, params, mesh, config.train.sample_grid, seed=0)
+  """The PNG grid of samples at `step`; non-finite samples are logged and training goes on, as when an evaluator
+  fails."""
+  try:
+    images, _ = generate_samples(config, generate_fn, params, mesh, config.train.sample_grid, seed=0)
+  except FloatingPointError as e:
+    logging.error('no sample grid at step %d: %s', step, e)
+    return
   grid = image_grid(images)
   if jax.process_index() == 0:
     os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)

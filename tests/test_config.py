@@ -1,5 +1,6 @@
 """Configs: every file loads and validates; a wrong field or value stops main.py at start, naming it."""
 import os
+import re
 import subprocess
 import sys
 
@@ -45,13 +46,39 @@ def test_other_configs_validate():
     ('model.name', 'vit', "config.model.name='vit' is not valid"),
     ('train.remat_policy', 'dot', "config.train.remat_policy='dot' is not valid"),
     ('sample.guidance_channels', 2, 'config.sample.guidance_channels=2 must be in [0, data.channels=1]'),
+    ('sample.eta', 1.5, 'config.sample.eta=1.5 must be in [0, 1]'),
+    ('sample.num_steps', 1001, "config.sample.num_steps=1001: sampler 'ddim' with spacing 'leading' takes at most "
+                               '1000 steps of the config.diffusion.num_timesteps=1000 timesteps'),
+    ('data.image_size', 9, 'config.data.image_size=9 is not a multiple of 2: config.model.channel_mult=(1, 2) '
+                           'halves the image 1 times'),
 ])
 def test_invalid_values_are_named(path, value, message):
   c = quickstart_config()
   section, field = path.split('.')
   c[section][field] = value
-  with pytest.raises(ValueError, match=message.replace('(', r'\(').replace('[', r'\[')):
+  with pytest.raises(ValueError, match=re.escape(message)):
     validate_config(c)
+
+
+def test_dit_image_side_and_dpm_solver_steps_are_checked():
+  c = dit_config('B', '4')
+  c.data.image_size = 30
+  with pytest.raises(ValueError, match=r'config\.data\.image_size=30 is not a multiple of config\.model\.patch_size=4'):
+    validate_config(c)
+  c.data.image_size, c.sample.sampler, c.sample.spacing, c.sample.num_steps = 32, 'dpm++2m', 'linspace', 1000
+  with pytest.raises(ValueError, match=r"sampler 'dpm\+\+2m' with spacing 'linspace' takes at most 999 steps"):
+    validate_config(c)
+  c.sample.spacing = 'trailing'
+  validate_config(c)
+
+
+def test_main_refuses_a_flag_its_mode_does_not_read(tmp_path):
+  result = run_main('--mode=sample', '--config=configs/quickstart.py', f'--workdir={tmp_path}/w',
+                    f'--output={tmp_path}/mine.npz')
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert ('--mode=sample does not read --output (fid_stats): each is read only by the modes in parentheses; name the '
+          'samples file with --config.sample.output') in result.stderr
+  assert not os.path.exists(tmp_path / 'w')
 
 
 def test_flow_objective_needs_a_flow_sampler():

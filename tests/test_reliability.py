@@ -15,6 +15,7 @@ import pytest
 import train
 from checkpoints import CheckpointStore
 from models import build_model
+import sample as sample_lib
 from sample import run_sample_job
 from tests.tiny import tiny_unet_config
 from train_state import create_optimizer, state_shardings
@@ -273,7 +274,7 @@ def test_workdir_of_another_model_is_refused_untouched(tmp_path):
   assert snapshot(tmp_path / 'checkpoints') == before
 
 
-def test_sample_job_refuses_to_overwrite(tmp_path):
+def test_sample_job_refuses_to_overwrite_makes_its_folder_and_refuses_nonfinite_samples(tmp_path):
   c = tiny_unet_config(train__num_steps=2, train__checkpoint_every=2)
   train.train_and_evaluate(c, str(tmp_path))
   path = run_sample_job(c, str(tmp_path))
@@ -285,3 +286,16 @@ def test_sample_job_refuses_to_overwrite(tmp_path):
     run_sample_job(c, str(tmp_path))
   assert snapshot(tmp_path) == before
   run_sample_job(c, str(tmp_path), overwrite=True)
+  c.sample.output = 'more/samples.npz'  # a folder not there yet is made before sampling
+  assert np.load(run_sample_job(c, str(tmp_path)))['arr_0'].shape == (8, 8, 8, 1)
+  with pytest.raises(FloatingPointError, match=r'2 of 8 sampled values are not finite \(NaN or inf\): the sampler '
+                                               r'diverged'):  # rather than black pixels
+    sample_lib.to_uint8(np.asarray([0.0, np.nan, 1.0, -np.inf, 0.5, 0.5, -1.0, 1.0]))
+
+
+def test_fewer_classes_than_the_digits_fails_at_start(tmp_path):
+  digits = tiny_unet_config()
+  digits.data.num_classes = 5  # labels 5..9 fell outside the class embedding: NaN at step 0
+  with pytest.raises(ValueError, match=r'the digits dataset has 10 classes but config\.data\.num_classes=5'):
+    train.train_and_evaluate(digits, str(tmp_path / 'five'))
+  assert not os.path.exists(tmp_path / 'five')
