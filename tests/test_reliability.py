@@ -148,13 +148,21 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
   assert moved and all(open(f, 'rb').read() == b'garbage' for f in moved)
 
 
-class NaNAtStep3(train.StepBatcher):
+def nan_batcher(bad_step):
+  """train.StepBatcher whose batch of `bad_step` is all NaN."""
 
-  def batch(self, step):
-    b = super().batch(step)
-    if step == 3:
-      b['image'] = np.full_like(b['image'], np.nan)
-    return b
+  class NaNBatcher(train.StepBatcher):
+
+    def batch(self, step):
+      b = super().batch(step)
+      if step == bad_step:
+        b['image'] = np.full_like(b['image'], np.nan)
+      return b
+
+  return NaNBatcher
+
+
+NaNAtStep3 = nan_batcher(3)
 
 
 def test_nonfinite_stop_names_the_step_and_keeps_good_checkpoints(tmp_path, monkeypatch):
@@ -190,22 +198,13 @@ def test_nonfinite_skip_drops_and_counts_the_update(tmp_path, monkeypatch):
   assert counts and set(counts) == {6}  # the schedule went on through the skipped step: the logged rate was used
 
 
-class NaNAtStep5(train.StepBatcher):
-
-  def batch(self, step):
-    b = super().batch(step)
-    if step == 5:
-      b['image'] = np.full_like(b['image'], np.nan)
-    return b
-
-
 def test_a_skip_run_resumed_with_stop_stops_at_a_new_nonfinite_step_only(tmp_path, monkeypatch):
   monkeypatch.setattr(train, 'StepBatcher', NaNAtStep3)
   c = tiny_unet_config(train__num_steps=4, train__checkpoint_every=2, train__log_every=1)
   c.train.nonfinite = 'skip'
   train.train_and_evaluate(c, str(tmp_path))
   c.train.nonfinite, c.train.num_steps = 'stop', 6
-  monkeypatch.setattr(train, 'StepBatcher', NaNAtStep5)
+  monkeypatch.setattr(train, 'StepBatcher', nan_batcher(5))
   with pytest.raises(train.NonFiniteError, match='non-finite loss or gradient at step 5'):
     train.train_and_evaluate(c, str(tmp_path))
   monkeypatch.undo()
