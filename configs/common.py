@@ -389,15 +389,17 @@ def validate_config(config):
 def _validate_model_shape(config):
   """The image side fits the model: whole DiT patches, and a U-Net's halvings (one per channel_mult level but the
   last) leave whole pixels for its skip connections."""
-  size, model = config.data.image_size, config.model
-  if model.name == 'dit' and size % model.patch_size:
+  from models import MODELS
+  size, name = config.data.image_size, config.model.name
+  field = lambda key: config.model.get(key, getattr(MODELS[name], key))  # the config's, else the model's default
+  if name == 'dit' and size % field('patch_size'):
     raise ValueError(f'config.data.image_size={size} is not a multiple of config.model.patch_size='
-                     f'{model.patch_size}: DiT cuts the image into whole patches')
-  if model.name in ('unet', 'adm_classifier'):
-    factor = 2 ** (len(model.channel_mult) - 1)
-    if size % factor:
-      raise ValueError(f'config.data.image_size={size} is not a multiple of {factor}: config.model.channel_mult='
-                       f'{tuple(model.channel_mult)} halves the image {len(model.channel_mult) - 1} times')
+                     f'{field("patch_size")}: DiT cuts the image into whole patches')
+  if name in ('unet', 'adm_classifier'):
+    levels = len(field('channel_mult'))
+    if size % 2 ** (levels - 1):
+      raise ValueError(f'config.data.image_size={size} is not a multiple of {2 ** (levels - 1)}: '
+                       f'config.model.channel_mult={tuple(field("channel_mult"))} halves the image {levels - 1} times')
 
 
 def _validate_classifier(config):
