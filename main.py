@@ -59,9 +59,9 @@ def check_mode_flags(mode, given):
   unread = [f'--{name} ({"/".join(modes)})' for name, modes in MODE_FLAGS.items() if name in given and
             mode not in modes]
   if unread:
-    hint = ('; name the samples file with --config.sample.output' if mode == 'sample' and 'output' in given else '')
+    hint = '; name the samples file with --config.sample.output' if mode == 'sample' and 'output' in given else ''
     raise ValueError(f'--mode={mode} does not read {", ".join(unread)}: each is read only by the modes in '
-                         f'parentheses{hint}')
+                     f'parentheses{hint}')
 
 
 class _QuietLibraries(logging.Filter):
