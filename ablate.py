@@ -40,16 +40,32 @@ import shlex
 import statistics
 import time
 
+import jax
+import numpy as np
 from absl import app, flags
+
+from configs.validate import validate_config
+from evaluation import create_evaluator
+from input_pipeline.files import write_png
+from input_pipeline.images import image_grid
+from jobs import train
+from jobs.restore import restore_for_inference
+from jobs.sample import generate_samples, make_generate_fn
+from models import build_model
+from training.state import dummy_inputs
+from training.writers import JsonlWriter
 
 flags.DEFINE_string('sweep', None, 'Sweep file, e.g. configs/ablations/dit_grid.py.')
 flags.DEFINE_string('root', 'runs/ablations', 'Runs go to <root>/<sweep>/<run>, tables and plots to <root>/<sweep>/.')
-flags.DEFINE_multi_string('only', [], 'Run only this run (its name, e.g. size=S,patch=4); repeatable. '
-                          'Nothing is collected then.')
-flags.DEFINE_multi_string('set', [], 'FIELD=VALUE: override a field of the base config of every run (and of the '
-                          'model a sampling sweep trains), e.g. --set=train.num_steps=200; repeatable.')
-flags.DEFINE_string('model_workdir', None, "'sample' sweeps: the trained model's workdir (default: the sweep's "
-                    'model_workdir); trained with the base config first if it holds no finished checkpoint.')
+flags.DEFINE_multi_string(
+    'only', [], 'Run only this run (its name, e.g. size=S,patch=4); repeatable. '
+    'Nothing is collected then.')
+flags.DEFINE_multi_string(
+    'set', [], 'FIELD=VALUE: override a field of the base config of every run (and of the '
+    'model a sampling sweep trains), e.g. --set=train.num_steps=200; repeatable.')
+flags.DEFINE_string(
+    'model_workdir', None, "'sample' sweeps: the trained model's workdir (default: the sweep's "
+    'model_workdir); trained with the base config first if it holds no finished checkpoint.')
 flags.DEFINE_bool('print_commands', False, 'Print one launch command per run instead of running.')
 flags.DEFINE_bool('collect_only', False, 'Only collect results.csv, results.md and plots of finished runs.')
 flags.DEFINE_string('copy_to', None, 'Also copy results.md and the plots to this folder as <sweep>_<file>.')
@@ -60,11 +76,11 @@ _SAFE = re.compile(r'[^A-Za-z0-9._+-]')
 
 @dataclasses.dataclass
 class Run:
-  name: str        # 'size=S,patch=4': the workdir's name
-  settings: dict   # axis -> label (str)
-  values: dict     # axis -> the raw value of a scalar axis, the label of a named one
+  name: str  # 'size=S,patch=4': the workdir's name
+  settings: dict  # axis -> label (str)
+  values: dict  # axis -> the raw value of a scalar axis, the label of a named one
   overrides: dict  # config field -> value
-  config: object   # the run's ConfigDict
+  config: object  # the run's ConfigDict
   model_run: str = ''  # sweeps with a model_sweep: the name of the run that trained this run's model
 
 
@@ -74,7 +90,7 @@ class Sweep:
   path: str
   kind: str
   base: object
-  axes: list       # [(axis, [(label, value, overrides), ...]), ...]
+  axes: list  # [(axis, [(label, value, overrides), ...]), ...]
   metrics: list
   columns: list
   plots: list
@@ -85,6 +101,7 @@ class Sweep:
 
 
 # ---------------------------------------------------------------- sweep files and their expansion
+
 
 def label_of(value):
   """A value as it appears in a run name: 4 -> '4', 1.5 -> '1.5', True -> 'true', 'dpm++2m' as is."""
@@ -148,9 +165,9 @@ def load_sweep(path, set_overrides=()):
     axes = model_sweep.axes + axes
   exclude = list(d.get('exclude', [])) + (model_sweep.exclude if model_sweep else [])  # no model, no samples
   return Sweep(name=d.get('name', name), path=path, kind=kind, base=base, axes=axes, metrics=metrics,
-               columns=list(d.get('columns', metrics)), plots=list(d.get('plots', [])),
-               exclude=exclude, model_workdir=d.get('model_workdir', ''),
-               model_command=d.get('model_command', ''), model_sweep=model_sweep)
+               columns=list(d.get('columns', metrics)), plots=list(d.get('plots', [])), exclude=exclude,
+               model_workdir=d.get('model_workdir', ''), model_command=d.get('model_command',
+                                                                             ''), model_sweep=model_sweep)
 
 
 def get_field(config, field):
@@ -186,7 +203,6 @@ def parse_value(current, text):
 
 def expand(sweep):
   """Every run of the sweep, in product order (the first axis varies slowest), configs validated."""
-  from configs.common import validate_config
   runs = []
   for combo in itertools.product(*[points for _, points in sweep.axes]):
     settings = {axis: label for (axis, _), (label, _, _) in zip(sweep.axes, combo)}
@@ -204,9 +220,10 @@ def expand(sweep):
     except ValueError as e:
       raise ValueError(f'{sweep.path}: run {name}: {e}') from e
     model_axes = [axis for axis, _ in sweep.model_sweep.axes] if sweep.model_sweep else []
-    runs.append(Run(name=name, settings=settings, overrides=overrides, config=config,
-                    values={axis: value for (axis, _), (_, value, _) in zip(sweep.axes, combo)},
-                    model_run=','.join(f'{axis}={settings[axis]}' for axis in model_axes)))
+    runs.append(
+        Run(name=name, settings=settings, overrides=overrides, config=config,
+            values={axis: value for (axis, _), (_, value, _) in zip(sweep.axes, combo)},
+            model_run=','.join(f'{axis}={settings[axis]}' for axis in model_axes)))
   names = [r.name for r in runs]
   if len(set(names)) != len(names):
     raise ValueError(f'{sweep.path}: two runs have the same name')
@@ -230,13 +247,14 @@ def write_json_atomic(path, obj):
 
 # ---------------------------------------------------------------- cost of a model
 
+
 def dit_gmacs(config):
   """Forward multiply-adds per image of a DiT, in billions, counted as the DiT paper's Table 4
   (matrix multiplies only: patch embedding, qkv/projection/MLP, attention scores and values,
   adaLN modulation, timestep MLP, final layer)."""
   m, d = config.model, config.data
   h, p, depth = m.hidden_size, m.patch_size, m.depth
-  tokens = (d.image_size // p) ** 2
+  tokens = (d.image_size // p)**2
   mlp = int(h * m.get('mlp_ratio', 4.0))
   block = tokens * (4 * h * h + 2 * h * mlp) + 2 * tokens * tokens * h + 6 * h * h
   embed = tokens * p * p * d.channels * h + 256 * h + h * h
@@ -246,10 +264,6 @@ def dit_gmacs(config):
 
 def model_cost(config):
   """{'params_m', 'gflops' (paper convention), 'xla_gflops' (XLA cost analysis / 2)} of one forward."""
-  import jax
-  import numpy as np
-  from models import build_model
-  from train_state import dummy_inputs
   model = build_model(config)
   x, t, cond = dummy_inputs(config, 1)
   params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, t, **cond))['params']
@@ -269,6 +283,7 @@ def network_evaluations(sample_config, objective):
 
 
 # ---------------------------------------------------------------- running
+
 
 def final_metrics(workdir):
   """The last value of every scalar in <workdir>/metrics.jsonl ('eval/' dropped from names), plus the
@@ -298,11 +313,7 @@ def evaluated_steps(workdir):
 
 def evaluate_checkpoint(config, workdir):
   """Runs config.evals on the newest checkpoint, appending to metrics.jsonl (as training would have)."""
-  import train
-  from evaluation import create_evaluator
-  from sample import make_generate_fn
-  from writers import JsonlWriter
-  model, params, step, mesh = train.restore_for_inference(config, workdir)
+  model, params, step, mesh = restore_for_inference(config, workdir)
   evaluators = {name: (create_evaluator(name, config, ev), ev) for name, ev in config.evals.items()}
   train.run_evaluators(config, evaluators, step, make_generate_fn(config, model, mesh), params, mesh,
                        JsonlWriter(os.path.join(workdir, 'metrics.jsonl')), workdir, final=True)
@@ -311,7 +322,6 @@ def evaluate_checkpoint(config, workdir):
 def train_run(run, workdir, cache):
   """Trains (or resumes) the run's config in workdir; returns its final metrics."""
   del cache
-  import train
   workdir, config, t0 = os.path.abspath(workdir), run.config, time.time()
   train.train_and_evaluate(config, workdir)
   step = final_metrics(workdir).get('step', 0)
@@ -331,7 +341,6 @@ def ensure_models(sweep, root, runs, model_workdir):
   if sweep.model_sweep is not None:
     run_sweep(sweep.model_sweep, root, only=sorted({r.model_run for r in runs}))
     return
-  import train
   logging.info('the model: %s (trained with the base config if not finished)', model_workdir)
   train.train_and_evaluate(sweep.base, os.path.abspath(model_workdir))
 
@@ -342,14 +351,9 @@ def model_workdir_of(sweep, root, run, default):
 
 def sample_run(run, workdir, cache):
   """Samples the cached model with the run's config.sample; scores with its config.evals."""
-  import jax
-  import numpy as np
-  from evaluation import create_evaluator
-  from sample import generate_samples, image_grid, make_generate_fn, write_png
-  from train import restore_for_inference
   config = run.config
   model_workdir = os.path.abspath(cache['model_workdirs'][run.name])
-  # Runs may sample other weights of the model: params, EMA, or a post-hoc EMA of another width or step (ema.py).
+  # Runs may sample other weights of the model: params, EMA, or a post-hoc EMA of another width or step (training/ema.py).
   weights = ('model', model_workdir, config.sample.use_ema, config.sample.ema_sigma_rel, config.sample.ema_step)
   if weights not in cache:
     cache.pop(cache.pop('last_model', None), None)  # keep one model in memory
@@ -364,8 +368,10 @@ def sample_run(run, workdir, cache):
     cache[key] = make_generate_fn(config, model, mesh)
   t0 = time.time()
   images, cond = generate_samples(config, cache[key], params, mesh, config.sample.num_samples, config.sample.seed)
-  metrics = {'model_step': step, 'sampling_seconds': time.time() - t0, 'num_samples': len(images),
-             'nfe': network_evaluations(config.sample, config.diffusion.objective)}
+  metrics = {
+      'model_step': step, 'sampling_seconds': time.time() - t0, 'num_samples': len(images),
+      'nfe': network_evaluations(config.sample, config.diffusion.objective)
+  }
   for name, ev in config.evals.items():
     metrics.update(create_evaluator(name, config, ev)(images, cond))
   if jax.process_index() == 0:
@@ -410,9 +416,11 @@ def run_sweep(sweep, root, only=(), runner=None, model_workdir=None, cost=None):
     if missing:
       raise RuntimeError(f'run {run.name} finished without {missing} (see its log); not marking it finished')
     metrics['run_seconds'] = time.time() - t0
-    write_json_atomic(os.path.join(workdir, RESULT_FILE), {
-        'sweep': sweep.name, 'run': run.name, 'settings': run.settings, 'values': run.values,
-        'overrides': run.overrides, 'metrics': metrics, 'finished': time.strftime('%Y-%m-%d %H:%M:%S')})
+    write_json_atomic(
+        os.path.join(workdir, RESULT_FILE), {
+            'sweep': sweep.name, 'run': run.name, 'settings': run.settings, 'values': run.values,
+            'overrides': run.overrides, 'metrics': metrics, 'finished': time.strftime('%Y-%m-%d %H:%M:%S')
+        })
   return [r.name for r in todo]
 
 
@@ -424,8 +432,8 @@ def launch_commands(sweep, root, set_overrides=(), model_workdir=None):
   lines = []
   if sweep.model_sweep is not None:
     lines.append('# first, the models: python ablate.py ' + ' '.join(
-        shlex.quote(a) for a in [f'--sweep={sweep.model_sweep.path}', f'--root={root}']
-        + [f'--set={s}' for s in set_overrides] + ['--print_commands']))
+        shlex.quote(a) for a in [f'--sweep={sweep.model_sweep.path}', f'--root={root}'] +
+        [f'--set={s}' for s in set_overrides] + ['--print_commands']))
   elif sweep.kind == 'sample':
     workdir = model_workdir or sweep.model_workdir
     base.append(f'--model_workdir={workdir}')
@@ -437,6 +445,7 @@ def launch_commands(sweep, root, set_overrides=(), model_workdir=None):
 
 
 # ---------------------------------------------------------------- tables and plots
+
 
 def collect(sweep, root):
   """(rows, finished count): one row per run in expansion order; runs without result.json have only
@@ -477,8 +486,10 @@ def write_tables(sweep, rows, done, out_dir):
       writer.writerow({k: v for k, v in row.items() if k != '_values'})
   os.replace(csv_path + '.tmp', csv_path)
   columns = axes + [c for c in sweep.columns if c not in axes]
-  lines = [f'Sweep `{sweep.name}` ({sweep.path}): {done} of {len(rows)} runs finished.', '',
-           '| ' + ' | '.join(columns) + ' |', '|' + '|'.join('---' if c in axes else '---:' for c in columns) + '|']
+  lines = [
+      f'Sweep `{sweep.name}` ({sweep.path}): {done} of {len(rows)} runs finished.', '',
+      '| ' + ' | '.join(columns) + ' |', '|' + '|'.join('---' if c in axes else '---:' for c in columns) + '|'
+  ]
   for row in rows:
     lines.append('| ' + ' | '.join(format_cell(row.get(c)) for c in columns) + ' |')
   md_path = os.path.join(out_dir, 'results.md')
@@ -516,8 +527,7 @@ def write_plots(sweep, rows, out_dir):
         plotted = True
         for r, xv, yv in zip(group, xs, vals):
           if annotate:
-            ax.annotate(f'{annotate}={r[annotate]}', (xv, yv), textcoords='offset points', xytext=(4, 4),
-                        fontsize=7)
+            ax.annotate(f'{annotate}={r[annotate]}', (xv, yv), textcoords='offset points', xytext=(4, 4), fontsize=7)
       ax.set_xlabel(spec.get('xlabel', x))
       ax.set_ylabel(y)
       if spec.get('logx'):

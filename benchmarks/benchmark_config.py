@@ -1,14 +1,14 @@
 """The config a benchmark measures: the paper setting of each model, on synthetic data."""
+from configs.dit import dit_config
+from configs.unet_cifar10 import get_config
 
 
-def benchmark_config(model, patch=2, batch=256, dtype='bfloat16', attention='cudnn', remat=False,
-                     remat_policy='full', grad_accum=1):
+def benchmark_config(model, patch=2, batch=256, dtype='bfloat16', attention='cudnn', remat=False, remat_policy='full',
+                     grad_accum=1):
   """model: dit_s | dit_b | dit_l | dit_xl (with `patch`) or unet (the DDPM CIFAR-10 U-Net)."""
   if model == 'unet':
-    from configs.unet_cifar10 import get_config
     config = get_config()
   else:
-    from configs.dit import dit_config
     config = dit_config(model.split('_')[1].upper(), patch)
   config.model.attention_impl = None if attention == 'xla' else 'cudnn'
   config.data.source = 'digits'  # no dataset is read; keeps validation happy without paths

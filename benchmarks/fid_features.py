@@ -45,10 +45,12 @@ def benchmark(batch_size, num_images, image_size, precision='highest', weights=N
   start = time.perf_counter()
   inception_metrics.extract_features(variables, images, batch_size, model, mesh)
   end_to_end_s = time.perf_counter() - start
-  return {'device': f'{jax.devices()[0].device_kind} x{mesh.devices.size}', 'platform': jax.default_backend(),
-          'batch_size': batch_size, 'image_size': image_size, 'precision': precision,
-          'compile_s': compile_s, 'median_batch_img_per_s': batch_size / np.median(batch_times),
-          'end_to_end_img_per_s': num_images / end_to_end_s, 'num_images': num_images}
+  return {
+      'device': f'{jax.devices()[0].device_kind} x{mesh.devices.size}', 'platform': jax.default_backend(),
+      'batch_size': batch_size, 'image_size': image_size, 'precision': precision, 'compile_s': compile_s,
+      'median_batch_img_per_s': batch_size / np.median(batch_times), 'end_to_end_img_per_s': num_images / end_to_end_s,
+      'num_images': num_images
+  }
 
 
 def main(argv=None):
@@ -61,8 +63,7 @@ def main(argv=None):
   parser.add_argument('--repeats', type=int, default=5, help='timed batches for the median')
   parser.add_argument('--weights', default=None, help='converted .msgpack (random if not given)')
   args = parser.parse_args(argv)
-  result = benchmark(args.batch_size, args.num_images, args.image_size, args.precision,
-                     args.weights, args.repeats)
+  result = benchmark(args.batch_size, args.num_images, args.image_size, args.precision, args.weights, args.repeats)
   print(f"FID Inception features on {result['device']} ({result['platform']}), batch "
         f"{result['batch_size']}, {result['image_size']}px -> 299, precision {result['precision']}: "
         f"{result['median_batch_img_per_s']:.1f} img/s (median of {args.repeats} batches), "

@@ -5,7 +5,7 @@
   python -m benchmarks.input_pipeline --train_img_per_s=760            # the rate to beat 10x (XL/2 target)
 
 Without --path it writes --count synthetic images in the encode job's layout (32x32x4 float16, with
-flipped views, shards of --shard_size; input_pipeline/encode.py's writers) to a temporary directory.
+flipped views, shards of --shard_size; jobs/encode.py's writers) to a temporary directory.
 It then times, after --warmup steps: (1) `StepBatcher.batch` alone, the host work of one step
 (the permutation lookup, memory-mapped gathers across shards; latents stay float16, the train step
 casts them on the device); (2) the training loop's path, `prefetch_batches` with its background
@@ -20,6 +20,12 @@ import time
 from absl import app, flags
 import numpy as np
 
+from input_pipeline import latents
+from jobs import encode
+from input_pipeline.latents import LatentSource, read_meta
+from input_pipeline.loader import StepBatcher, prefetch_batches
+from training import sharding as sharding_lib
+
 flags.DEFINE_string('path', None, 'An encoded latent directory (default: write a synthetic one).')
 flags.DEFINE_integer('count', 40000, 'Synthetic images (each stored twice: image and flip).')
 flags.DEFINE_integer('shard_size', 8192, 'Synthetic images per shard (config.encode.shard_size).')
@@ -29,22 +35,24 @@ flags.DEFINE_integer('steps', 200, 'Timed steps.')
 flags.DEFINE_integer('warmup', 10, 'Untimed steps first.')
 flags.DEFINE_integer('prefetch', 2, 'config.data.prefetch.')
 flags.DEFINE_integer('steps_per_call', 1, 'config.train.steps_per_call (batches of k steps stacked per transfer).')
-flags.DEFINE_float('train_img_per_s', 3000.0, 'The train step rate the pipeline must outrun 10x '
-                   '(default: the DiT-B/2 H100 target, docs/performance.md).')
+flags.DEFINE_float(
+    'train_img_per_s', 3000.0, 'The train step rate the pipeline must outrun 10x '
+    '(default: the DiT-B/2 H100 target, docs/performance.md).')
 FLAGS = flags.FLAGS
 
 
 def write_synthetic(directory, count, shard_size, size, channels=4):
   """A latent directory in the encode job's format, filled with float16 noise."""
-  from input_pipeline import encode, latents
   rng = np.random.default_rng(0)
   meta = dict(format=latents.FORMAT, count=count, latent_shape=[size, size, channels], dtype='float16',
               latent_scale=0.18215, flips=True, shard_size=shard_size, num_shards=-(-count // shard_size),
               captions=False, stores='synthetic noise (benchmarks/input_pipeline.py)')
   for shard in range(meta['num_shards']):
     rows = min(shard_size, count - shard * shard_size)
-    parts = {'labels': [rng.integers(0, 1000, rows).astype(np.int32)],
-             'latents': [rng.standard_normal((rows, 2, size, size, channels), np.float32).astype(np.float16)]}
+    parts = {
+        'labels': [rng.integers(0, 1000, rows).astype(np.int32)],
+        'latents': [rng.standard_normal((rows, 2, size, size, channels), np.float32).astype(np.float16)]
+    }
     encode.write_shard(directory, shard, parts, captions=False)
   encode.write_meta(directory, meta)
   return meta
@@ -53,9 +61,6 @@ def write_synthetic(directory, count, shard_size, size, channels=4):
 def main(_):
   import jax
 
-  import sharding as sharding_lib
-  from input_pipeline.latents import LatentSource, read_meta
-  from input_pipeline.loader import StepBatcher, prefetch_batches
   import ml_collections
 
   with tempfile.TemporaryDirectory() as tmp:

@@ -22,6 +22,9 @@ import time
 from absl import app, flags
 import numpy as np
 
+from input_pipeline.images import center_crop_resize, map_threads
+from input_pipeline.sources import ImageFolderSource, TfdsSource
+
 flags.DEFINE_integer('count', 512, 'Synthetic images written.')
 flags.DEFINE_integer('batch', 256, 'Images per timed batch (config.train.batch_size on one host).')
 flags.DEFINE_integer('size', 256, 'config.data.image_size.')
@@ -54,8 +57,10 @@ def write_tfds(data_dir, jpegs):
     VERSION = tfds.core.Version('1.0.0')
 
     def _info(self):
-      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-          'image': tfds.features.Image(encoding_format='jpeg'), 'label': tfds.features.ClassLabel(num_classes=10)}))
+      return tfds.core.DatasetInfo(
+          builder=self, features=tfds.features.FeaturesDict(
+              {'image': tfds.features.Image(encoding_format='jpeg'),
+               'label': tfds.features.ClassLabel(num_classes=10)}))
 
     def _split_generators(self, dl_manager):
       del dl_manager
@@ -72,7 +77,6 @@ def write_tfds(data_dir, jpegs):
 
 class TfdsDecodedSource:
   """For comparison: records decoded by TFDS in the calling thread, then resized on the threads."""
-
   def __init__(self, name, data_dir, size, num_workers):
     import tensorflow_datasets as tfds
     self.data = tfds.data_source(name, split='train', data_dir=data_dir, download=False)
@@ -87,10 +91,9 @@ class TfdsDecodedSource:
   def get(self, indices):
     from PIL import Image
 
-    from input_pipeline.sources import center_crop_resize, map_threads
     records = self.records(indices)
-    return np.stack(map_threads(lambda r: center_crop_resize(Image.fromarray(r['image']), self.size), records,
-                                self.num_workers))
+    return np.stack(
+        map_threads(lambda r: center_crop_resize(Image.fromarray(r['image']), self.size), records, self.num_workers))
 
 
 def median_rate(fn, size, batch, repeats, rng):
@@ -107,7 +110,6 @@ def median_rate(fn, size, batch, repeats, rng):
 def main(_):
   import importlib.util
 
-  from input_pipeline.sources import ImageFolderSource, TfdsSource
   rng = np.random.default_rng(0)
   with tempfile.TemporaryDirectory() as tmp:
     jpegs = [synthetic_jpeg(rng) for _ in range(FLAGS.count)]
@@ -117,8 +119,10 @@ def main(_):
       name = write_tfds(os.path.join(tmp, 'tfds'), jpegs)
       sources['tfds'] = lambda n: TfdsSource(name, 'train', FLAGS.size, 3, n, os.path.join(tmp, 'tfds'))
       sources['tfds, decoded by TFDS'] = lambda n: TfdsDecodedSource(name, os.path.join(tmp, 'tfds'), FLAGS.size, n)
-    print(f'{FLAGS.count} synthetic 500x375 JPEGs (mean {np.mean([len(j) for j in jpegs]) / 1e3:.0f} KB) -> '
-          f'{FLAGS.size}x{FLAGS.size}, batch {FLAGS.batch}, median of {FLAGS.repeats}, host cpus {len(os.sched_getaffinity(0))}')
+    print(
+        f'{FLAGS.count} synthetic 500x375 JPEGs (mean {np.mean([len(j) for j in jpegs]) / 1e3:.0f} KB) -> '
+        f'{FLAGS.size}x{FLAGS.size}, batch {FLAGS.batch}, median of {FLAGS.repeats}, host cpus {len(os.sched_getaffinity(0))}'
+    )
     print('| source | ' + ' | '.join(f'{w} threads img/s' for w in FLAGS.workers) + ' | calling thread alone img/s |')
     print('|---|' + '---:|' * (len(FLAGS.workers) + 1))
     for label, make in sources.items():
@@ -127,8 +131,8 @@ def main(_):
         source = make(int(w))
         rates.append(median_rate(source.get, len(source), FLAGS.batch, FLAGS.repeats, rng))
       # The part no thread shares, a ceiling whatever the cores: reading the records (and decoding, as TFDS does).
-      serial = (f'{median_rate(source.records, len(source), FLAGS.batch, FLAGS.repeats, rng):.0f}'
-                if hasattr(source, 'records') else '-')
+      serial = (f'{median_rate(source.records, len(source), FLAGS.batch, FLAGS.repeats, rng):.0f}' if hasattr(
+          source, 'records') else '-')
       print(f'| {label} | ' + ' | '.join(f'{r:.0f}' for r in rates) + f' | {serial} |')
 
 

@@ -17,12 +17,18 @@ import re
 
 from absl import app, flags
 
+from benchmarks.benchmark_config import benchmark_config
+from benchmarks.cuda_probe import pretend_h100_cudnn
+from models import build_model
+from training.state import abstract_params, dummy_inputs
+
 flags.DEFINE_enum('model', 'dit_xl', ['dit_s', 'dit_b', 'dit_l', 'dit_xl', 'unet'], 'Model config.')
 flags.DEFINE_integer('patch', 2, 'DiT patch size.')
 flags.DEFINE_integer('batch', 256, 'Global batch size.')
 flags.DEFINE_enum('dtype', 'bfloat16', ['bfloat16', 'float32'], 'Compute dtype.')
-flags.DEFINE_enum('attention', 'cudnn', ['cudnn', 'xla'], 'Attention implementation; cudnn is traced as an H100 '
-                  'would run it, GPU or not (benchmarks/cuda_probe.py).')
+flags.DEFINE_enum(
+    'attention', 'cudnn', ['cudnn', 'xla'], 'Attention implementation; cudnn is traced as an H100 '
+    'would run it, GPU or not (benchmarks/cuda_probe.py).')
 FLAGS = flags.FLAGS
 
 _BYTES = {'bf16': 2, 'f16': 2, 'f32': 4, 'f64': 8, 'i8': 1, 'u8': 1, 'i32': 4, 'u32': 4, 'i64': 8, 'bool': 1}
@@ -50,17 +56,13 @@ def model_loss(config, batch_size):
   """(loss of params, zero params of the model's shapes): a sum of squares of the output on zero inputs."""
   import jax
   import jax.numpy as jnp
-  from models import build_model
-  from train_state import abstract_params, dummy_inputs
   model = build_model(config)
   x, t, cond = dummy_inputs(config, batch_size)
   params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract_params(config, model))
-  return lambda p: jnp.sum(model.apply({'params': p}, x, t, **cond) ** 2), params
+  return lambda p: jnp.sum(model.apply({'params': p}, x, t, **cond)**2), params
 
 
 def main(_):
-  from benchmarks.benchmark_config import benchmark_config
-  from benchmarks.cuda_probe import pretend_h100_cudnn
   print(f'saved activations of one train step, {FLAGS.model} batch {FLAGS.batch} {FLAGS.dtype} '
         f'{FLAGS.attention} attention (jax residuals, before XLA fusion):')
   for remat, policy in ((False, 'full'), (True, 'full'), (True, 'dots')):

@@ -22,6 +22,12 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from configs.validate import validate_config
+from evaluation.digits import digits_metrics
+from jobs.sample import generate_samples, initial_noise, make_generate_fn
+from jobs.restore import restore_for_inference
+from jobs.conditions import default_conditions, model_condition
+
 FLAGS = flags.FLAGS
 
 
@@ -54,7 +60,6 @@ def sampler_label(config, sampler):
 def real_digits_row(num_samples, seed):
   """Scores num_samples real digits (8x8, as the quickstart sees them) drawn with replacement."""
   from sklearn.datasets import load_digits
-  from evaluation.digits import digits_metrics
   digits = load_digits()
   idx = np.random.default_rng(seed).choice(len(digits.target), num_samples, replace=True)
   images = np.round(digits.images[idx] / 16.0 * 255).astype(np.uint8)[..., None]
@@ -63,8 +68,6 @@ def real_digits_row(num_samples, seed):
 
 def time_cell(config, model, params, mesh, num_samples, seed):
   """(images, labels, seconds to sample, seconds to compile) for config.sample's sampler."""
-  from models.conditioning import default_conditions, model_condition
-  from sample import generate_samples, initial_noise, make_generate_fn
   generate_fn = make_generate_fn(config, model, mesh)
   batch_size = min(config.sample.batch_size, num_samples)
   batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
@@ -72,7 +75,7 @@ def time_cell(config, model, params, mesh, num_samples, seed):
   cond = {k: jnp.asarray(v) for k, v in model_condition(default_conditions(batch_size, config), config).items()}
   t0 = time.perf_counter()
   compiled = generate_fn.compile_for(params, cond, initial_noise(seed, 0, batch_size, shape), jax.random.PRNGKey(0),
-                                    jnp.float32(config.sample.guidance_scale))
+                                     jnp.float32(config.sample.guidance_scale))
   compile_seconds = time.perf_counter() - t0
 
   def run(params, batch_cond, noise, rng, scale):
@@ -85,9 +88,6 @@ def time_cell(config, model, params, mesh, num_samples, seed):
 
 def main(argv):
   del argv
-  from configs.common import validate_config
-  from evaluation.digits import digits_metrics
-  from train import restore_for_inference
   config = FLAGS.config
   model, params, step, mesh = restore_for_inference(config, os.path.abspath(FLAGS.workdir),
                                                     use_ema=config.sample.use_ema)
@@ -105,8 +105,7 @@ def main(argv):
     for sampler in FLAGS.samplers:
       config.sample.sampler, config.sample.num_steps = sampler, steps
       validate_config(config)
-      images, labels, seconds, compile_seconds = time_cell(config, model, params, mesh, FLAGS.num_samples,
-                                                           FLAGS.seed)
+      images, labels, seconds, compile_seconds = time_cell(config, model, params, mesh, FLAGS.num_samples, FLAGS.seed)
       metrics = digits_metrics(images, labels)
       row = (f'| {sampler_label(config, sampler)} | {steps} | {network_evaluations(sampler, steps)} | '
              f'{metrics["digits_fd"]:.3f} | {metrics["digits_accuracy"]:.3f} | {seconds:.1f} | '

@@ -19,6 +19,15 @@ import time
 
 from absl import app, flags
 
+from benchmarks.benchmark_config import benchmark_config
+from diffusion.guidance import classifier_free_guidance
+from training.step import make_train_step
+from models import build_model
+from models.conditioning import null_condition
+from models.dit import DIT_PAPER_GMACS
+from training import sharding as sharding_lib
+from training.state import count_params, create_optimizer, create_state, dummy_inputs, state_shardings
+
 flags.DEFINE_enum('model', 'dit_b', ['dit_s', 'dit_b', 'dit_l', 'dit_xl', 'unet'], 'Model config.')
 flags.DEFINE_integer('patch', 2, 'DiT patch size.')
 flags.DEFINE_integer('batch', 256, 'Global batch size (images per step; guided mode runs 2x through the network).')
@@ -26,8 +35,9 @@ flags.DEFINE_enum('mode', 'train', ['train', 'guided'], 'Train step, or one guid
 flags.DEFINE_enum('dtype', 'bfloat16', ['bfloat16', 'float32'], 'Compute dtype (params stay float32).')
 flags.DEFINE_enum('attention', 'cudnn', ['cudnn', 'xla'], 'Attention implementation (cudnn falls back to xla).')
 flags.DEFINE_bool('remat', False, 'Rematerialise each block in the backward pass.')
-flags.DEFINE_enum('remat_policy', 'full', ['full', 'dots'], 'What a remat block keeps: its input only, or also its '
-                  'dense layers\' outputs (config.train.remat_policy).')
+flags.DEFINE_enum(
+    'remat_policy', 'full', ['full', 'dots'], 'What a remat block keeps: its input only, or also its '
+    'dense layers\' outputs (config.train.remat_policy).')
 flags.DEFINE_integer('grad_accum', 1, 'Microbatches per update (config.train.grad_accum_steps; a scan).')
 flags.DEFINE_integer('steps_per_call', 1, 'Train steps per jitted call (config.train.steps_per_call; a scan).')
 flags.DEFINE_integer('steps', 10, 'Calls per timing window.')
@@ -36,11 +46,8 @@ flags.DEFINE_float('peak_tflops', 989.0, 'Peak dense bf16 TFLOP/s of the device,
 FLAGS = flags.FLAGS
 
 
-
 def forward_flops_per_image(config, model, params):
   import jax
-  from train_state import dummy_inputs
-  from models.dit import DIT_PAPER_GMACS
   if FLAGS.model != 'unet' and config.data.image_size == 32:
     return 2e9 * DIT_PAPER_GMACS[FLAGS.model.split('_')[1].upper()][FLAGS.patch]
   x, t, cond = dummy_inputs(config, 1)
@@ -83,14 +90,6 @@ def main(_):
   import jax.numpy as jnp
   import numpy as np
 
-  import sharding as sharding_lib
-  import train
-  from benchmarks.benchmark_config import benchmark_config
-  from diffusion.guidance import classifier_free_guidance
-  from models import build_model
-  from models.conditioning import null_condition
-  from train_state import count_params, create_optimizer, create_state, state_shardings
-
   config = benchmark_config(FLAGS.model, FLAGS.patch, FLAGS.batch, FLAGS.dtype, FLAGS.attention, FLAGS.remat,
                             FLAGS.remat_policy, FLAGS.grad_accum)
   model, tx = build_model(config), create_optimizer(config.optim)
@@ -100,13 +99,15 @@ def main(_):
   size, ch, b = config.data.image_size, config.data.channels, FLAGS.batch
   rng = np.random.default_rng(0)
   batch = sharding_lib.host_batch_to_global(
-      {'image': rng.standard_normal((b, size, size, ch), np.float32),
-       'label': rng.integers(0, config.data.num_classes, b).astype(np.int32)}, mesh)
+      {
+          'image': rng.standard_normal(
+              (b, size, size, ch), np.float32), 'label': rng.integers(0, config.data.num_classes, b).astype(np.int32)
+      }, mesh)
   flops = forward_flops_per_image(config, model, state.params)
 
   if FLAGS.mode == 'train':
     k = FLAGS.steps_per_call
-    step_fn = train.make_train_step(config, model, tx, mesh, shardings, stacked=k > 1)
+    step_fn = make_train_step(config, model, tx, mesh, shardings, stacked=k > 1)
     if k > 1:
       batch = sharding_lib.host_batch_to_global(jax.tree.map(lambda x: np.stack([np.asarray(x)] * k), batch), mesh,
                                                 stacked=True)
@@ -117,6 +118,7 @@ def main(_):
     def run():
       holder['state'], metrics = step_fn(holder['state'], batch)
       return metrics['loss']
+
     flops_per_image = 3 * flops
   else:
     x, t = batch['image'], jnp.full((b,), 500.0)
@@ -125,8 +127,9 @@ def main(_):
     @jax.jit
     def guided(params, x, t, cond):
       apply = lambda x, t, c: model.apply({'params': params}, x, t, **c)
-      return classifier_free_guidance(apply, cond, null_condition(cond, config), 1.5,
+      return classifier_free_guidance(apply, cond, null_condition(cond, config.data.num_classes), 1.5,
                                       learned_variance=config.diffusion.learn_sigma)(x, t)
+
     kernels = fused_attention_kernels(guided, state.ema_params, x, t, cond)
     run = lambda: guided(state.ema_params, x, t, cond)
     flops_per_image = 2 * flops  # conditional + unconditional forward per output image

@@ -26,17 +26,15 @@ Training (--mode=train) follows guided-diffusion's classifier_train.py with the 
 cropped (80-100% of the short side) and flipped, noised at uniform timesteps, cross-entropy, AdamW with lr 3e-4 and weight decay 0.05 annealed linearly to zero over
 300,000 steps of batch 256.
 """
-from configs.adm_imagenet import ARCHITECTURES, SCHEDULES
-from configs.common import base_config
-
-DEPTH = {64: 4, 128: 2, 256: 2, 512: 2}  # --classifier_depth: 4 for the 64x64 classifier (README), else the default 2
+from configs.default import base_config
+from models.adm_variants import ARCHITECTURES, CLASSIFIER_DEPTHS, CLASSIFIER_HEAD_CHANNELS, SCHEDULES
 
 
 def get_config(arg=None):
   resolution = 256 if arg in (None, '') else int(arg) if str(arg).isdigit() else arg
-  if resolution not in DEPTH:
+  if resolution not in CLASSIFIER_DEPTHS:
     raise ValueError(f'configs/adm_classifier.py:{arg}: the released ADM classifiers are 64, 128, 256 and 512 '
-                     f'pixels; choose one of {sorted(DEPTH)}')
+                     f'pixels; choose one of {sorted(CLASSIFIER_DEPTHS)}')
   c = base_config()
   c.data.source = 'tfds'
   c.data.name = 'imagenet2012'
@@ -49,9 +47,9 @@ def get_config(arg=None):
   c.model.name = 'adm_classifier'
   c.model.base_channels = 128
   c.model.channel_mult = ARCHITECTURES[resolution]['channel_mult']  # create_classifier's, by image size as the U-Net's
-  c.model.num_res_blocks = DEPTH[resolution]
+  c.model.num_res_blocks = CLASSIFIER_DEPTHS[resolution]
   c.model.attn_resolutions = (32, 16, 8)
-  c.model.num_head_channels = 64
+  c.model.num_head_channels = CLASSIFIER_HEAD_CHANNELS
   c.model.num_groups = 32
   c.model.scale_shift_norm = True
   c.model.resblock_updown = True

@@ -33,24 +33,14 @@ with horizontal flips; --config.data.source=image_folder --config.data.path=DIR 
 subfolders. The optimiser fields are guided-diffusion's image_train.py defaults (Adam, lr 1e-4, no weight decay,
 no clipping, EMA 0.9999); batch 256.
 """
-from configs.common import base_config
+from configs.default import base_config
+from models.adm_variants import ARCHITECTURES, QKV_ORDERS, SCHEDULES
 
-# num_heads 4 is guided-diffusion's default, used where num_head_channels is -1 (the 128 model)
-ARCHITECTURES = {
-    64: dict(base_channels=192, channel_mult=(1, 2, 3, 4), num_res_blocks=3, num_head_channels=64, num_heads=4,
-             dropout=0.1),
-    128: dict(base_channels=256, channel_mult=(1, 1, 2, 3, 4), num_res_blocks=2, num_head_channels=-1, num_heads=4,
-              dropout=0.0),
-    256: dict(base_channels=256, channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2, num_head_channels=64,
-              num_heads=4, dropout=0.0),
-    512: dict(base_channels=256, channel_mult=(0.5, 1, 1, 2, 2, 4, 4), num_res_blocks=2, num_head_channels=64,
-              num_heads=4, dropout=0.0),
-}
-SCHEDULES = {64: 'cosine', 128: 'linear', 256: 'linear', 512: 'linear'}
-QKV_ORDERS = {64: 'new', 128: 'legacy', 256: 'legacy', 512: 'legacy'}  # use_new_attention_order: the 64x64 model only
 # resolution -> (ours, guided-diffusion's) parameter counts, class-conditional; unconditional 256: both 552,814,086.
-PARAMS = {64: (295_905_222, 295_904_454), 128: (421_530_630, 421_529_606), 256: (553_839_110, 553_838_086),
-          512: (558_998_662, 558_997_638)}
+PARAMS = {
+    64: (295_905_222, 295_904_454), 128: (421_530_630, 421_529_606), 256: (553_839_110, 553_838_086),
+    512: (558_998_662, 558_997_638)
+}
 
 
 def get_config(arg=None):

@@ -25,23 +25,18 @@ images, area-downsampled. Training reads TFDS imagenet2012 at the large size and
 by area downsampling (super_res_train.py's F.interpolate(mode='area')), with the recipe of configs/adm_imagenet.py.
 """
 from configs.adm_imagenet import get_config as adm_config
+from models.adm_variants import UPSAMPLERS
 
-ARCHITECTURES = {
-    '64_256': dict(low_res_size=64, image_size=256, attn_resolutions=(32, 16, 8), num_head_channels=-1,
-                   num_heads=4),
-    '128_512': dict(low_res_size=128, image_size=512, attn_resolutions=(32, 16), num_head_channels=64,
-                    num_heads=4),
-}
 # name -> (ours, guided-diffusion's) parameter counts
 PARAMS = {'64_256': (311_796_678, 311_795_910), '128_512': (308_836_038, 308_835_270)}
 
 
 def get_config(arg=None):
   name = '64_256' if arg in (None, '') else str(arg)
-  if name not in ARCHITECTURES:
-    raise ValueError(f'configs/adm_upsampler.py:{arg}: the released ADM upsamplers are {", ".join(ARCHITECTURES)} '
+  if name not in UPSAMPLERS:
+    raise ValueError(f'configs/adm_upsampler.py:{arg}: the released ADM upsamplers are {", ".join(UPSAMPLERS)} '
                      '(low resolution _ image size)')
-  arch = ARCHITECTURES[name]
+  arch = UPSAMPLERS[name]
   c = adm_config(256)
   c.data.image_size = arch['image_size']
   c.model.update(base_channels=192, channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2, dropout=0.0,

@@ -9,7 +9,7 @@ classifier was asked for):
 
     python main.py --config=configs/quickstart.py:classifier_guided --workdir=runs/digits_classifier_guided
 """
-from configs.common import base_config
+from configs.default import base_config
 
 
 def get_config(arg=None):

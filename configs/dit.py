@@ -3,7 +3,7 @@
 Shared by configs/dit_{s,b,l,xl}.py; the argument after ':' is the patch size (2, 4 or 8).
 AdamW 1e-4, no weight decay, batch 256, EMA 0.9999, horizontal flips, label dropout 0.1, learned sigma,
 linear schedule with 1000 steps; sampling as DiT's: 250 DDPM steps (linspace spacing), no clipping,
-guidance 1.5. The released DiT-XL/2 weights import into configs/dit_xl.py (docs/pretrained.md).
+guidance 1.5 on the first 3 of the 4 latent channels (DiT's `forward_with_cfg`; its FIDs reflect it). The released DiT-XL/2 weights import into configs/dit_xl.py (docs/pretrained.md).
 
 Training reads pre-encoded latents from data/imagenet256_latents (input_pipeline/latents.py). Once:
 convert the VAE (stabilityai/sd-vae-ft-mse, diffusion_pytorch_model.safetensors) with
@@ -19,7 +19,7 @@ Both read the VAE from data.vae_weights=data/sd_vae_ft_mse.msgpack (training dec
 it). The encoding is the same for every DiT variant and patch size: encode once, train any of them.
 An image folder works too: --config.data.pixels.source=image_folder --config.data.pixels.path=DIR.
 """
-from configs.common import base_config
+from configs.default import base_config
 from models.dit import DIT_VARIANTS
 
 
@@ -70,6 +70,7 @@ def dit_config(variant, patch_size=None):
   c.sample.spacing = 'linspace'  # DiT's (ADM's) 250 of 1000 steps: round(k * 999 / 249) = 0, 4, ..., 995, 999
   c.sample.clip_denoised = False  # latents are not confined to [-1, 1]
   c.sample.guidance_scale = 1.5
+  c.sample.guidance_channels = 3  # DiT's forward_with_cfg guides the first 3 of the 4 latent channels
   c.sample.num_samples = 50_000
   c.sample.batch_size = 256
   return c

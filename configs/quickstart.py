@@ -1,4 +1,4 @@
-"""Quickstart: a 0.6M-parameter class-conditional U-Net on the embedded 8x8 digits, a few minutes on 2 CPU cores.
+"""Quickstart: a 0.76M-parameter class-conditional U-Net on the embedded 8x8 digits, a few minutes on 2 CPU cores.
 
 python main.py --config=configs/quickstart.py --workdir=runs/quickstart
 
@@ -13,7 +13,7 @@ upsamples each digit from 4x4 (its 8x8 image area-downsampled) back to 8x8, clas
 """
 import ml_collections
 
-from configs.common import base_config
+from configs.default import base_config
 
 
 def get_config(arg=None):

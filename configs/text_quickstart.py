@@ -4,7 +4,7 @@ python main.py --config=configs/text_quickstart.py --workdir=runs/text_quickstar
 
 Captions are templates of the label ("a handwritten digit seven", "the number 7, written by hand", ...,
 input_pipeline/captions.py), tokenized with a word-level vocabulary made of the template words
-(input_pipeline/tokenizers.py; the real CLIP vocabulary is not needed offline). A small text transformer
+(text/tokenizers.py; the real CLIP vocabulary is not needed offline). A small text transformer
 (2 layers, width 64) trained from scratch encodes them; the U-Net cross-attends to its token states in its
 attention blocks (4x4 and the middle) and adds its pooled state to the time embedding. The model never
 sees the labels: the digits evaluator scores samples of the prompt "a handwritten digit <name>" against the
@@ -25,8 +25,8 @@ def get_config(arg=None):
   c = quickstart_config()
   c.data.captions = True
   c.data.tokenizer = 'words'
-  c.data.vocab_path = ''          # the words of the digit caption templates
-  c.data.max_tokens = 16          # captions are <= 9 tokens; 77 (the default) would be mostly padding
+  c.data.vocab_path = ''  # the words of the digit caption templates
+  c.data.max_tokens = 16  # captions are <= 9 tokens; 77 (the default) would be mostly padding
 
   c.text.encoder = 'small'
   c.text.width = 64

@@ -4,7 +4,7 @@ Class-conditional here (label dropout 0.1 for guidance); set --config.data.num_c
 unconditional model of the paper. Reads TFDS cifar10 (`pip install -r requirements-tfds.txt`; prepared once, with
 TensorFlow, by `tfds build cifar10 --file_format=array_record`), or point data at an image folder.
 """
-from configs.common import base_config
+from configs.default import base_config
 
 
 def get_config(arg=None):

@@ -40,6 +40,7 @@ def log_prob_gradient(classifier_fn, labels, scale):
 
   def gradient(x, t):
     return scale * jax.grad(total_log_prob)(x.astype(jnp.float32), t)
+
   return gradient
 
 
@@ -50,8 +51,9 @@ def score_guided(model_fn, objective, alphas_cumprod, gradient):
   level the Karras samplers assign to that t."""
   def guided(x, t):
     sigma_ve = broadcast_to(sigma_at_timestep(alphas_cumprod, t), x)
-    alpha = 1 / jnp.sqrt(1 + sigma_ve ** 2)
+    alpha = 1 / jnp.sqrt(1 + sigma_ve**2)
     sigma = sigma_ve * alpha
     _, eps = predict_x0_eps(objective, model_fn(x, t), x, alpha, sigma)
     return eps - sigma * gradient(x, t)
+
   return guided, 'eps'

@@ -39,7 +39,7 @@ def dpm_solver_2m_coefficients(levels):
   (alpha, sigma) of the calls, the ratio sigma_{i+1} / sigma_i, -alpha_{i+1} (exp(-h_i) - 1) and 1 / (2 r_i).
   1 / (2 r_i) is 0 on the first-order steps: the first, and a last step to level 0 (where h is infinite)."""
   levels = np.asarray(levels, np.float64)
-  alpha = 1 / np.sqrt(levels ** 2 + 1)
+  alpha = 1 / np.sqrt(levels**2 + 1)
   sigma = levels * alpha
   with np.errstate(divide='ignore'):
     lam = np.log(alpha) - np.log(sigma)  # +inf at level 0
@@ -67,8 +67,10 @@ def dpm_solver_2m_sample(model_fn, x, alphas_cumprod, timesteps, objective='eps'
   timesteps and then of t = 0, whose x is returned. Levels ending at 0 (dpm_solver_karras) return the last
   x_0 estimate, reached by a first-order step."""
   if levels is None:
-    levels = np.concatenate([sigma_at_timestep(alphas_cumprod, np.asarray(timesteps, np.float64)),
-                             sigmas_from_alphas_cumprod(alphas_cumprod)[:1]])
+    levels = np.concatenate([
+        sigma_at_timestep(alphas_cumprod, np.asarray(timesteps, np.float64)),
+        sigmas_from_alphas_cumprod(alphas_cumprod)[:1]
+    ])
   if len(levels) != len(timesteps) + 1:
     raise ValueError(f'{len(timesteps)} timesteps need {len(timesteps) + 1} noise levels, got {len(levels)}')
   c = dpm_solver_2m_coefficients(levels)

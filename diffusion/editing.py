@@ -1,8 +1,9 @@
 """Editing with a trained model: img2img (SDEdit) and inpainting (RePaint without resampling).
 
-Both run the DDIM or DDPM update of diffusion/samplers.py (the same formulas, step for step: started
-from the same x and timesteps, `edit_loop` without a mask returns what `ddim_sample`/`ddpm_sample`
-return) over the sampler's timesteps, seeing only `model_fn(x, t)` (guidance folded in).
+Both run the DDIM or DDPM step of diffusion/samplers.py (`ddim_step`, `ddpm_step`: started from the same x and
+timesteps, `edit_loop` without a mask returns what `ddim_sample`/`ddpm_sample` return) over the sampler's
+timesteps, seeing only `model_fn(x, t)` as sampling does (guidance and preconditioning folded in, jobs/guided.py),
+with classifier guidance and learned variances as in sampling.
 
 - img2img, strength s in [0, 1]: keep the last round(s * num_steps) of the sampler's timesteps, noise the
   input to the first of them, x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps, and sample from there (diffusers'
@@ -16,25 +17,17 @@ DPM-Solver++(2M) can be used for img2img (truncated timesteps); Karras and flow 
 supported here. For latent models, edit latents: encode the image with models.vae.encode_to_latents
 (and downsample the mask by the VAE factor), decode the result with input_pipeline.latents.
 """
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion.objectives import denoise
+from diffusion.classifier_guidance import score_guided
+from diffusion.dpm_solver import dpm_solver_2m_sample, dpm_solver_timesteps
+from diffusion.learned_variance import step_log_variance_bounds
+from diffusion.samplers import ddim_step, ddpm_step, prediction_only, schedule_pairs
 from diffusion.schedules import timestep_spacing
 
 EDIT_SAMPLERS = ('ddim', 'ddpm')
-
-
-def _schedule_pairs(alphas_cumprod, timesteps):
-  """(t, a_t, a_prev) for decreasing timesteps; the step after the last has a_prev = 1 (as samplers.py)."""
-  ac = np.asarray(alphas_cumprod, np.float32)
-  timesteps = np.asarray(timesteps)
-  a_t = ac[timesteps]
-  a_prev = np.concatenate([ac[timesteps[1:]], np.ones(1, np.float32)])
-  return jnp.asarray(timesteps, jnp.int32), jnp.asarray(a_t), jnp.asarray(a_prev)
 
 
 def forward_noise(x0, a, noise):
@@ -51,12 +44,14 @@ def edit_timesteps(timesteps, strength):
 
 
 def edit_loop(model_fn, x, alphas_cumprod, timesteps, sampler='ddim', objective='eps', rng=None, eta=0.0,
-              variance='posterior', clip_denoised=True, known=None, mask=None):
+              variance='posterior', clip_denoised=True, known=None, mask=None, classifier_gradient=None):
   """DDIM/DDPM steps from x at timesteps[0]; with `known` and `mask`, the known region is pinned to the
-  forward-noised `known` before each step and to `known` itself at the end."""
+  forward-noised `known` before each step and to `known` itself at the end. variance 'learned': model_fn also
+  outputs Improved DDPM's variance values (DDPM only)."""
   if sampler not in EDIT_SAMPLERS:
     raise ValueError(f'editing supports the samplers {EDIT_SAMPLERS}, not {sampler!r}')
-  ts, a_ts, a_prevs = _schedule_pairs(alphas_cumprod, timesteps)
+  ts, a_ts, a_prevs = schedule_pairs(alphas_cumprod, timesteps)
+  min_logs, max_logs = step_log_variance_bounds(a_ts, a_prevs)
   rng = jax.random.PRNGKey(0) if rng is None else rng
   known_rng = jax.random.fold_in(rng, 2_000_003)
   n = len(timesteps)
@@ -69,18 +64,12 @@ def edit_loop(model_fn, x, alphas_cumprod, timesteps, sampler='ddim', objective=
     return jnp.where(pinned, forward_noise(known, a, noise), x)
 
   def step(i, x):
-    t, a_t, a_prev = ts[i], a_ts[i], a_prevs[i]
-    x = pin(x, a_t, i)
-    x0, eps = denoise(model_fn, objective, x, t, jnp.sqrt(a_t), jnp.sqrt(1 - a_t), clip_denoised)
-    noise = jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
+    x = pin(x, a_ts[i], i)
     if sampler == 'ddim':
-      sigma = eta * jnp.sqrt((1 - a_prev) / (1 - a_t)) * jnp.sqrt(1 - a_t / a_prev)
-      return jnp.sqrt(a_prev) * x0 + jnp.sqrt(1 - a_prev - sigma ** 2) * eps + sigma * noise
-    beta = 1 - a_t / a_prev
-    mean = (jnp.sqrt(a_prev) * beta / (1 - a_t)) * x0 + (jnp.sqrt(1 - beta) * (1 - a_prev) / (1 - a_t)) * x
-    var = beta * (1 - a_prev) / (1 - a_t) if variance == 'posterior' else beta
-    var = jnp.where(i == n - 1, 0.0, var)
-    return mean + jnp.sqrt(var) * noise
+      return ddim_step(model_fn, objective, x, i, ts[i], a_ts[i], a_prevs[i], rng, eta, clip_denoised,
+                       classifier_gradient)
+    return ddpm_step(model_fn, objective, x, i, ts[i], a_ts[i], a_prevs[i], rng, i == n - 1, variance, clip_denoised,
+                     classifier_gradient, (min_logs[i], max_logs[i]))
 
   x = jax.lax.fori_loop(0, n, step, x)
   return x if pinned is None else jnp.where(pinned, known, x)
@@ -97,14 +86,16 @@ def check_edit_sampler(name, inpainting, spacing='leading'):
                      "or linspace spacing; pass e.g. --config.sample.spacing=linspace")
 
 
-def edit(sample_config, objective, alphas_cumprod, model_fn, x0, rng, strength=1.0, mask=None):
+def edit(sample_config, objective, alphas_cumprod, model_fn, x0, rng, strength=1.0, mask=None, learn_sigma=False,
+         classifier_gradient=None):
   """img2img (mask None, strength < 1) or inpainting (mask given) with config.sample's sampler, steps,
-  spacing, eta, DDPM variance and clipping. x0 is in the model's data space ([-1, 1] pixels or latents)."""
+  spacing, eta, DDPM variance and clipping. x0 is in the model's data space ([-1, 1] pixels or latents).
+  learn_sigma: model_fn also outputs variance values, which DDPM samples with (as sampling does) and the others
+  drop; classifier_gradient(x_t, t): classifier guidance, as in sampling."""
   name = sample_config.sampler
   check_edit_sampler(name, inpainting=mask is not None, spacing=sample_config.spacing)
   num_timesteps = len(alphas_cumprod)
   if name == 'dpm++2m':
-    from diffusion.dpm_solver import dpm_solver_2m_sample, dpm_solver_timesteps
     timesteps = edit_timesteps(dpm_solver_timesteps(num_timesteps, sample_config.num_steps, sample_config.spacing),
                                strength)
   else:
@@ -116,43 +107,21 @@ def edit(sample_config, objective, alphas_cumprod, model_fn, x0, rng, strength=1
   start_rng, loop_rng = jax.random.split(rng)
   a_start = jnp.asarray(np.asarray(alphas_cumprod, np.float32)[timesteps[0]])
   x = forward_noise(x0, a_start, jax.random.normal(start_rng, x0.shape, jnp.float32))
+  variance = 'learned' if learn_sigma and name == 'ddpm' else sample_config.ddpm_variance
+  if learn_sigma and name != 'ddpm':
+    model_fn = prediction_only(model_fn)
   if name == 'dpm++2m':
+    if classifier_gradient is not None:
+      model_fn, objective = score_guided(model_fn, objective, alphas_cumprod, classifier_gradient)
     return dpm_solver_2m_sample(model_fn, x, alphas_cumprod, timesteps, objective, sample_config.clip_denoised)
-  return edit_loop(model_fn, x, alphas_cumprod, timesteps, name, objective, loop_rng, sample_config.eta,
-                   sample_config.ddpm_variance, sample_config.clip_denoised,
-                   known=None if mask is None else x0, mask=mask)
+  return edit_loop(model_fn, x, alphas_cumprod, timesteps, name, objective, loop_rng, sample_config.eta, variance,
+                   sample_config.clip_denoised, known=None if mask is None else x0, mask=mask,
+                   classifier_gradient=classifier_gradient)
 
 
-def img2img(sample_config, objective, alphas_cumprod, model_fn, x0, rng, strength):
-  return edit(sample_config, objective, alphas_cumprod, model_fn, x0, rng, strength=strength)
+def img2img(sample_config, objective, alphas_cumprod, model_fn, x0, rng, strength, **kwargs):
+  return edit(sample_config, objective, alphas_cumprod, model_fn, x0, rng, strength=strength, **kwargs)
 
 
-def inpaint(sample_config, objective, alphas_cumprod, model_fn, x0, mask, rng, strength=1.0):
-  return edit(sample_config, objective, alphas_cumprod, model_fn, x0, rng, strength=strength, mask=mask)
-
-
-def make_edit_fn(config, model):
-  """jitted edit(params, cond, x0, rng, guidance_scale, strength=1.0, mask=None) for a trained model:
-  cond holds the model's inputs ({'y'}, {'tokens'}, or {}), guided like sample.make_generate_fn;
-  strength is static (one compilation per value)."""
-  from diffusion.guidance import classifier_free_guidance
-  from diffusion.samplers import prediction_only
-  from diffusion.schedules import alphas_cumprod_for
-  from models.conditioning import null_condition
-  alphas_cumprod = alphas_cumprod_for(config)
-  interval = tuple(config.sample.get('guidance_interval', ())) or None
-
-  @functools.partial(jax.jit, static_argnames=('strength',))
-  def edit_fn(params, cond, x0, rng, guidance_scale, strength=1.0, mask=None):
-    apply = lambda x, t, c: model.apply({'params': params}, x, t, **c)
-    learn_sigma = config.diffusion.get('learn_sigma', False)
-    if cond:
-      model_fn = classifier_free_guidance(apply, cond, null_condition(cond, config), guidance_scale, interval,
-                                          learned_variance=learn_sigma,
-                                          channels=config.sample.get('guidance_channels', 0) or None)
-    else:
-      model_fn = lambda x, t: apply(x, t, cond)
-    if learn_sigma:  # editing runs the fixed-variance updates
-      model_fn = prediction_only(model_fn)
-    return edit(config.sample, config.diffusion.objective, alphas_cumprod, model_fn, x0, rng, strength, mask)
-  return edit_fn
+def inpaint(sample_config, objective, alphas_cumprod, model_fn, x0, mask, rng, strength=1.0, **kwargs):
+  return edit(sample_config, objective, alphas_cumprod, model_fn, x0, rng, strength=strength, mask=mask, **kwargs)

@@ -41,11 +41,3 @@ def flow_sample(model_fn, noise, num_steps, order=2, shift=1.0):
 
   x = jax.lax.fori_loop(0, num_steps - 1, step, noise)
   return x - times[num_steps - 1] * velocity(x, times[num_steps - 1])
-
-
-def flow_euler_sample(model_fn, noise, num_steps, shift=1.0):
-  return flow_sample(model_fn, noise, num_steps, order=1, shift=shift)
-
-
-def flow_heun_sample(model_fn, noise, num_steps, shift=1.0):
-  return flow_sample(model_fn, noise, num_steps, order=2, shift=shift)

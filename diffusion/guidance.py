@@ -3,8 +3,7 @@ import jax
 import jax.numpy as jnp
 
 
-def classifier_free_guidance(apply_fn, cond, null_cond, scale, interval=None, learned_variance=False,
-                             channels=None):
+def classifier_free_guidance(apply_fn, cond, null_cond, scale, interval=None, learned_variance=False, channels=None):
   """Wraps apply_fn(x, t, cond) into model_fn(x, t) = u + scale * (c - u).
 
   cond and null_cond are pytrees of batch-first arrays (e.g. {'y': labels}); scale may be a traced

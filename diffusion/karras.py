@@ -18,8 +18,8 @@ def karras_sigmas(num_steps, sigma_min, sigma_max, rho=7.0):
   """EDM's num_steps noise levels (sigma_max^(1/rho) -> sigma_min^(1/rho) linearly, to the power rho),
   followed by 0: num_steps + 1 levels in float64."""
   ramp = np.linspace(0, 1, num_steps) if num_steps > 1 else np.zeros(1)
-  inv_rho_min, inv_rho_max = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-  sigmas = (inv_rho_max + ramp * (inv_rho_min - inv_rho_max)) ** rho
+  inv_rho_min, inv_rho_max = sigma_min**(1 / rho), sigma_max**(1 / rho)
+  sigmas = (inv_rho_max + ramp * (inv_rho_min - inv_rho_max))**rho
   return np.concatenate([sigmas, [0.0]])
 
 
@@ -47,9 +47,8 @@ def churned_levels(sigmas, s_churn, s_tmin=0.0, s_tmax=float('inf'), sigma_cap=f
   return np.minimum(levels * (1 + gamma), np.maximum(sigma_cap, levels))
 
 
-def karras_sample(model_fn, noise, alphas_cumprod, num_steps, objective='eps', rho=7.0, order=2,
-                  clip_denoised=False, sigma_max=None, s_churn=0.0, s_tmin=0.0, s_tmax=float('inf'), s_noise=1.0,
-                  rng=None):
+def karras_sample(model_fn, noise, alphas_cumprod, num_steps, objective='eps', rho=7.0, order=2, clip_denoised=False,
+                  sigma_max=None, s_churn=0.0, s_tmin=0.0, s_tmax=float('inf'), s_noise=1.0, rng=None):
   """EDM's sampler from noise (a VP x_T ~ N(0, I), read as x at sigma_max: its signal, of variance
   1 / (1 + sigma_max^2), is dropped); returns the x_0 estimate.
 
@@ -63,17 +62,17 @@ def karras_sample(model_fn, noise, alphas_cumprod, num_steps, objective='eps', r
     raise ValueError(f'order must be 1 (Euler) or 2 (Heun), got {order}')
   sigmas_np = schedule_karras_sigmas(alphas_cumprod, num_steps, rho, sigma_max)
   churn = s_churn > 0
-  hats_np = (churned_levels(sigmas_np, s_churn, s_tmin, s_tmax, sigmas_from_alphas_cumprod(alphas_cumprod)[-1])
-             if churn else sigmas_np[:-1])
+  hats_np = (churned_levels(sigmas_np, s_churn, s_tmin, s_tmax,
+                            sigmas_from_alphas_cumprod(alphas_cumprod)[-1]) if churn else sigmas_np[:-1])
   f32 = lambda v: jnp.asarray(v, jnp.float32)
   sigmas, timesteps = f32(sigmas_np), f32(timestep_at_sigma(alphas_cumprod, sigmas_np[:-1]))
   hats, hat_timesteps = f32(hats_np), f32(timestep_at_sigma(alphas_cumprod, hats_np))
-  churn_std = f32(s_noise * np.sqrt(hats_np ** 2 - sigmas_np[:-1] ** 2))
+  churn_std = f32(s_noise * np.sqrt(hats_np**2 - sigmas_np[:-1]**2))
   rng = jax.random.PRNGKey(0) if rng is None else rng
 
   def denoised(x, sigma, t):
     """D(x; sigma): the network sees the VP input x / sqrt(1 + sigma^2) at timestep t."""
-    scale = 1 / jnp.sqrt(1 + sigma ** 2)
+    scale = 1 / jnp.sqrt(1 + sigma**2)
     x0, _ = denoise(model_fn, objective, x * scale, t, scale, sigma * scale, clip_denoised)
     return x0
 
@@ -92,7 +91,7 @@ def karras_sample(model_fn, noise, alphas_cumprod, num_steps, objective='eps', r
       x_next = x + (sigma_next - sigma) * (slope + slope_next) / 2
     return x_next
 
-  x = noise * jnp.sqrt(1 + sigmas[0] ** 2)
+  x = noise * jnp.sqrt(1 + sigmas[0]**2)
   x = jax.lax.fori_loop(0, num_steps - 1, step, x)
   x = raise_noise(x, num_steps - 1)
   return denoised(x, hats[num_steps - 1], hat_timesteps[num_steps - 1])

@@ -56,12 +56,11 @@ def interpolated_log_variance(values, min_log, max_log):
 
 def normal_kl(mean1, logvar1, mean2, logvar2):
   """KL(N(mean1, exp logvar1) || N(mean2, exp logvar2)), elementwise, in nats."""
-  return 0.5 * (-1.0 + logvar2 - logvar1 + jnp.exp(logvar1 - logvar2)
-                + jnp.square(mean1 - mean2) * jnp.exp(-logvar2))
+  return 0.5 * (-1.0 + logvar2 - logvar1 + jnp.exp(logvar1 - logvar2) + jnp.square(mean1 - mean2) * jnp.exp(-logvar2))
 
 
 def _standard_normal_cdf(x):
-  return 0.5 * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+  return 0.5 * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def discretized_gaussian_log_likelihood(x, mean, log_scale):

@@ -13,10 +13,11 @@ The VP regression loss is weighted per timestep (`loss_weight`): uniformly (DDPM
 import jax
 import jax.numpy as jnp
 
-from configs.common import LOSS_WEIGHTINGS
 from diffusion.schedules import sigma_at_timestep
 
 FLOW_TIME_SCALE = 1000.0  # flow time t in [0, 1] -> network time input, on the scale of discrete timesteps
+
+LOSS_WEIGHTINGS = ('uniform', 'min_snr')  # loss_weight
 
 
 def broadcast_to(v, x):
@@ -77,10 +78,11 @@ def read_output(objective, output, x_t, alpha, sigma, clip_denoised=False):
 # F is regressed on (x_0 - c_skip x) / c_out with unit weight: EDM's weight 1/c_out^2 on D's error.
 # The denoiser D predicts x_0, so preconditioning 'edm' goes with objective 'x0'.
 
+
 def edm_scalings(sigma, sigma_data):
   """(c_skip, c_out, c_in) of EDM Table 1 at VE noise level sigma."""
-  total = sigma ** 2 + sigma_data ** 2
-  return sigma_data ** 2 / total, sigma * sigma_data / jnp.sqrt(total), 1 / jnp.sqrt(total)
+  total = sigma**2 + sigma_data**2
+  return sigma_data**2 / total, sigma * sigma_data / jnp.sqrt(total), 1 / jnp.sqrt(total)
 
 
 def edm_network_input_and_target(x0, noise, sigma, sigma_data):
@@ -95,9 +97,10 @@ def edm_denoiser(network_fn, alphas_cumprod, sigma_data):
   estimate; the samplers read it with objective 'x0'. t may be fractional (log-sigma interpolation)."""
   def model_fn(x_t, t):
     sigma = broadcast_to(sigma_at_timestep(alphas_cumprod, t), x_t)
-    x = x_t * jnp.sqrt(1 + sigma ** 2)
+    x = x_t * jnp.sqrt(1 + sigma**2)
     c_skip, c_out, c_in = edm_scalings(sigma, sigma_data)
     return c_skip * x + c_out * network_fn(c_in * x, t)
+
   return model_fn
 
 

@@ -15,7 +15,7 @@ def linear_betas(num_timesteps=1000, beta_start=1e-4, beta_end=0.02):
 
 def cosine_betas(num_timesteps=1000, s=0.008, max_beta=0.999):
   """Improved DDPM (Nichol & Dhariwal, 2021): a_t = cos^2((t/T + s) / (1 + s) * pi/2), betas clipped."""
-  f = lambda t: math.cos((t / num_timesteps + s) / (1 + s) * math.pi / 2) ** 2
+  f = lambda t: math.cos((t / num_timesteps + s) / (1 + s) * math.pi / 2)**2
   betas = [min(1 - f(i + 1) / f(i), max_beta) for i in range(num_timesteps)]
   return np.asarray(betas, dtype=np.float64)
 

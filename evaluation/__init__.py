@@ -5,40 +5,26 @@ files fail here, before any training or sampling) and then called as `evaluator(
 `images` uint8 [N, H, W, C] (C = 1 or 3) and `cond` the dict of numpy arrays the samples were generated
 from: `cond['y']` the class labels of class-conditional models, `cond['prompts']` the captions (numpy str
 array [N]) of text-conditional ones. It returns {metric name: float}.
-
-The heavy evaluators (Inception, CLIP) are imported when one is built, not when this registry is.
 """
+from evaluation.clip_score import CLIPScoreEvaluator
 from evaluation.digits import DigitsEvaluator
-
-
-def inception_evaluator(config, eval_config):
-  """FID, Inception Score and precision/recall; see evaluation.inception_metrics.InceptionEvaluator."""
-  from evaluation.inception_metrics import InceptionEvaluator  # pylint: disable=import-outside-toplevel
-  return InceptionEvaluator(config, eval_config)
-
-
-def clip_score_evaluator(config, eval_config):
-  """CLIP score of text-conditional samples; see evaluation.clip_score.CLIPScoreEvaluator."""
-  from evaluation.clip_score import CLIPScoreEvaluator  # pylint: disable=import-outside-toplevel
-  return CLIPScoreEvaluator(config, eval_config)
-
+from evaluation.inception import PREPROCESSING
+from evaluation.inception_metrics import InceptionEvaluator
 
 EVALUATORS = {
-    'digits': DigitsEvaluator,
-    'inception': inception_evaluator,
-    'clip_score': clip_score_evaluator,
+    'digits': DigitsEvaluator,  # the digit classifier's accuracy and Fréchet distance
+    'inception': InceptionEvaluator,  # FID, sFID, Inception Score, precision/recall
+    'clip_score': CLIPScoreEvaluator,  # CLIP score of text-conditional samples
 }
 
-
-# The fields of config.evals.<name>: when and on how many samples it runs (train.py), then its own settings.
+# The fields of config.evals.<name>: when and on how many samples it runs (jobs/train.py), then its own settings.
 COMMON_FIELDS = ('every_steps', 'num_samples', 'seed')
 FIELDS = {
     'digits': (),
-    'inception': ('inception_weights', 'reference_npz', 'batch_size', 'precision_recall', 'k', 'is_splits',
-                  'preprocessing'),
+    'inception':
+        ('inception_weights', 'reference_npz', 'batch_size', 'precision_recall', 'k', 'is_splits', 'preprocessing'),
     'clip_score': ('clip_weights', 'vocab', 'batch_size'),
 }
-PREPROCESSING = ('pytorch_fid', 'tensorflow')  # of the FID Inception's input (evaluation/inception.py)
 
 
 def check_eval_config(name, eval_config):

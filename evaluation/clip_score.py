@@ -29,12 +29,14 @@ from PIL import Image
 
 from evaluation import device_batches
 from models.clip import CLIPModel, l2_normalize
+from models.clip_convert import load_converted
+from text.clip_bpe import CLIPTokenizer
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-
 # --- closed-form score -------------------------------------------------------------------------------------
+
 
 def clip_score_per_pair(image_embeds, text_embeds):
   """100 * cosine similarity of row i of each [N, D] array, unclipped, float64 [N]."""
@@ -59,6 +61,7 @@ def clip_score_from_embeddings(image_embeds, text_embeds):
 
 
 # --- image preprocessing (host, PIL) ----------------------------------------------------------------------
+
 
 def to_uint8_image(image):
   """HWC RGB uint8 from uint8, or from float in [0, 1] (rounded); grayscale and RGBA are converted."""
@@ -108,7 +111,6 @@ def preprocess_images(images, image_size=224):
 class PreprocessedImages:
   """`preprocess_images` of images, made one slice at a time as `device_batches.map_batches` reads them: all of a
   30k-sample evaluation at once would be 18 GB of float32 pixels."""
-
   def __init__(self, images, image_size):
     self.images, self.image_size = images, image_size
 
@@ -120,6 +122,7 @@ class PreprocessedImages:
 
 
 # --- embeddings, jitted once per (model, batch shape) ----------------------------------------------------
+
 
 @functools.partial(jax.jit, static_argnums=0)
 def image_embeddings(model, params, pixel_values):
@@ -136,7 +139,6 @@ def text_embeddings(model, params, input_ids):
 class CLIPScorer:
   """CLIP model + params + tokenizer; every batch is padded to `batch_size` (rounded up to a multiple of the local
   device count) and split over this host's devices, so each tower compiles once."""
-
   def __init__(self, config, params, tokenizer, batch_size=64, dtype=jnp.float32):
     self.model = CLIPModel(config, dtype)
     self.mesh = device_batches.local_mesh()
@@ -146,9 +148,7 @@ class CLIPScorer:
 
   @classmethod
   def from_files(cls, weights_path, vocab_path, batch_size=64, dtype=jnp.float32):
-    """From a `.msgpack` written by evaluation.clip_convert and a `bpe_simple_vocab_16e6.txt.gz`."""
-    from evaluation.clip_convert import load_converted  # pylint: disable=g-import-not-at-top
-    from evaluation.clip_tokenizer import CLIPTokenizer  # pylint: disable=g-import-not-at-top
+    """From a `.msgpack` written by models.clip_convert and a `bpe_simple_vocab_16e6.txt.gz`."""
     config, params = load_converted(weights_path)
     return cls(config, params, CLIPTokenizer.from_file(vocab_path), batch_size, dtype)
 
@@ -186,6 +186,7 @@ class CLIPScorer:
 
 # --- the config.evals evaluator ----------------------------------------------------------------------------
 
+
 def prompts_from_cond(cond, num_images):
   """The captions in cond['prompts'] as a list of str (bytes are decoded as UTF-8), one per image."""
   if 'prompts' not in cond:
@@ -205,11 +206,10 @@ class CLIPScoreEvaluator:
   it as `prompts` beside `arr_0`). The captions are tokenized with this evaluator's own CLIP tokenizer, so it
   does not matter how the diffusion model's text encoder tokenized them.
 
-  eval_config: clip_weights (a .msgpack from `python -m evaluation.clip_convert`, e.g. of
+  eval_config: clip_weights (a .msgpack from `python -m models.clip_convert`, e.g. of
   openai/clip-vit-large-patch14), vocab (bpe_simple_vocab_16e6.txt.gz), optional batch_size (64).
   Both files are read when the evaluator is built, so a missing one fails at the start of a run.
   """
-
   def __init__(self, config, eval_config):
     del config
     for field in ('clip_weights', 'vocab'):

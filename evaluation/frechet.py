@@ -46,7 +46,6 @@ class RunningFeatureStatistics:
   Sums are float64 and taken about the first batch's mean, so the covariance does not lose digits to a
   large common offset; the result equals `feature_statistics` of all rows to rounding.
   """
-
   def __init__(self):
     self.count, self.shift, self.total, self.outer = 0, None, None, None
 

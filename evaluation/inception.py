@@ -28,8 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evaluation import PREPROCESSING  # 'pytorch_fid', 'tensorflow'
-
+PREPROCESSING = ('pytorch_fid', 'tensorflow')  # of the network's input: how images become [-1, 1] at 299
 INCEPTION_SIZE = 299
 NUM_CLASSES = 1008
 POOL3_DIM = 2048
@@ -39,10 +38,10 @@ SPATIAL_DIM = 17 * 17 * SPATIAL_CHANNELS  # at the 299x299 input
 
 
 class InceptionOutputs(NamedTuple):
-  pool3: jax.Array            # [N, 2048] final average pool: the FID / precision-recall features
-  logits: jax.Array           # [N, 1008] fc(pool3), with the bias
+  pool3: jax.Array  # [N, 2048] final average pool: the FID / precision-recall features
+  logits: jax.Array  # [N, 1008] fc(pool3), with the bias
   logits_unbiased: jax.Array  # [N, 1008] pool3 @ fc kernel: what the standard IS code takes softmax of
-  spatial: jax.Array          # [N, 2023] Mixed_6d.branch1x1[..., :7] flattened (h, w, c): the sFID features
+  spatial: jax.Array  # [N, 2023] Mixed_6d.branch1x1[..., :7] flattened (h, w, c): the sFID features
 
 
 def _bilinear_taps(in_size, out_size):
@@ -133,8 +132,7 @@ class BasicConv2d(nn.Module):
   def __call__(self, x):
     pad_h, pad_w = _pair(self.padding)
     x = nn.Conv(self.features, _pair(self.kernel_size), strides=_pair(self.stride),
-                padding=((pad_h, pad_h), (pad_w, pad_w)), use_bias=False,
-                precision=self.precision, name='conv')(x)
+                padding=((pad_h, pad_h), (pad_w, pad_w)), use_bias=False, precision=self.precision, name='conv')(x)
     x = nn.BatchNorm(use_running_average=True, epsilon=BATCHNORM_EPS, name='bn')(x)
     return nn.relu(x)
 
@@ -232,12 +230,14 @@ class FIDInceptionE(nn.Module):
     branch3x3 = conv('branch3x3_1', 384)(x)
     branch3x3 = jnp.concatenate([
         conv('branch3x3_2a', 384, (1, 3), padding=(0, 1))(branch3x3),
-        conv('branch3x3_2b', 384, (3, 1), padding=(1, 0))(branch3x3)], axis=-1)
+        conv('branch3x3_2b', 384, (3, 1), padding=(1, 0))(branch3x3)
+    ], axis=-1)
     branch3x3dbl = conv('branch3x3dbl_1', 448)(x)
     branch3x3dbl = conv('branch3x3dbl_2', 384, 3, padding=1)(branch3x3dbl)
     branch3x3dbl = jnp.concatenate([
         conv('branch3x3dbl_3a', 384, (1, 3), padding=(0, 1))(branch3x3dbl),
-        conv('branch3x3dbl_3b', 384, (3, 1), padding=(1, 0))(branch3x3dbl)], axis=-1)
+        conv('branch3x3dbl_3b', 384, (3, 1), padding=(1, 0))(branch3x3dbl)
+    ], axis=-1)
     if self.pool == 'avg':
       pooled = _avg_pool_3x3_same(x)
     elif self.pool == 'max':

@@ -24,13 +24,11 @@ from evaluation import inception
 from models import weight_files
 
 TORCH_WEIGHTS_NAME = 'pt_inception-2015-12-05-6726825d.pth'
-TORCH_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
-                     + TORCH_WEIGHTS_NAME)
-HOW_TO_GET_WEIGHTS = (
-    f'Download {TORCH_WEIGHTS_NAME} (pytorch-fid\'s FID Inception weights) from {TORCH_WEIGHTS_URL} '
-    f'and convert it with `python -m evaluation.inception_convert --torch_weights=/path/to/'
-    f'{TORCH_WEIGHTS_NAME} --out=inception_fid.msgpack`, then pass the .msgpack path '
-    f'(or the .pth path itself, with torch installed).')
+TORCH_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/' + TORCH_WEIGHTS_NAME)
+HOW_TO_GET_WEIGHTS = (f'Download {TORCH_WEIGHTS_NAME} (pytorch-fid\'s FID Inception weights) from {TORCH_WEIGHTS_URL} '
+                      f'and convert it with `python -m evaluation.inception_convert --torch_weights=/path/to/'
+                      f'{TORCH_WEIGHTS_NAME} --out=inception_fid.msgpack`, then pass the .msgpack path '
+                      f'(or the .pth path itself, with torch installed).')
 _IGNORED_SUFFIXES = ('num_batches_tracked',)
 
 # (flax collection, flax leaf name) -> torch leaf name
@@ -92,38 +90,28 @@ def expected_state_dict_shapes():
 
 def _check_keys_and_shapes(state_dict, expected_shapes):
   """Raise ValueError naming every missing, unexpected and misshaped key."""
-  keys = {k for k in state_dict if not k.endswith(_IGNORED_SUFFIXES)}
-  missing = sorted(set(expected_shapes) - keys)
-  unexpected = sorted(keys - set(expected_shapes))
-  misshaped = sorted(f'{k}: got {tuple(np.shape(state_dict[k]))}, expected {expected_shapes[k]}'
-                     for k in keys & set(expected_shapes)
-                     if tuple(np.shape(state_dict[k])) != expected_shapes[k])
-  problems = []
-  if missing:
-    problems.append(f'{len(missing)} missing key(s): {", ".join(missing)}')
-  if unexpected:
-    problems.append(f'{len(unexpected)} unexpected key(s): {", ".join(unexpected)}')
-  if misshaped:
-    problems.append(f'{len(misshaped)} misshaped key(s): {"; ".join(misshaped)}')
+  got = weight_files.array_shapes({k: v for k, v in state_dict.items() if not k.endswith(_IGNORED_SUFFIXES)})
+  problems = weight_files.key_and_shape_problems(got, expected_shapes)
   if problems:
-    raise ValueError('not an FID Inception state dict (expected the layout of '
-                     f'{TORCH_WEIGHTS_NAME}): ' + ' | '.join(problems))
+    raise ValueError(f'not an FID Inception state dict (expected the layout of {TORCH_WEIGHTS_NAME}, from '
+                     f'{TORCH_WEIGHTS_URL}): ' + '; '.join(problems))
 
 
 def convert_state_dict(state_dict):
   """{torch key: numpy array} -> Flax variables {'params': ..., 'batch_stats': ...} (float32)."""
   mapping = key_mapping()
   _check_keys_and_shapes(state_dict, {k: _torch_layout(s) for k, (_, s) in mapping.items()})
-  flat = {path: np.ascontiguousarray(_to_flax_layout(np.asarray(state_dict[key], np.float32)))
-          for key, (path, _) in mapping.items()}
+  flat = {
+      path: np.ascontiguousarray(_to_flax_layout(np.asarray(state_dict[key], np.float32)))
+      for key, (path, _) in mapping.items()
+  }
   return flax.traverse_util.unflatten_dict(flat)
 
 
 def to_state_dict(variables):
   """Inverse of `convert_state_dict`: Flax variables -> {torch key: numpy array}."""
   flat = flax.traverse_util.flatten_dict(variables)
-  return {key: _to_torch_layout(np.asarray(flat[path]))
-          for key, (path, _) in key_mapping().items()}
+  return {key: _to_torch_layout(np.asarray(flat[path])) for key, (path, _) in key_mapping().items()}
 
 
 def random_state_dict(seed=0):
@@ -173,8 +161,9 @@ def load_inception_params(path):
   flat = flax.traverse_util.flatten_dict(variables)
   mapping = key_mapping()
   known_paths = {flax_path for flax_path, _ in mapping.values()}
-  state_dict = {key: _to_torch_layout(np.asarray(flat[flax_path]))
-                for key, (flax_path, _) in mapping.items() if flax_path in flat}
+  state_dict = {
+      key: _to_torch_layout(np.asarray(flat[flax_path])) for key, (flax_path, _) in mapping.items() if flax_path in flat
+  }
   state_dict.update({'/'.join(p): np.asarray(v) for p, v in flat.items() if p not in known_paths})
   return convert_state_dict(state_dict)
 

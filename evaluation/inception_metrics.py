@@ -16,16 +16,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evaluation import device_batches
-from evaluation import frechet
-from evaluation import inception
-from evaluation import npz_layout
+from evaluation import device_batches, frechet, inception, inception_convert
+from input_pipeline import npz_layout
 
 
 class Features(NamedTuple):
   """An image set's Inception features, float32 [N, D] each."""
-  pool3: np.ndarray    # [N, 2048]: FID, precision/recall
-  logits: np.ndarray   # [N, 1008], unbiased: Inception Score
+  pool3: np.ndarray  # [N, 2048]: FID, precision/recall
+  logits: np.ndarray  # [N, 1008], unbiased: Inception Score
   spatial: np.ndarray  # [N, 2023] (at 299x299): sFID
 
 
@@ -50,8 +48,8 @@ def extract_features(variables, images, batch_size=200, model=None, mesh=None):
     raise ValueError('no images to extract features from')
   mesh = mesh or device_batches.local_mesh()
   variables = device_batches.replicate(variables, mesh)
-  features = device_batches.map_batches(functools.partial(_inception_forward, model, variables), images,
-                                       batch_size, mesh)
+  features = device_batches.map_batches(functools.partial(_inception_forward, model, variables), images, batch_size,
+                                        mesh)
   return Features(*(f.astype(np.float32) for f in features))
 
 
@@ -102,8 +100,8 @@ def manifold_sq_radii(features, k=3, chunk_size=1000):
   mesh = device_batches.local_mesh()
   features = np.asarray(features, np.float32)
   everyone = device_batches.replicate(features, mesh)
-  return device_batches.map_batches(lambda rows: _kth_neighbour_sq_distance(rows, everyone, k=k), features,
-                                    chunk_size, mesh)
+  return device_batches.map_batches(lambda rows: _kth_neighbour_sq_distance(rows, everyone, k=k), features, chunk_size,
+                                    mesh)
 
 
 def fraction_inside_manifold(points, centres, sq_radii, chunk_size=1000):
@@ -206,8 +204,10 @@ def metrics_against_reference(variables, images, reference, batch_size=200, k=3,
   features = extract_features(variables, images, batch_size, model)
   mu, sigma = frechet.feature_statistics(features.pool3)
   is_mean, is_std = inception_score(features.logits, is_splits)
-  metrics = {'fid': frechet.frechet_distance(mu, sigma, reference['mu'], reference['sigma']),
-             'inception_score': is_mean, 'inception_score_std': is_std}
+  metrics = {
+      'fid': frechet.frechet_distance(mu, sigma, reference['mu'], reference['sigma']), 'inception_score': is_mean,
+      'inception_score_std': is_std
+  }
   if 'mu_s' in reference:
     metrics['sfid'] = frechet.frechet_distance(*frechet.feature_statistics(features.spatial), reference['mu_s'],
                                                reference['sigma_s'])
@@ -216,8 +216,8 @@ def metrics_against_reference(variables, images, reference, batch_size=200, k=3,
   return metrics
 
 
-def evaluate_samples(variables, images, reference_path, batch_size=200, with_precision_recall=True,
-                     k=3, is_splits=10, model=None):
+def evaluate_samples(variables, images, reference_path, batch_size=200, with_precision_recall=True, k=3, is_splits=10,
+                     model=None):
   """FID, sFID, Inception Score and (when the reference has `arr_0`) precision/recall of samples.
 
   images: [N, H, W, 3] uint8 (or float in [0, 255]) samples; reference_path: ADM-style npz.
@@ -265,10 +265,8 @@ class InceptionEvaluator:
   Both files are checked when the evaluator is built; the reference is read (and its features computed,
   for precision/recall) on the first call and kept. Greyscale samples are replicated to RGB.
   """
-
   def __init__(self, config, eval_config):
     del config
-    from evaluation import inception_convert  # pylint: disable=import-outside-toplevel
     for field in ('inception_weights', 'reference_npz'):
       if not eval_config.get(field):
         raise ValueError(f'config.evals.inception.{field} is not set')
@@ -297,5 +295,5 @@ class InceptionEvaluator:
   def __call__(self, images_uint8, cond=None):
     del cond
     batch_size = min(self.batch_size, len(images_uint8))  # no padding of a few samples to a large batch
-    return metrics_against_reference(self.variables, images_uint8, self.reference(), batch_size,
-                                     self.k, self.is_splits, self.model)
+    return metrics_against_reference(self.variables, images_uint8, self.reference(), batch_size, self.k, self.is_splits,
+                                     self.model)

@@ -16,32 +16,15 @@ import os
 
 import numpy as np
 
-DIGIT_NAMES = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
-# Template 0 is the evaluation prompt (`models.conditioning.default_conditions`).
-DIGIT_TEMPLATES = (
-    'a handwritten digit {name}',
-    'the number {digit}, written by hand',
-    'a small picture of the digit {name}',
-    'handwritten {name}',
-    'a scanned digit {digit}',
-)
+from input_pipeline.images import to_unit_range
+from text.digit_captions import DIGIT_TEMPLATES, digit_caption
+from text.tokenizers import tokenizer_for
+
 COCO_CAPTIONS_PER_IMAGE = 5
-
-
-def digit_caption(label, template=0):
-  return DIGIT_TEMPLATES[template].format(name=DIGIT_NAMES[label], digit=label)
-
-
-def digit_caption_vocabulary():
-  """Every word of every digit caption, in order of first appearance."""
-  from input_pipeline.tokenizers import split_words
-  texts = [digit_caption(d, t) for t in range(len(DIGIT_TEMPLATES)) for d in range(10)]
-  return list(dict.fromkeys(w for text in texts for w in split_words(text)))
 
 
 class DigitCaptionSource:
   """Adds template captions to a digits source."""
-
   def __init__(self, source, seed=0):
     self.source = source
     self.templates = np.random.default_rng(seed).integers(len(DIGIT_TEMPLATES), size=len(source))
@@ -51,14 +34,13 @@ class DigitCaptionSource:
 
   def get(self, indices):
     batch = self.source.get(indices)
-    batch['caption'] = np.asarray([digit_caption(int(y), int(self.templates[i]))
-                                   for y, i in zip(batch['label'], indices)])
+    batch['caption'] = np.asarray(
+        [digit_caption(int(y), int(self.templates[i])) for y, i in zip(batch['label'], indices)])
     return batch
 
 
 class FolderCaptionSource:
   """Adds the caption in `<image stem>.txt` next to each image of an ImageFolderSource."""
-
   def __init__(self, source):
     self.source = source
     missing = [f for f in source.files if not os.path.isfile(os.path.splitext(f)[0] + '.txt')]
@@ -82,7 +64,6 @@ class FolderCaptionSource:
 
 class CocoCaptionsSource:
   """TFDS coco_captions by index: example i is image i // 5 with its caption i % 5 (labels are 0)."""
-
   def __init__(self, images):
     self.images = images  # a sources.TfdsSource of coco_captions
 
@@ -90,19 +71,18 @@ class CocoCaptionsSource:
     return COCO_CAPTIONS_PER_IMAGE * len(self.images)
 
   def get(self, indices):
-    from input_pipeline.sources import to_unit_range
     image_indices, caption_indices = np.divmod(np.asarray(indices, np.int64), COCO_CAPTIONS_PER_IMAGE)
     records = self.images.records(image_indices)
     captions = [r['captions']['text'][c] for r, c in zip(records, caption_indices)]
-    return {'image': to_unit_range(self.images.images(records)), 'label': np.zeros(len(records), np.int32),
-            'caption': np.asarray([t.decode('utf-8') if isinstance(t, bytes) else str(t) for t in captions])}
+    return {
+        'image': to_unit_range(self.images.images(records)), 'label': np.zeros(len(records), np.int32),
+        'caption': np.asarray([t.decode('utf-8') if isinstance(t, bytes) else str(t) for t in captions])
+    }
 
 
 class TokenizedCaptions:
   """Replaces each batch's 'caption' strings by 'tokens' int32 [B, max_tokens]."""
-
   def __init__(self, source, data_config):
-    from input_pipeline.tokenizers import tokenizer_for
     self.source, self.max_tokens = source, data_config.get('max_tokens', 77)
     self.tokenizer = tokenizer_for(data_config)
 

@@ -12,7 +12,6 @@ import numpy as np
 
 
 class StepBatcher:
-
   def __init__(self, source, global_batch, seed, random_flip=False, process_index=0, process_count=1,
                random_crop=False):
     if global_batch % process_count:
@@ -71,7 +70,9 @@ def step_chunks(start_step, num_steps, steps_per_call):
 
 def prefetch_batches(batcher, start_step, num_steps, steps_per_call=1, prefetch=2):
   """Yields (start, end, stacked host batches) for the `step_chunks` of [start_step, num_steps), prepared
-  `prefetch` chunks ahead in a thread."""
+  `prefetch` chunks ahead in a thread named 'input-prefetch'. The thread ends soon after its consumer leaves (the
+  generator closed, or collected after an exception), within one chunk's preparation; it never waits on a full
+  queue for a consumer that is gone."""
   chunks = step_chunks(start_step, num_steps, steps_per_call)
   if prefetch <= 0:
     for start, end in chunks:
@@ -80,21 +81,25 @@ def prefetch_batches(batcher, start_step, num_steps, steps_per_call=1, prefetch=
   q = queue.Queue(maxsize=prefetch)
   stop = threading.Event()
 
+  def put(item):
+    """Puts `item` unless the consumer left first; False then."""
+    while not stop.is_set():
+      try:
+        q.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
   def work():
     try:
       for start, end in chunks:
-        item = (start, end, batcher.batches(start, end))
-        while not stop.is_set():
-          try:
-            q.put(item, timeout=0.1)
-            break
-          except queue.Full:
-            continue
-        if stop.is_set():
+        if not put((start, end, batcher.batches(start, end))):
           return
     except Exception as e:  # surfaced in the consumer's thread
-      q.put(e)
-    q.put(None)
+      put(e)
+      return
+    put(None)
 
   thread = threading.Thread(target=work, daemon=True, name='input-prefetch')
   thread.start()

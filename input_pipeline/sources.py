@@ -4,82 +4,18 @@ Images come out float32 NHWC in [-1, 1] (latents in their stored dtype, usually 
 int32. Random access by index is what lets the loader compute any step's batch from (seed, step)
 alone, so resuming needs no iterator state and every host can read its own slice.
 """
-import concurrent.futures
-import functools
 import io
-import math
 import os
 
 import numpy as np
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.gif')
-
-
-def resize_images(images_uint8, size):
-  """[N, H, W, C] uint8 -> [N, size, size, C] uint8, ADM-style: box-downscale, then bicubic, centre crop."""
-  from PIL import Image
-  out = []
-  for img in images_uint8:
-    pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
-    out.append(center_crop_resize(pil, size))
-  return np.stack(out)
-
-
-def center_crop_resize(pil_image, size):
-  """A PIL image -> uint8 [size, size, C]: halved with a box filter while at least twice the size (ADM), resized
-  bicubic so the short side is `size`, then centre-cropped (guided-diffusion's center_crop_arr)."""
-  arr = _resize_short_side(pil_image, size)
-  top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
-  return arr[top:top + size, left:left + size]
-
-
-def random_crop_resize(pil_image, size, draws, min_crop_fraction=0.8):
-  """guided-diffusion's random_crop_arr (its classifier training's augmentation) with the randomness passed in:
-  `draws`, three numbers in [0, 1), pick the short side uniformly among the integers [size, ceil(size / 0.8)], to
-  which the image is resized as in `center_crop_resize`, and the top and left of a size x size crop uniformly among
-  the positions that fit. So the crop keeps 80% to 100% of the short side."""
-  lo, hi = size, math.ceil(size / min_crop_fraction)
-  short = lo + int(draws[0] * (hi - lo + 1))
-  arr = _resize_short_side(pil_image, short)
-  top, left = int(draws[1] * (arr.shape[0] - size + 1)), int(draws[2] * (arr.shape[1] - size + 1))
-  return arr[top:top + size, left:left + size]
-
-
-def _resize_short_side(pil_image, short):
-  """uint8 [H, W, C] with min(H, W) = short: box-halved while at least twice that, then bicubic."""
-  from PIL import Image
-  while min(pil_image.size) >= 2 * short:
-    pil_image = pil_image.resize(tuple(s // 2 for s in pil_image.size), resample=Image.BOX)
-  scale = short / min(pil_image.size)
-  pil_image = pil_image.resize(tuple(round(s * scale) for s in pil_image.size), resample=Image.BICUBIC)
-  arr = np.asarray(pil_image)
-  return arr[..., None] if arr.ndim == 2 else arr
-
-
-def crop_resize(pil_image, size, draws=None):
-  """`random_crop_resize` with the draws of one example, or `center_crop_resize` without."""
-  return center_crop_resize(pil_image, size) if draws is None else random_crop_resize(pil_image, size, draws)
-
-
-def map_threads(fn, items, num_workers):
-  """[fn(x) for x in items] on num_workers threads, in order: PIL releases the GIL while it decodes and resizes."""
-  if num_workers <= 1 or len(items) <= 1:
-    return [fn(x) for x in items]
-  return list(_thread_pool(num_workers).map(fn, items))
-
-
-@functools.lru_cache(maxsize=None)
-def _thread_pool(num_workers):
-  return concurrent.futures.ThreadPoolExecutor(num_workers, thread_name_prefix='decode')
-
-
-def to_unit_range(images_uint8):
-  return images_uint8.astype(np.float32) / 127.5 - 1.0
+from input_pipeline.captions import CocoCaptionsSource, TokenizedCaptions, with_captions
+from input_pipeline.images import IMAGE_EXTENSIONS, decode_image, image_mode, map_threads, resize_images, to_unit_range
+from input_pipeline.latents import LatentSource
 
 
 class ArraySource:
   """Images and labels held in memory."""
-
   def __init__(self, images, labels):
     self.images, self.labels = images, labels.astype(np.int32)
 
@@ -104,18 +40,6 @@ def digits_source(image_size=8, channels=1):
   return ArraySource(to_unit_range(images), digits.target)
 
 
-def decode_image(fileobj, mode, size, crop_draws=None):
-  """An encoded image (a path or file object) -> uint8 [size, size, C] in PIL `mode` ('L' or 'RGB'), resized and
-  cropped by `crop_resize`."""
-  from PIL import Image
-  with Image.open(fileobj) as img:
-    return crop_resize(img.convert(mode), size, crop_draws)
-
-
-def image_mode(channels):
-  return 'L' if channels == 1 else 'RGB'
-
-
 def check_class_count(classes, data_config, what, labelled=True):
   """Labels of `classes` classes (None: not known) fit the model's config.data.num_classes (0: unconditional,
   labels unused), and a class-conditional model has labels to read (`labelled`)."""
@@ -131,7 +55,6 @@ def check_class_count(classes, data_config, what, labelled=True):
 
 class ImageFolderSource:
   """root/<class name>/<image files>; classes sorted by name get labels 0, 1, ...; decoded on demand."""
-
   def __init__(self, root, image_size, channels=3, num_workers=1):
     if not os.path.isdir(root):
       raise FileNotFoundError(f'config.data.path={root!r} is not a directory; point it at a folder with one '
@@ -154,9 +77,10 @@ class ImageFolderSource:
 
   def get(self, indices, crop_draws=None):
     """crop_draws: [len(indices), 3] in [0, 1) for random crops (`random_crop_resize`); None: centre crops."""
-    images = np.stack(map_threads(
-        lambda j: decode_image(self.files[indices[j]], self.mode, self.image_size,
-                               None if crop_draws is None else crop_draws[j]), range(len(indices)), self.num_workers))
+    images = np.stack(
+        map_threads(
+            lambda j: decode_image(self.files[indices[j]], self.mode, self.image_size, None
+                                   if crop_draws is None else crop_draws[j]), range(len(indices)), self.num_workers))
     return {'image': to_unit_range(images), 'label': self.labels[indices]}
 
 
@@ -165,7 +89,6 @@ class TfdsSource:
   (`features.json`, `dataset_info.json`), not from its generation code, so reading needs tensorflow-datasets and
   array_record but not TensorFlow (some builders' code imports it, coco_captions' among them). The records'
   images stay encoded until the num_workers threads decode, convert and resize them."""
-
   def __init__(self, name, split, image_size, channels=3, num_workers=1, data_dir=''):
     try:
       import tensorflow_datasets as tfds
@@ -199,9 +122,10 @@ class TfdsSource:
 
   def images(self, records, crop_draws=None):
     """uint8 [len(records), size, size, C]: the records' images decoded and resized on num_workers threads."""
-    return np.stack(map_threads(
-        lambda j: decode_image(io.BytesIO(records[j]['image']), self.mode, self.image_size,
-                               None if crop_draws is None else crop_draws[j]), range(len(records)), self.num_workers))
+    return np.stack(
+        map_threads(
+            lambda j: decode_image(io.BytesIO(records[j]['image']), self.mode, self.image_size, None
+                                   if crop_draws is None else crop_draws[j]), range(len(records)), self.num_workers))
 
   def get(self, indices, crop_draws=None):
     """crop_draws as in `ImageFolderSource.get`."""
@@ -212,11 +136,10 @@ class TfdsSource:
 
 def create_source(data_config, tokenize=True):
   """The source `config.data.source` names. With data.captions, examples also carry their caption:
-  as 'tokens' (int32 [max_tokens], input_pipeline/tokenizers.py), or as the 'caption' string when
+  as 'tokens' (int32 [max_tokens], text/tokenizers.py), or as the 'caption' string when
   tokenize=False (the encode job stores raw captions)."""
   source = _base_source(data_config)
   if data_config.get('captions', False):
-    from input_pipeline.captions import TokenizedCaptions, with_captions
     source = with_captions(source, data_config)
     if tokenize:
       source = TokenizedCaptions(source, data_config)
@@ -245,13 +168,11 @@ def _base_source(data_config):
     return source
   if kind == 'tfds':
     if data_config.get('captions', False) and _tfds_base_name(data_config.name) == 'coco_captions':
-      from input_pipeline.captions import CocoCaptionsSource
       return CocoCaptionsSource(tfds_source(data_config))
     source = tfds_source(data_config)
     check_class_count(source.num_classes, data_config, f'TFDS dataset {data_config.name!r}', source.has_labels)
     return source
   if kind == 'latents':
-    from input_pipeline.latents import LatentSource
     source = LatentSource(data_config.path, data_config.image_size, data_config.channels,
                           latent_scale=data_config.get('latent_scale'), captions=data_config.get('captions', False))
     check_class_count(source.num_classes, data_config, f'the latent dataset {data_config.path!r}')

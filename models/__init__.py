@@ -8,6 +8,12 @@ from models.text_encoder import text_encoder_spec
 from models.unet import UNet
 
 MODELS = {'dit': DiT, 'unet': UNet, 'adm_classifier': ADMClassifier}
+# The constructor arguments build_model takes from other config sections, never from config.model.
+SET_ELSEWHERE = {
+    'image_size': 'config.data.image_size', 'channels': 'config.data.channels',
+    'num_classes': 'config.data.num_classes', 'dtype': 'config.train.compute_dtype', 'remat': 'config.train.remat',
+    'remat_policy': 'config.train.remat_policy', 'learn_sigma': 'config.diffusion.learn_sigma', 'text': 'config.text'
+}
 
 
 def build_model(config):
@@ -17,12 +23,15 @@ def build_model(config):
     raise ValueError(f'config.model.name={name!r} is not a known model; choose one of {", ".join(MODELS)}')
   cls = MODELS[name]
   kwargs = {k: v for k, v in config.model.items() if k != 'name'}
-  fields = set(cls.__dataclass_fields__) - {'parent', 'name', 'text', 'learn_sigma'}  # config.text, .diffusion
+  elsewhere = [key for key in SET_ELSEWHERE if key in kwargs]
+  if elsewhere:
+    raise ValueError('; '.join(f'config.model.{key} is set from {SET_ELSEWHERE[key]}' for key in elsewhere) +
+                     f'; set {"that" if len(elsewhere) == 1 else "those"} instead')
+  fields = set(cls.__dataclass_fields__) - {'parent', 'name'} - set(SET_ELSEWHERE)
   unknown = set(kwargs) - fields
   if unknown:
-    from_elsewhere = {'image_size', 'channels', 'num_classes', 'dtype', 'remat', 'remat_policy'}  # data, train
     raise ValueError(f'config.model has fields {sorted(unknown)} that model {name!r} does not take; '
-                     f'it takes {sorted(fields - from_elsewhere)}')
+                     f'it takes {sorted(fields)}')
   for key, value in kwargs.items():
     if isinstance(value, (list, tuple)):
       kwargs[key] = tuple(value)
@@ -31,6 +40,6 @@ def build_model(config):
     kwargs['text'] = text
   if 'learn_sigma' in cls.__dataclass_fields__:  # the denoisers, not the classifier
     kwargs['learn_sigma'] = config.diffusion.get('learn_sigma', False)
-  return cls(image_size=config.data.image_size, channels=config.data.channels,
-             num_classes=model_num_classes(config), dtype=jnp.dtype(config.train.compute_dtype),
-             remat=config.train.remat, remat_policy=config.train.remat_policy, **kwargs)
+  return cls(image_size=config.data.image_size, channels=config.data.channels, num_classes=model_num_classes(config),
+             dtype=jnp.dtype(config.train.compute_dtype), remat=config.train.remat,
+             remat_policy=config.train.remat_policy, **kwargs)

@@ -37,7 +37,7 @@ class AttentionPool(nn.Module):
     b, hh, ww, c = h.shape
     tokens = h.reshape(b, hh * ww, c)
     tokens = jnp.concatenate([tokens.mean(axis=1, keepdims=True), tokens], axis=1)
-    position = self.param('positional_embedding', lambda key, shape: nn.initializers.normal(1.0)(key, shape) / c ** 0.5,
+    position = self.param('positional_embedding', lambda key, shape: nn.initializers.normal(1.0)(key, shape) / c**0.5,
                           (hh * ww + 1, c))
     tokens = tokens + position.astype(tokens.dtype)
     split = lambda a: a.reshape(b, a.shape[1], self.num_heads, c // self.num_heads)

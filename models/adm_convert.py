@@ -28,7 +28,7 @@ rows are ordered [head][q, k, v][channel] by QKVAttentionLegacy (the default, 'l
 [channel] with use_new_attention_order ('new', the 64x64 ImageNet model); our q, k, v are ordered [head]
 [channel], so the split needs the layer's head count. Heads, the qkv order and the 32 GroupNorm groups leave
 no trace in the shapes: the config gives them, and a released ImageNet model recognised by its shapes must get
-its own (configs/adm_imagenet.py). Every key and shape is checked against the model the config builds first.
+its own (models/adm_variants.py). Every key and shape is checked against the model the config builds first.
 
 The super-resolution model (SuperResModel) is a UNetModel whose input_blocks.0.0 reads 6 channels (the noisy
 image, then the low-resolution one upsampled): our U-Net with low_res_size (configs/adm_upsampler.py).
@@ -47,11 +47,10 @@ tree fits; classifier-free guidance with it is not what ADM samples.
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from configs.adm_imagenet import ARCHITECTURES, QKV_ORDERS
-from configs.adm_upsampler import ARCHITECTURES as UPSAMPLERS
 from models import build_model
-from models.weight_files import key_and_shape_problems
-from train_state import abstract_params
+from models.adm_variants import ARCHITECTURES, CLASSIFIER_HEAD_CHANNELS, QKV_ORDERS, UPSAMPLERS
+from models.shapes import abstract_params
+from models.weight_files import array_shapes, key_and_shape_problems
 
 _URL = 'https://openaipublic.blob.core.windows.net/diffusion/jul-2021/'
 WHERE_TO_GET = ('the guided-diffusion README, github.com/openai/guided-diffusion: '
@@ -62,30 +61,37 @@ WHERE_TO_GET = ('the guided-diffusion README, github.com/openai/guided-diffusion
                 '256x256_classifier.pt (:256), 512x512_classifier.pt (:512); upsamplers: 64_256_upsampler.pt '
                 '(configs/adm_upsampler.py:64_256), 128_512_upsampler.pt (:128_512)')
 
-_RESBLOCK = {'norm1': 'in_layers.0', 'conv1': 'in_layers.2', 'emb_proj': 'emb_layers.1', 'norm2': 'out_layers.0',
-             'conv2': 'out_layers.3', 'skip': 'skip_connection'}
+_RESBLOCK = {
+    'norm1': 'in_layers.0', 'conv1': 'in_layers.2', 'emb_proj': 'emb_layers.1', 'norm2': 'out_layers.0',
+    'conv2': 'out_layers.3', 'skip': 'skip_connection'
+}
 _ATTENTION = {'norm': 'norm', 'q': 'qkv', 'k': 'qkv', 'v': 'qkv', 'proj_out': 'proj_out'}
 _INNER = _RESBLOCK | _ATTENTION | {'embedding_table': None}  # submodule -> its guided-diffusion name (None: none)
 _POOL = {'q': 'qkv_proj', 'k': 'qkv_proj', 'v': 'qkv_proj', 'c_proj': 'c_proj'}  # the classifier's AttentionPool2d
 _QKV = ('q', 'k', 'v')
-_LEAF = {'kernel': 'weight', 'scale': 'weight', 'embedding': 'weight', 'bias': 'bias',
-         'positional_embedding': 'positional_embedding'}
+_LEAF = {
+    'kernel': 'weight', 'scale': 'weight', 'embedding': 'weight', 'bias': 'bias',
+    'positional_embedding': 'positional_embedding'
+}
 _LINEAR = ('temb_0', 'temb_1', 'emb_proj')  # the other Dense kernels are 1x1 convs there (conv1d in attention)
 _CONV1D = ('proj_out', 'c_proj')
 # (base channels, number of input blocks) of the released ImageNet models -> resolution (ARCHITECTURES)
 _RELEASED = {(192, 16): 64, (256, 15): 128, (256, 18): 256, (256, 21): 512}
 _RELEASED_CLASSIFIERS = {(128, 20): 64, (128, 15): 128, (128, 18): 256, (128, 21): 512}  # configs/adm_classifier.py
 # (base channels, input blocks, attention layers) of the released upsamplers -> configs/adm_upsampler.py's argument
+# (UPSAMPLERS)
 _RELEASED_UPSAMPLERS = {(192, 18, 16): '64_256', (192, 18, 11): '128_512'}
 
 
 def module_prefixes(model):
   """{our top-level module name: its guided-diffusion module}, in the order UNetModel builds its blocks."""
-  prefixes = {'temb_0': 'time_embed.0', 'temb_1': 'time_embed.2', 'label_emb': 'label_emb',
-              'conv_in': 'input_blocks.0.0', 'norm_out': 'out.0', 'conv_out': 'out.2', 'pool': 'out.2', 'out': 'out.3',
-              'mid_res_0': 'middle_block.0', 'mid_attn': 'middle_block.1', 'mid_res_1': 'middle_block.2'}
+  prefixes = {
+      'temb_0': 'time_embed.0', 'temb_1': 'time_embed.2', 'label_emb': 'label_emb', 'conv_in': 'input_blocks.0.0',
+      'norm_out': 'out.0', 'conv_out': 'out.2', 'pool': 'out.2', 'out': 'out.3', 'mid_res_0': 'middle_block.0',
+      'mid_attn': 'middle_block.1', 'mid_res_1': 'middle_block.2'
+  }
   resampler = lambda block, conv: block if model.resblock_updown else f'{block}.{conv}'
-  attends = lambda level: model.image_size // 2 ** level in model.attn_resolutions
+  attends = lambda level: model.image_size // 2**level in model.attn_resolutions
   levels = len(model.channel_mult)
   index = 1
   for level in range(levels):
@@ -200,8 +206,7 @@ def _release(shapes):
     name = _RELEASED_UPSAMPLERS.get((base, blocks, sum(k.endswith('.qkv.weight') for k in shapes)))
     return name and ('configs/adm_upsampler.py', name, "ADM's {} -> {} upsampler".format(*name.split('_')))
   resolution = _RELEASED.get((base, blocks))
-  return resolution and ('configs/adm_imagenet.py', str(resolution),
-                         f"ADM's {resolution}x{resolution} ImageNet model")
+  return resolution and ('configs/adm_imagenet.py', str(resolution), f"ADM's {resolution}x{resolution} ImageNet model")
 
 
 def _is_classifier_layout(shapes):
@@ -215,8 +220,8 @@ def _likely_cause(shapes, expected, model):
             f'from {WHERE_TO_GET}')
   classifier, release = _is_classifier(model), _release(shapes)
   if _is_classifier_layout(shapes) != classifier:
-    what = ('a guided-diffusion UNetModel (a diffusion model)' if classifier else
-            'an ADM noisy classifier (EncoderUNetModel)')
+    what = ('a guided-diffusion UNetModel (a diffusion model)'
+            if classifier else 'an ADM noisy classifier (EncoderUNetModel)')
     config = release[0] + ':' + release[1] if release else (
         'configs/adm_imagenet.py' if classifier else 'configs/adm_classifier.py')
     return f'the file is {what}, the config {"a classifier" if classifier else "a U-Net"}: use --config={config}'
@@ -234,8 +239,9 @@ def _likely_cause(shapes, expected, model):
   else:
     classes = shapes['label_emb.weight'][0] if 'label_emb.weight' in shapes else 0
     if classes != model.num_classes:
-      causes.append(f'the file has {classes} classes' + (' (no label_emb.weight: unconditional)' if not classes else '')
-                    + f', the config {model.num_classes}: --config.data.num_classes={classes}')
+      causes.append(f'the file has {classes} classes' +
+                    (' (no label_emb.weight: unconditional)' if not classes else '') +
+                    f', the config {model.num_classes}: --config.data.num_classes={classes}')
     out = shapes.get('out.2.weight', ())
     if out and out[0] == (model.channels if model.learn_sigma else 2 * model.channels):
       causes.append(f'the file has {out[0]} output channels ({"no " if model.learn_sigma else ""}learned variances): '
@@ -258,7 +264,7 @@ def _released_attention(release):
   """(channels per head, heads per layer, qkv order) of a released file's attention blocks."""
   config_file, arg, _ = release
   if config_file == 'configs/adm_classifier.py':
-    return 64, None, 'legacy'  # create_classifier: num_head_channels=64, the default (legacy) QKVAttention
+    return CLASSIFIER_HEAD_CHANNELS, None, 'legacy'  # create_classifier: the default (legacy) QKVAttention
   if config_file == 'configs/adm_upsampler.py':  # sr_create_model: no use_new_attention_order
     arch = UPSAMPLERS[arg]
     return arch['num_head_channels'], arch['num_heads'], 'legacy'
@@ -272,7 +278,7 @@ def _check(state_dict, model, abstract, qkv_order):
   classifier = _is_classifier(model)
   prefixes = module_prefixes(model)
   expected = {_torch_key(p, prefixes): _torch_shape(p, leaf.shape) for p, leaf in flatten_dict(abstract).items()}
-  shapes = {k: np.shape(v) for k, v in state_dict.items()}
+  shapes = array_shapes(state_dict)
   problems = key_and_shape_problems(shapes, expected)
   if problems:
     cause = _likely_cause(shapes, expected, model)
@@ -280,13 +286,13 @@ def _check(state_dict, model, abstract, qkv_order):
     raise ValueError(f'the weights do not fit the {"classifier" if classifier else "U-Net"} of this config '
                      f'({model.image_size}x{model.image_size}x{model.channels}, {model.base_channels} channels x '
                      f'{tuple(model.channel_mult)}, {model.num_res_blocks} blocks per level, {model.num_classes} '
-                     f'classes, {what}; guided-diffusion key layout, {len(expected)} tensors): ' +
-                     '; '.join(problems) + (f'. Likely cause: {cause}' if cause else ''))
+                     f'classes, {what}; guided-diffusion key layout, {len(expected)} tensors): ' + '; '.join(problems) +
+                     (f'. Likely cause: {cause}' if cause else ''))
   release = _release(shapes)
   if release:
     want, want_heads, want_order = _released_attention(release)
-    heads_ok = (model.num_head_channels == want if want > 0 else
-                model.num_head_channels <= 0 and model.num_heads == want_heads)
+    heads_ok = (model.num_head_channels == want
+                if want > 0 else model.num_head_channels <= 0 and model.num_heads == want_heads)
     if not heads_ok or qkv_order != want_order:
       heads = f'{want} channels per head' if want > 0 else f'{want_heads} heads per layer'
       raise ValueError(f'the file is {release[2]} (by its shapes), whose attention has {heads} and qkv order '
@@ -302,5 +308,7 @@ def params_from_state_dict(state_dict, config):
   qkv_order = config.weights.qkv_order
   _check(state_dict, model, abstract, qkv_order)
   prefixes = module_prefixes(model)
-  return unflatten_dict({path: _to_flax(state_dict[_torch_key(path, prefixes)], path, leaf.shape, model, qkv_order)
-                         for path, leaf in flatten_dict(abstract).items()})
+  return unflatten_dict({
+      path: _to_flax(state_dict[_torch_key(path, prefixes)], path, leaf.shape, model, qkv_order)
+      for path, leaf in flatten_dict(abstract).items()
+  })

@@ -1,7 +1,7 @@
 """CLIP (Radford et al., 2021) in Flax linen, laid out like Hugging Face `transformers.CLIPModel`.
 
 Module and parameter names follow the Hugging Face checkpoint (`text_model.encoder.layers.0.self_attn.q_proj`
-becomes `text_model/encoder/layers_0/self_attn/q_proj`), so `evaluation/clip_convert.py` is a plain renaming.
+becomes `text_model/encoder/layers_0/self_attn/q_proj`), so `models/clip_convert.py` is a plain renaming.
 
 - Vision tower: a ViT with a class token, patch conv without bias, `pre_layrnorm` before the encoder,
   `post_layernorm` on the class token, `visual_projection` without bias.
@@ -47,7 +47,7 @@ class CLIPVisionConfig:
 
   @property
   def num_patches(self):
-    return (self.image_size // self.patch_size) ** 2
+    return (self.image_size // self.patch_size)**2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,39 +60,32 @@ class CLIPConfig:
 
 CLIP_CONFIGS = {
     # openai/clip-vit-base-patch32, about 151M parameters.
-    'vit_b32': CLIPConfig(
-        text=CLIPTextConfig(width=512, depth=12, num_heads=8, mlp_dim=2048),
-        vision=CLIPVisionConfig(patch_size=32, width=768, depth=12, num_heads=12, mlp_dim=3072),
-        projection_dim=512),
+    'vit_b32':
+        CLIPConfig(text=CLIPTextConfig(width=512, depth=12, num_heads=8, mlp_dim=2048),
+                   vision=CLIPVisionConfig(patch_size=32, width=768, depth=12, num_heads=12,
+                                           mlp_dim=3072), projection_dim=512),
     # openai/clip-vit-base-patch16.
-    'vit_b16': CLIPConfig(
-        text=CLIPTextConfig(width=512, depth=12, num_heads=8, mlp_dim=2048),
-        vision=CLIPVisionConfig(patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072),
-        projection_dim=512),
+    'vit_b16':
+        CLIPConfig(text=CLIPTextConfig(width=512, depth=12, num_heads=8, mlp_dim=2048),
+                   vision=CLIPVisionConfig(patch_size=16, width=768, depth=12, num_heads=12,
+                                           mlp_dim=3072), projection_dim=512),
     # openai/clip-vit-large-patch14, about 428M parameters; the text tower is Stable Diffusion 1.x's encoder.
-    'vit_l14': CLIPConfig(
-        text=CLIPTextConfig(width=768, depth=12, num_heads=12, mlp_dim=3072),
-        vision=CLIPVisionConfig(patch_size=14, width=1024, depth=24, num_heads=16, mlp_dim=4096),
-        projection_dim=768),
+    'vit_l14':
+        CLIPConfig(text=CLIPTextConfig(width=768, depth=12, num_heads=12, mlp_dim=3072),
+                   vision=CLIPVisionConfig(patch_size=14, width=1024, depth=24, num_heads=16,
+                                           mlp_dim=4096), projection_dim=768),
     # openai/clip-vit-large-patch14-336.
-    'vit_l14_336': CLIPConfig(
-        text=CLIPTextConfig(width=768, depth=12, num_heads=12, mlp_dim=3072),
-        vision=CLIPVisionConfig(image_size=336, patch_size=14, width=1024, depth=24, num_heads=16,
-                                mlp_dim=4096),
-        projection_dim=768),
+    'vit_l14_336':
+        CLIPConfig(
+            text=CLIPTextConfig(width=768, depth=12, num_heads=12, mlp_dim=3072),
+            vision=CLIPVisionConfig(image_size=336, patch_size=14, width=1024, depth=24, num_heads=16,
+                                    mlp_dim=4096), projection_dim=768),
     # For tests: a 32x32 image in 4 patches, a 99-token vocabulary, 16 positions.
-    'tiny': CLIPConfig(
-        text=CLIPTextConfig(vocab_size=99, max_length=16, width=32, depth=2, num_heads=4, mlp_dim=37),
-        vision=CLIPVisionConfig(image_size=32, patch_size=16, width=32, depth=2, num_heads=4, mlp_dim=37),
-        projection_dim=24),
+    'tiny':
+        CLIPConfig(text=CLIPTextConfig(vocab_size=99, max_length=16, width=32, depth=2, num_heads=4, mlp_dim=37),
+                   vision=CLIPVisionConfig(image_size=32, patch_size=16, width=32, depth=2, num_heads=4,
+                                           mlp_dim=37), projection_dim=24),
 }
-
-
-def get_clip_config(name):
-  """The named CLIP configuration; fails loudly on an unknown name."""
-  if name not in CLIP_CONFIGS:
-    raise KeyError(f'unknown CLIP config {name!r}; known: {sorted(CLIP_CONFIGS)}')
-  return CLIP_CONFIGS[name]
 
 
 def quick_gelu(x):
@@ -179,14 +172,14 @@ class CLIPEncoder(nn.Module):
   @nn.compact
   def __call__(self, x, mask=None):
     for i in range(self.depth):
-      x = CLIPEncoderLayer(self.num_heads, self.mlp_dim, self.hidden_act, self.layer_norm_eps, self.causal,
-                           self.dtype, name=f'layers_{i}')(x, mask)
+      x = CLIPEncoderLayer(self.num_heads, self.mlp_dim, self.hidden_act, self.layer_norm_eps, self.causal, self.dtype,
+                           name=f'layers_{i}')(x, mask)
     return x
 
 
 def _encoder(config, causal, dtype):
-  return CLIPEncoder(config.depth, config.num_heads, config.mlp_dim, config.hidden_act, config.layer_norm_eps,
-                     causal, dtype, name='encoder')
+  return CLIPEncoder(config.depth, config.num_heads, config.mlp_dim, config.hidden_act, config.layer_norm_eps, causal,
+                     dtype, name='encoder')
 
 
 _EMBED_INIT = nn.initializers.normal(0.02)
@@ -241,10 +234,10 @@ class CLIPVisionEmbeddings(nn.Module):
     if pixel_values.shape[1:] != (c.image_size, c.image_size, 3):
       raise ValueError(f'expected NHWC images of shape [B, {c.image_size}, {c.image_size}, 3], '
                        f'got {pixel_values.shape}')
-    patches = nn.Conv(c.width, (c.patch_size, c.patch_size), strides=(c.patch_size, c.patch_size),
-                      padding='VALID', use_bias=False, dtype=self.dtype, name='patch_embedding')(pixel_values)
+    patches = nn.Conv(c.width, (c.patch_size, c.patch_size), strides=(c.patch_size, c.patch_size), padding='VALID',
+                      use_bias=False, dtype=self.dtype, name='patch_embedding')(pixel_values)
     patches = patches.reshape(patches.shape[0], -1, c.width)
-    class_embedding = self.param('class_embedding', nn.initializers.normal(c.width ** -0.5), (c.width,))
+    class_embedding = self.param('class_embedding', nn.initializers.normal(c.width**-0.5), (c.width,))
     class_tokens = jnp.broadcast_to(class_embedding.astype(patches.dtype), (patches.shape[0], 1, c.width))
     x = jnp.concatenate([class_tokens, patches], axis=1)
     positions = nn.Embed(c.num_patches + 1, c.width, embedding_init=_EMBED_INIT, dtype=self.dtype,

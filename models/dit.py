@@ -8,8 +8,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from models.layers import (LabelEmbedder, MultiHeadCrossAttention, MultiHeadSelfAttention, TimestepEmbedder,
-                           gelu_tanh, layer_norm, remat_block)
+from models.layers import (LabelEmbedder, MultiHeadCrossAttention, MultiHeadSelfAttention, TimestepEmbedder, gelu_tanh,
+                           layer_norm, remat_block)
 from models.text_encoder import PooledTextEmbedder, TextEncoderSpec, encode_text
 
 # Table 1 of the paper: depth, hidden size, heads.
@@ -33,9 +33,10 @@ DIT_PAPER_GMACS = {
 def sincos_pos_embed_2d(dim, grid_size):
   """Fixed [grid*grid, dim] embedding: half the channels encode the column, half the row (MAE/DiT)."""
   def one_axis(d, pos):
-    omega = 1.0 / 10_000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+    omega = 1.0 / 10_000**(np.arange(d // 2, dtype=np.float64) / (d / 2.0))
     out = np.einsum('m,d->md', pos.reshape(-1), omega)
     return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
   grid_w, grid_h = np.meshgrid(np.arange(grid_size, dtype=np.float64), np.arange(grid_size, dtype=np.float64))
   emb = np.concatenate([one_axis(dim // 2, grid_w), one_axis(dim // 2, grid_h)], axis=1)
   return emb.astype(np.float32)
@@ -67,8 +68,7 @@ class DiTBlock(nn.Module):
                    name='adaLN_modulation')(nn.silu(c))
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
     h = modulate(layer_norm(x), shift_msa, scale_msa)  # norm1 of the paper, without parameters
-    x = x + gate_msa[:, None] * MultiHeadSelfAttention(self.num_heads, self.dtype, self.attention_impl,
-                                                       name='attn')(h)
+    x = x + gate_msa[:, None] * MultiHeadSelfAttention(self.num_heads, self.dtype, self.attention_impl, name='attn')(h)
     if context is not None:  # text: cross-attention to the token states (PixArt-alpha), output projection zero-init
       h = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm_cross')(x)
       x = x + MultiHeadCrossAttention(self.num_heads, self.dtype, self.attention_impl, init, name='cross_attn')(
@@ -92,8 +92,8 @@ class FinalLayer(nn.Module):
                    name='adaLN_modulation')(nn.silu(c))
     shift, scale = jnp.split(mod, 2, axis=-1)
     x = modulate(layer_norm(x), shift, scale)  # norm_final
-    return nn.Dense(self.patch_size ** 2 * self.out_channels, kernel_init=nn.initializers.zeros,
-                    dtype=self.dtype, name='linear')(x)
+    return nn.Dense(self.patch_size**2 * self.out_channels, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                    name='linear')(x)
 
 
 class DiT(nn.Module):

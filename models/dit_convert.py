@@ -28,8 +28,8 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from models import build_model
 from models.dit import DIT_VARIANTS, sincos_pos_embed_2d
-from models.weight_files import key_and_shape_problems
-from train_state import abstract_params
+from models.shapes import abstract_params
+from models.weight_files import array_shapes, key_and_shape_problems
 
 WHERE_TO_GET = ('the DiT repository, github.com/facebookresearch/DiT: '
                 'https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-256x256.pt (configs/dit_xl.py) and '
@@ -40,15 +40,19 @@ POS_EMBED_KEY = 'pos_embed'
 POS_EMBED_TOLERANCE = 1e-3  # float16 storage rounds by < 5e-4; another grid order or frequency differs by ~1
 
 # Flax module names that differ from DiT's (the rest are the same: t_embedder, attn, qkv, proj, final_layer, ...).
-_TORCH_MODULE_NAMES = {'x_embedder': 'x_embedder.proj', 'mlp_0': 'mlp.0', 'mlp_2': 'mlp.2',
-                       'adaLN_modulation': 'adaLN_modulation.1', 'mlp_fc1': 'mlp.fc1', 'mlp_fc2': 'mlp.fc2'}
+_TORCH_MODULE_NAMES = {
+    'x_embedder': 'x_embedder.proj', 'mlp_0': 'mlp.0', 'mlp_2': 'mlp.2', 'adaLN_modulation': 'adaLN_modulation.1',
+    'mlp_fc1': 'mlp.fc1', 'mlp_fc2': 'mlp.fc2'
+}
 _TORCH_LEAF_NAMES = {'kernel': 'weight', 'embedding': 'weight', 'bias': 'bias'}
 _FLAX_BLOCK = re.compile(r'^blocks_(\d+)$')
 _TORCH_BLOCK = re.compile(r'^blocks\.(\d+)\.')
 # DiT hyperparameters a state dict's shapes reveal, and the config field that sets each.
-_CONFIG_FIELDS = {'depth': 'model.depth', 'hidden_size': 'model.hidden_size', 'patch_size': 'model.patch_size',
-                  'mlp_ratio': 'model.mlp_ratio', 'channels': 'data.channels', 'image_size': 'data.image_size',
-                  'num_classes': 'data.num_classes', 'learn_sigma': 'diffusion.learn_sigma'}
+_CONFIG_FIELDS = {
+    'depth': 'model.depth', 'hidden_size': 'model.hidden_size', 'patch_size': 'model.patch_size',
+    'mlp_ratio': 'model.mlp_ratio', 'channels': 'data.channels', 'image_size': 'data.image_size',
+    'num_classes': 'data.num_classes', 'learn_sigma': 'diffusion.learn_sigma'
+}
 
 
 def torch_key(path):
@@ -112,16 +116,16 @@ def _file_architecture(state_dict):
   if len(table) == 2:
     found['num_classes'] = table[0] - 1
   pos, linear = shape(POS_EMBED_KEY), shape('final_layer.linear.weight')
-  if len(pos) == 3 and 'patch_size' in found and math.isqrt(pos[1]) ** 2 == pos[1]:
+  if len(pos) == 3 and 'patch_size' in found and math.isqrt(pos[1])**2 == pos[1]:
     found['image_size'] = math.isqrt(pos[1]) * found['patch_size']
   if len(linear) == 2 and 'channels' in found:
-    found['learn_sigma'] = linear[0] == 2 * found['patch_size'] ** 2 * found['channels']
+    found['learn_sigma'] = linear[0] == 2 * found['patch_size']**2 * found['channels']
   return found
 
 
 def _variant(depth, hidden_size):
-  return next((name for name, v in DIT_VARIANTS.items()
-               if (v['depth'], v['hidden_size']) == (depth, hidden_size)), None)
+  return next((name for name, v in DIT_VARIANTS.items() if (v['depth'], v['hidden_size']) == (depth, hidden_size)),
+              None)
 
 
 def _likely_cause(state_dict, model):
@@ -148,7 +152,7 @@ def _check(state_dict, model, abstract):
   """Raises ValueError naming every missing, unexpected or misshaped key, a pos_embed that is not DiT's, and
   a head count other than the DiT variant's (heads leave no trace in the shapes)."""
   expected = _expected_shapes(model, abstract)
-  problems = key_and_shape_problems({k: np.shape(v) for k, v in state_dict.items()}, expected)
+  problems = key_and_shape_problems(array_shapes(state_dict), expected)
   if problems:
     cause = _likely_cause(state_dict, model)
     raise ValueError(f'the weights do not fit the DiT of this config (depth {model.depth}, hidden {model.hidden_size}, '

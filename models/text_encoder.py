@@ -1,6 +1,6 @@
 """The text tower of text-conditional DiT and U-Net models.
 
-A text-conditional model takes cond = {'tokens': int32 [B, L]} (input_pipeline/tokenizers.py) and runs
+A text-conditional model takes cond = {'tokens': int32 [B, L]} (text/tokenizers.py) and runs
 a CLIP text transformer (`models.clip.CLIPTextTransformer`, causal, pre-LN) on them inside its own
 `__call__`, as the submodule 'text_encoder'. Its outputs condition the network twice:
 - the token states [B, L, D] are the keys and values of cross-attention layers (U-Net: after the
@@ -12,7 +12,7 @@ a CLIP text transformer (`models.clip.CLIPTextTransformer`, causal, pre-LN) on t
 config.text.encoder picks the tower:
 - 'small': a small tower (config.text.width/depth/num_heads) over the tokenizer's vocabulary,
   randomly initialised and trained with the diffusion model. Works offline with either tokenizer.
-- 'clip': a pretrained CLIP text tower converted with `python -m evaluation.clip_convert --text_only`
+- 'clip': a pretrained CLIP text tower converted with `python -m models.clip_convert --text_only`
   (or a full CLIP .msgpack, whose text tower is used), e.g. Stable Diffusion 1.x's ViT-L/14 text
   encoder; needs the 'clip_bpe' tokenizer. Its weights replace the random ones when a run starts, and
   it stays frozen (gradients stopped, no optimizer state) unless config.text.train_clip.
@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from models.clip import CLIPConfig, CLIPTextConfig, CLIPTextTransformer, eos_positions
+from models.clip_convert import load_converted
 from models.conditioning import uses_text
 
 TEXT_ENCODER_NAME = 'text_encoder'  # the params subtree of the tower in every text-conditional model
@@ -48,7 +49,6 @@ def encode_text(spec, tokens, dtype):
 @functools.lru_cache(maxsize=1)
 def load_pretrained_tower(path):
   """(CLIPTextConfig, params of CLIPTextTransformer) from a converted .msgpack (text-only or full CLIP)."""
-  from evaluation.clip_convert import load_converted
   tower, params = load_converted(path)
   if isinstance(tower, CLIPConfig):
     tower, params = tower.text, params['text_model']
@@ -59,8 +59,10 @@ def text_encoder_spec(config):
   """The TextEncoderSpec of config.text, or None for models without text conditioning."""
   if not uses_text(config):
     return None
-  from input_pipeline.tokenizers import tokenizer_for
-  text, vocab = config.text, tokenizer_for(config.data).vocab_size
+  text, vocab = config.text, config.text.vocab_size
+  if not vocab:
+    raise ValueError('config.text.vocab_size is 0: configs.validate.validate_config(config) sets it from the '
+                     'tokenizer (config.data.tokenizer); validate the config before building the model')
   max_tokens = config.data.max_tokens
   if text.encoder == 'small':
     tower = CLIPTextConfig(vocab_size=vocab, max_length=max_tokens, width=text.width, depth=text.depth,
@@ -69,7 +71,7 @@ def text_encoder_spec(config):
   if text.encoder == 'clip':
     if not text.clip_weights:
       raise ValueError("config.text.encoder='clip' needs config.text.clip_weights, a converted CLIP text tower: "
-                       'python -m evaluation.clip_convert --hf_weights=PATH --text_only --out=clip_text.msgpack')
+                       'python -m models.clip_convert --hf_weights=PATH --text_only --out=clip_text.msgpack')
     tower, _ = load_pretrained_tower(text.clip_weights)
     if tower.vocab_size != vocab:
       raise ValueError(f'{text.clip_weights} has a vocabulary of {tower.vocab_size} tokens but the tokenizer '

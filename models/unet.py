@@ -85,15 +85,14 @@ class AttnBlock(nn.Module):
       heads = c // self.num_head_channels
     h = nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-5, dtype=self.dtype, name='norm')(x)
     h = h.reshape(b, hh * ww, c)
-    q, k, v = (nn.Dense(c, dtype=self.dtype, name=n)(h).reshape(b, hh * ww, heads, c // heads)
-               for n in ('q', 'k', 'v'))
+    q, k, v = (nn.Dense(c, dtype=self.dtype, name=n)(h).reshape(b, hh * ww, heads, c // heads) for n in ('q', 'k', 'v'))
     h = attention(q, k, v, self.attention_impl).reshape(b, hh * ww, c)
     h = nn.Dense(c, kernel_init=nn.initializers.zeros, dtype=self.dtype, name='proj_out')(h)
     x = x + h.reshape(b, hh, ww, c)
     if context is not None:
       h = nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-5, dtype=self.dtype, name='cross_norm')(x)
-      h = MultiHeadCrossAttention(heads, self.dtype, self.attention_impl, name='cross_attn')(
-          h.reshape(b, hh * ww, c), context, context_lengths)
+      h = MultiHeadCrossAttention(heads, self.dtype, self.attention_impl, name='cross_attn')(h.reshape(b, hh * ww, c),
+                                                                                             context, context_lengths)
       x = x + h.reshape(b, hh, ww, c)
     return x
 
@@ -112,8 +111,8 @@ def block_factories(module):
   res_block = remat_block(ResBlock, module.remat_policy, static_argnums=(3,)) if module.remat else ResBlock
   block = lambda out, name, resample=None: res_block(out, module.dropout, module.num_groups, module.scale_shift_norm,
                                                      module.dtype, resample, name=name)
-  attn_block = lambda name: AttnBlock(module.num_heads, module.num_groups, module.dtype, module.attention_impl,
-                                      module.num_head_channels, name=name)
+  attn_block = lambda name: AttnBlock(module.num_heads, module.num_groups, module.dtype, module.attention_impl, module.
+                                      num_head_channels, name=name)
   return block, attn_block
 
 
@@ -201,7 +200,7 @@ class UNet(nn.Module):
     block, attn_block = block_factories(self)
     attn = lambda name: lambda h: attn_block(name)(h, context, context_lengths)
     h, skips = encoder(self, x, emb, train, block, attn)
-    resolution = self.image_size // 2 ** (len(self.channel_mult) - 1)
+    resolution = self.image_size // 2**(len(self.channel_mult) - 1)
 
     for level, mult in reversed(list(enumerate(self.channel_mult))):
       for i in range(self.num_res_blocks + 1):

@@ -33,9 +33,13 @@ def read_torch_file(path):
   """A torch pickle (.pt/.pth/.bin) as numpy; floating tensors become float32 (bf16/fp16 files too)."""
   try:
     import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError(f'reading {path} needs torch (a CPU build is enough: pip install torch); a .safetensors '
-                      'file needs only safetensors') from e
+  except ModuleNotFoundError as e:
+    if e.name != 'torch':  # torch is there, one of its own dependencies is not
+      raise
+    raise ImportError(
+        f'reading {path} needs torch, which is not installed (a CPU build is enough: pip install torch '
+        '--index-url https://download.pytorch.org/whl/cpu); a .safetensors file needs only safetensors',
+        name='torch') from e
   # weights_only: no arbitrary code from the pickle; DiT's training checkpoints also hold their argparse args.
   with torch.serialization.safe_globals([argparse.Namespace]):
     tree = _unwrap(torch.load(path, map_location='cpu', weights_only=True), path)
@@ -61,16 +65,23 @@ def _listed(items, max_listed=8):
   return ', '.join(items[:max_listed]) + more
 
 
+def array_shapes(arrays):
+  """{name: shape tuple} of a {name: array} dict, for key_and_shape_problems."""
+  return {name: tuple(np.shape(value)) for name, value in arrays.items()}
+
+
 def key_and_shape_problems(got, expected):
   """What differs between two {name: shape} dicts, as phrases naming the missing, unexpected and misshaped
-  names (a few of each); [] if they agree."""
+  names (a few of each); [] if they agree. Every converter reports a file that does not fit through this."""
   problems = []
   if set(expected) - set(got):
     problems.append(f'missing keys: {_listed(set(expected) - set(got))}')
   if set(got) - set(expected):
     problems.append(f'unexpected keys: {_listed(set(got) - set(expected))}')
-  misshaped = [f'{k} {tuple(got[k])} (expected {tuple(expected[k])})' for k in set(expected) & set(got)
-               if tuple(got[k]) != tuple(expected[k])]
+  misshaped = [
+      f'{k} {tuple(got[k])} (expected {tuple(expected[k])})' for k in set(expected) & set(got)
+      if tuple(got[k]) != tuple(expected[k])
+  ]
   if misshaped:
     problems.append(f'misshaped keys: {_listed(misshaped)}')
   return problems

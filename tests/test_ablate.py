@@ -39,27 +39,27 @@ GRID_AXES = """{'width': [{'name': 'narrow', 'model.base_channels': 8}, {'name':
 def write_sweep(tmp_path, name='tiny', kind='train', axes=GRID_AXES, exclude='[]', model_workdir='', x='lr',
                 series='width'):
   path = tmp_path / f'{name}.py'
-  path.write_text(TINY_SWEEP % dict(kind=kind, axes=axes, exclude=exclude, model_workdir=model_workdir, x=x,
-                                    series=series))
+  path.write_text(TINY_SWEEP %
+                  dict(kind=kind, axes=axes, exclude=exclude, model_workdir=model_workdir, x=x, series=series))
   return str(path)
 
 
 def test_expansion_names_and_overrides(tmp_path):
   sweep = ablate.load_sweep(write_sweep(tmp_path), ['train.num_steps=3', 'data.random_flip=true'])
   runs = ablate.expand(sweep)
-  assert [r.name for r in runs] == ['width=narrow,lr=0.001', 'width=narrow,lr=0.002', 'width=wide,lr=0.001',
-                                    'width=wide,lr=0.002']
+  assert [r.name for r in runs
+         ] == ['width=narrow,lr=0.001', 'width=narrow,lr=0.002', 'width=wide,lr=0.001', 'width=wide,lr=0.002']
   assert [r.config.model.base_channels for r in runs] == [8, 8, 16, 16]
   assert [r.config.optim.learning_rate for r in runs] == [1e-3, 2e-3, 1e-3, 2e-3]
   assert all(r.config.train.num_steps == 3 and r.config.data.random_flip for r in runs)  # --set reaches every run
   assert sweep.base.model.base_channels == 8 and runs[2].settings == {'width': 'wide', 'lr': '0.001'}
   assert runs[3].values == {'width': 'wide', 'lr': 2e-3}
   assert ablate.run_dir('runs/ablations', sweep, runs[1]) == os.path.join('runs/ablations', 'tiny',
-                                                                           'width=narrow,lr=0.002')
+                                                                          'width=narrow,lr=0.002')
   excluded = ablate.expand(ablate.load_sweep(write_sweep(tmp_path, exclude="[{'width': 'wide', 'lr': 0.002}]")))
   assert [r.name for r in excluded] == [r.name for r in runs[:3]]
-  assert [ablate.label_of(v) for v in (4, 1.5, 0.0, True, 'dpm++2m', 'a b/c')] == [
-      '4', '1.5', '0', 'true', 'dpm++2m', 'a_b_c']
+  assert [ablate.label_of(v) for v in (4, 1.5, 0.0, True, 'dpm++2m', 'a b/c')
+         ] == ['4', '1.5', '0', 'true', 'dpm++2m', 'a_b_c']
 
 
 def test_bad_sweeps_fail_before_running(tmp_path):
@@ -126,8 +126,8 @@ def test_resume_skips_finished_runs_and_collects(tmp_path):
   assert done == 2 and 'digits_fd' not in rows[0] and rows[1]['digits_fd'] == pytest.approx(2.0)
 
   calls.clear()
-  assert ablate.run_sweep(sweep, root, runner=runner, cost=fake_cost) == ['width=narrow,lr=0.001',
-                                                                          'width=wide,lr=0.002']
+  assert ablate.run_sweep(sweep, root, runner=runner,
+                          cost=fake_cost) == ['width=narrow,lr=0.001', 'width=wide,lr=0.002']
   assert calls == ['width=narrow,lr=0.001', 'width=wide,lr=0.002']
   assert os.path.getmtime(finished) == 1_000_000  # not redone
   assert ablate.run_sweep(sweep, root, runner=runner, cost=fake_cost) == []
@@ -169,8 +169,10 @@ def test_print_commands(tmp_path):
   lines = result.stdout.strip().splitlines()
   commands = [line for line in lines if not line.startswith('#')]
   names = [r.name for r in ablate.expand(ablate.load_sweep(sweep_path))]
-  assert commands == [f'python ablate.py --sweep={sweep_path} --root={tmp_path}/r --set=train.num_steps=3 '
-                      f'--only={name}' for name in names]
+  assert commands == [
+      f'python ablate.py --sweep={sweep_path} --root={tmp_path}/r --set=train.num_steps=3 '
+      f'--only={name}' for name in names
+  ]
   assert lines[-1].startswith('# then: python ablate.py') and lines[-1].endswith('--collect_only')
   assert not os.path.exists(f'{tmp_path}/r')  # nothing ran
   sample = write_sweep(tmp_path, 'tiny_sample', kind='sample', model_workdir='runs/m',
@@ -183,8 +185,8 @@ def test_print_commands(tmp_path):
 def test_train_then_sample_sweeps_end_to_end(tmp_path):
   """Real runs: two 2-step tiny trainings, then a guidance sweep on the first (one compilation)."""
   root = str(tmp_path / 'runs')
-  train_sweep = ablate.load_sweep(write_sweep(tmp_path, axes="{'lr': {'optim.learning_rate': [1e-3, 2e-3]}}",
-                                              series=None), ['train.num_steps=2'])
+  train_sweep = ablate.load_sweep(
+      write_sweep(tmp_path, axes="{'lr': {'optim.learning_rate': [1e-3, 2e-3]}}", series=None), ['train.num_steps=2'])
   assert ablate.run_sweep(train_sweep, root) == ['lr=0.001', 'lr=0.002']
   result = json.load(open(os.path.join(root, 'tiny', 'lr=0.001', 'result.json')))['metrics']
   assert result['step'] == 2 and 0 <= result['digits_accuracy'] <= 1 and result['digits_fd'] > 0
@@ -193,19 +195,20 @@ def test_train_then_sample_sweeps_end_to_end(tmp_path):
   interrupted = os.path.join(root, 'tiny', 'lr=0.002')
   os.remove(os.path.join(interrupted, 'result.json'))
   lines = open(os.path.join(interrupted, 'metrics.jsonl')).read().splitlines()
-  open(os.path.join(interrupted, 'metrics.jsonl'), 'w').write(
-      ''.join(line + '\n' for line in lines if 'eval/' not in line))
+  open(os.path.join(interrupted, 'metrics.jsonl'),
+       'w').write(''.join(line + '\n' for line in lines if 'eval/' not in line))
   assert ablate.run_sweep(train_sweep, root) == ['lr=0.002']
   redone = json.load(open(os.path.join(interrupted, 'result.json')))['metrics']
   assert redone['step'] == 2 and 'digits_fd' in redone
   after = open(os.path.join(interrupted, 'metrics.jsonl')).read().splitlines()
   assert [line for line in after if 'eval/' not in line] == [line for line in lines if 'eval/' not in line]
   model_workdir = os.path.join(root, 'tiny', 'lr=0.001')
-  sample_sweep = ablate.load_sweep(write_sweep(tmp_path, 'tiny_guidance', kind='sample', model_workdir=model_workdir,
-                                               axes="{'guidance': {'sample.guidance_scale': [1.0, 3.0]}}",
-                                               x='guidance', series=None), ['train.num_steps=2'])
+  sample_sweep = ablate.load_sweep(
+      write_sweep(tmp_path, 'tiny_guidance', kind='sample', model_workdir=model_workdir,
+                  axes="{'guidance': {'sample.guidance_scale': [1.0, 3.0]}}", x='guidance', series=None),
+      ['train.num_steps=2'])
   compiled = []
-  import sample
+  from jobs import sample
   make = sample.make_generate_fn
 
   def counting_make(*args):
@@ -218,8 +221,10 @@ def test_train_then_sample_sweeps_end_to_end(tmp_path):
   finally:
     sample.make_generate_fn = make
   assert len(compiled) == 1  # the guidance scale is traced: one sampling function for the sweep
-  metrics = [json.load(open(os.path.join(root, 'tiny_guidance', n, 'result.json')))['metrics']
-             for n in ('guidance=1', 'guidance=3')]
+  metrics = [
+      json.load(open(os.path.join(root, 'tiny_guidance', n, 'result.json')))['metrics']
+      for n in ('guidance=1', 'guidance=3')
+  ]
   assert all(m['model_step'] == 2 and m['num_samples'] == 16 and m['nfe'] == 4 for m in metrics)
   assert os.path.exists(os.path.join(root, 'tiny_guidance', 'guidance=3', 'samples.png'))
   paths = ablate.collect_and_report(sample_sweep, root)

@@ -13,20 +13,23 @@ import jax
 import numpy as np
 import pytest
 
-import import_weights
+from jobs import import_weights
 from configs.adm_classifier import get_config
-from configs.common import validate_config
+from configs.validate import validate_config
 from models import build_model
 from models.adm_convert import params_from_state_dict
 from tests.test_adm_convert import (TINY, TOLERANCE, adm_layout, diffusers_state_dict, diffusers_unet, layout_digest,
                                     random_state_dict, zeros_state_dict)
-from train import restore_for_inference
-from train_state import abstract_params, count_params
+from jobs.restore import restore_for_inference
+from models.shapes import abstract_params
+from training.state import count_params
 
 # (key count, parameter count, sha256 of the sorted [key, shape] list as JSON, first 16 hex digits) of the state
 # dicts of guided-diffusion's create_classifier with its README's CLASSIFIER_FLAGS (torch 2.13, meta device)
-RELEASED_LAYOUTS = {64: (307, 65_438_568, '8a5b3ef9131c8767'), 128: (221, 42_568_040, '8edc1cef0fb66754'),
-                    256: (249, 54_096_360, '4a9fd0f6e6e407a1'), 512: (281, 54_448_360, '9fed76084c76e1e0')}
+RELEASED_LAYOUTS = {
+    64: (307, 65_438_568, '8a5b3ef9131c8767'), 128: (221, 42_568_040, '8edc1cef0fb66754'),
+    256: (249, 54_096_360, '4a9fd0f6e6e407a1'), 512: (281, 54_448_360, '9fed76084c76e1e0')
+}
 CLASSES = 10
 HEAD_CHANNELS = TINY['head_channels']
 
@@ -39,9 +42,11 @@ def classifier_layout(size, channels, mult, blocks, attention, classes, pool='at
   c = int(channels * mult[-1])
   shapes['out.0.weight'], shapes['out.0.bias'] = (c,), (c,)
   if pool == 'attention':
-    shapes['out.2.positional_embedding'] = (c, (size >> (len(mult) - 1)) ** 2 + 1)
-    shapes.update({'out.2.qkv_proj.weight': (3 * c, c, 1), 'out.2.qkv_proj.bias': (3 * c,),
-                   'out.2.c_proj.weight': (classes, c, 1), 'out.2.c_proj.bias': (classes,)})
+    shapes['out.2.positional_embedding'] = (c, (size >> (len(mult) - 1))**2 + 1)
+    shapes.update({
+        'out.2.qkv_proj.weight': (3 * c, c, 1), 'out.2.qkv_proj.bias': (3 * c,), 'out.2.c_proj.weight': (classes, c, 1),
+        'out.2.c_proj.bias': (classes,)
+    })
   else:
     shapes.update({'out.3.weight': (classes, c, 1, 1), 'out.3.bias': (classes,)})
   return shapes
@@ -57,8 +62,8 @@ def tiny_config(pool='attention', updown=True, classes=CLASSES):
   c = get_config('64')
   c.data.update(image_size=TINY['size'], num_classes=classes)
   c.model.update(base_channels=TINY['channels'], channel_mult=TINY['mult'], num_res_blocks=TINY['blocks'],
-                 attn_resolutions=TINY['attention'], num_head_channels=HEAD_CHANNELS, resblock_updown=updown,
-                 pool=pool, attention_impl=None)
+                 attn_resolutions=TINY['attention'], num_head_channels=HEAD_CHANNELS, resblock_updown=updown, pool=pool,
+                 attention_impl=None)
   c.train.compute_dtype = 'float32'
   return validate_config(c)
 
@@ -66,8 +71,8 @@ def tiny_config(pool='attention', updown=True, classes=CLASSES):
 def tiny_state(pool, updown, seed=0):
   """(the classifier's state dict, the U-Net state dict sharing its trunk, for the diffusers reference)."""
   t = TINY
-  unet = random_state_dict(adm_layout(t['size'], t['channels'], t['mult'], t['blocks'], t['attention'], 0,
-                                      updown=updown), seed)
+  unet = random_state_dict(
+      adm_layout(t['size'], t['channels'], t['mult'], t['blocks'], t['attention'], 0, updown=updown), seed)
   layout = classifier_layout(t['size'], t['channels'], t['mult'], t['blocks'], t['attention'], CLASSES, pool, updown)
   head = random_state_dict({k: s for k, s in layout.items() if k.startswith('out.')}, seed + 1)
   state = {k: unet[k] for k in layout if not k.startswith('out.')} | head
@@ -80,8 +85,9 @@ def reference_logits(torch, unet_state, state, pool, updown, x, t):
   import diffusers  # pylint: disable=import-outside-toplevel
   f = torch.nn.functional
   trunk = diffusers_unet(diffusers, updown, 0)
-  trunk.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v))
-                         for k, v in diffusers_state_dict(unet_state, True, updown).items()}, strict=True)
+  trunk.load_state_dict(
+      {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in diffusers_state_dict(unet_state, True, updown).items()},
+      strict=True)
   p = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
   with torch.no_grad():
     emb = trunk.time_embedding(trunk.time_proj(t))

@@ -14,24 +14,28 @@ import jax
 import numpy as np
 import pytest
 
-import import_weights
+from jobs import import_weights
 from configs.adm_imagenet import PARAMS, get_config
-from configs.common import validate_config
+from configs.validate import validate_config
 from models import build_model
 from models.adm_convert import params_from_state_dict
-from train import restore_for_inference
-from train_state import count_params, dummy_inputs
+from jobs.restore import restore_for_inference
+from models.shapes import abstract_params
+from training.state import count_params
 
 TOLERANCE = 1e-5
 # (key count, parameter count, sha256 of the sorted [key, shape] list as JSON, first 16 hex digits) of the state dicts
 # of guided-diffusion's UNetModel from script_util.create_model with its README's flags (torch 2.13, meta device).
-RELEASED_LAYOUTS = {'64': (541, 295_904_454, '4c7cc457c29f5bfe'), '128': (493, 421_529_606, '62f053bc80ca3c40'),
-                    '256': (567, 553_838_086, '6fcf52b21aeb4a35'), '256u': (566, 552_814_086, '85a06372a246b9bf'),
-                    '512': (645, 558_997_638, '27d57a5a09452227')}
+RELEASED_LAYOUTS = {
+    '64': (541, 295_904_454, '4c7cc457c29f5bfe'), '128': (493, 421_529_606, '62f053bc80ca3c40'),
+    '256': (567, 553_838_086, '6fcf52b21aeb4a35'), '256u': (566, 552_814_086, '85a06372a246b9bf'),
+    '512': (645, 558_997_638, '27d57a5a09452227')
+}
 # Tiny ADM: 16x16, 32 channels x (1, 2, 3), 2 blocks per level, attention at 8x8 and 4x4 with 16 channels per
 # head (4 and 6 heads), scale-shift norm, learned sigma.
-TINY = {'size': 16, 'channels': 32, 'mult': (1, 2, 3), 'blocks': 2, 'attention': (8, 4), 'head_channels': 16,
-        'classes': 10}
+TINY = {
+    'size': 16, 'channels': 32, 'mult': (1, 2, 3), 'blocks': 2, 'attention': (8, 4), 'head_channels': 16, 'classes': 10
+}
 # Fewer tensors for the import test (orbax writes each of params, EMA and Adam's two moments as its own array).
 SMALL = TINY | {'size': 8, 'mult': (1, 1), 'blocks': 1, 'attention': (4,)}
 
@@ -156,11 +160,6 @@ def layout_digest(layout):
   return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
 
 
-def abstract_params(config):
-  x, t, cond = dummy_inputs(config)
-  return jax.eval_shape(build_model(config).init, jax.random.PRNGKey(0), x, t, **cond)['params']
-
-
 def diffusers_state_dict(state, legacy, updown):
   """TINY in guided-diffusion's layout -> diffusers UNet2DModel keys: the mapping of diffusers'
   scripts/convert_consistency_to_diffusers.py (openai's ADM-based consistency models), which splits qkv as
@@ -231,15 +230,14 @@ def diffusers_unet(diffusers, updown, classes, in_channels=3):
   t = TINY
   attends = [t['size'] >> level in t['attention'] for level in range(len(t['mult']))]
   plain_down, plain_up = ('ResnetDownsampleBlock2D', 'ResnetUpsampleBlock2D') if updown else ('DownBlock2D',
-                                                                                            'UpBlock2D')
+                                                                                              'UpBlock2D')
   return diffusers.UNet2DModel(
       sample_size=t['size'], in_channels=in_channels, out_channels=6, layers_per_block=t['blocks'],
       block_out_channels=tuple(m * t['channels'] for m in t['mult']), attention_head_dim=t['head_channels'],
-      down_block_types=tuple('AttnDownBlock2D' if a else plain_down for a in attends),
-      up_block_types=tuple('AttnUpBlock2D' if a else plain_up for a in reversed(attends)),
-      resnet_time_scale_shift='scale_shift', norm_num_groups=32, attn_norm_num_groups=32, norm_eps=1e-5,
-      downsample_type='resnet' if updown else 'conv', upsample_type='resnet' if updown else 'conv',
-      downsample_padding=1, num_class_embeds=classes or None).eval()
+      down_block_types=tuple('AttnDownBlock2D' if a else plain_down for a in attends), up_block_types=tuple(
+          'AttnUpBlock2D' if a else plain_up for a in reversed(attends)), resnet_time_scale_shift='scale_shift',
+      norm_num_groups=32, attn_norm_num_groups=32, norm_eps=1e-5, downsample_type='resnet' if updown else 'conv',
+      upsample_type='resnet' if updown else 'conv', downsample_padding=1, num_class_embeds=classes or None).eval()
 
 
 @pytest.mark.parametrize('qkv_order, updown, classes', [('legacy', True, 10), ('new', False, 0)],
@@ -250,9 +248,11 @@ def test_matches_diffusers_unet2d(qkv_order, updown, classes):
   from tests.test_vae_parity import relative_error  # pylint: disable=import-outside-toplevel
   state = random_state_dict(tiny_layout(updown, classes), seed=0)
   reference = diffusers_unet(diffusers, updown, classes)
-  reference.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v))
-                             for k, v in diffusers_state_dict(state, qkv_order == 'legacy', updown).items()},
-                            strict=True)
+  reference.load_state_dict(
+      {
+          k: torch.from_numpy(np.ascontiguousarray(v))
+          for k, v in diffusers_state_dict(state, qkv_order == 'legacy', updown).items()
+      }, strict=True)
   config = tiny_config(qkv_order, updown, classes)
   params = params_from_state_dict(state, config)
 
@@ -269,13 +269,15 @@ def test_matches_diffusers_unet2d(qkv_order, updown, classes):
   got = got.transpose(0, 3, 1, 2)
   assert got.shape == expected.shape == (6, 6, TINY['size'], TINY['size'])  # learned sigma: 6 channels
   assert np.abs(expected).max() > 0.1 and np.abs(expected[:, 3:]).max() > 0.1  # not degenerate
-  errors = {'all': relative_error(got, expected), 'prediction': relative_error(got[:, :3], expected[:, :3]),
-            'variance values': relative_error(got[:, 3:], expected[:, 3:])}
+  errors = {
+      'all': relative_error(got, expected), 'prediction': relative_error(got[:, :3], expected[:, :3]),
+      'variance values': relative_error(got[:, 3:], expected[:, 3:])
+  }
   print(f'relative errors against diffusers UNet2DModel ({qkv_order} qkv, updown={updown}): {errors}')
   assert max(errors.values()) < TOLERANCE, errors
   if classes:  # the label matters, and the null row the converter adds is zeros
-    other = np.asarray(apply({'params': params}, x.transpose(0, 2, 3, 1), timesteps.astype(np.float32),
-                             y=(labels + 1) % classes))
+    other = np.asarray(
+        apply({'params': params}, x.transpose(0, 2, 3, 1), timesteps.astype(np.float32), y=(labels + 1) % classes))
     assert np.abs(other.transpose(0, 3, 1, 2) - expected).max() > 1e-3
     assert not params['label_emb']['embedding_table']['embedding'][classes].any()
 
@@ -287,16 +289,17 @@ def test_released_models_convert_to_the_model_tree(name):
   assert (len(layout), sum(np.prod(s) for s in layout.values()), layout_digest(layout)) == (keys, count, digest)
   config = released_config(name)
   params = params_from_state_dict(zeros_state_dict(layout), config)
-  assert import_weights.params_mismatch(params, abstract_params(config)) == ''
+  assert import_weights.params_mismatch(params, abstract_params(config, build_model(config))) == ''
   if name == '256u':
     assert count_params(params) == count
   else:  # ours have the null-label row too: 4 x channels more
     assert (count_params(params), count) == PARAMS[int(name)]
 
 
-@pytest.mark.parametrize('arg, schedule, heads, qkv_order, dropout', [
-    ('64', 'cosine', (64, 4), 'new', 0.1), ('128', 'linear', (-1, 4), 'legacy', 0.0),
-    (None, 'linear', (64, 4), 'legacy', 0.0), ('512', 'linear', (64, 4), 'legacy', 0.0)])
+@pytest.mark.parametrize('arg, schedule, heads, qkv_order, dropout', [('64', 'cosine', (64, 4), 'new', 0.1),
+                                                                      ('128', 'linear', (-1, 4), 'legacy', 0.0),
+                                                                      (None, 'linear', (64, 4), 'legacy', 0.0),
+                                                                      ('512', 'linear', (64, 4), 'legacy', 0.0)])
 def test_config_has_what_the_shapes_do_not_show(arg, schedule, heads, qkv_order, dropout):
   """The README's flags that leave no trace in the weights (heads, qkv order, schedule, dropout), and ADM's
   sampler: 250 respaced DDPM steps with the learned variances, clipped x0, no guidance."""
@@ -314,21 +317,24 @@ def _without(state, key):
   return {k: v for k, v in state.items() if k != key}
 
 
-@pytest.mark.parametrize('config_name, file_name, change, message', [
-    ('256', '128', None, r'missing keys: .*Likely cause: the file is ADM\'s 128x128 ImageNet model: '
-                         r'--config=configs/adm_imagenet\.py:128'),
-    ('256', '512', None, r'Likely cause: the file is ADM\'s 512x512 ImageNet model: '
-                         r'--config=configs/adm_imagenet\.py:512'),
-    ('256', '256', 'drop', r'the weights do not fit .*: missing keys: output_blocks\.17\.0\.out_layers\.3\.bias$'),
-    ('256', '256u', None, r'missing keys: label_emb\.weight.*the file has 0 classes \(no label_emb\.weight: '
-                          r'unconditional\), the config 1000: --config\.data\.num_classes=0'),
-    ('256u', '256', None, r'unexpected keys: label_emb\.weight.*--config\.data\.num_classes=1000'),
-    ('128', '128', 'no_sigma', r'misshaped keys: out\.2\.bias \(3,\) \(expected \(6,\)\), out\.2\.weight .*'
-                               r'--config\.diffusion\.learn_sigma=False'),
-    ('64', '64', 'qkv', r'ADM\'s 64x64 ImageNet model \(by its shapes\), whose attention has 64 channels per head '
-                        r"and qkv order 'new'; .*weights\.qkv_order='legacy'.*configs/adm_imagenet\.py:64"),
-], ids=['128_into_256', '512_into_256', 'missing_key', 'unconditional_into_conditional',
-        'conditional_into_unconditional', 'no_learn_sigma', 'wrong_qkv_order'])
+@pytest.mark.parametrize(
+    'config_name, file_name, change, message', [
+        ('256', '128', None, r'missing keys: .*Likely cause: the file is ADM\'s 128x128 ImageNet model: '
+         r'--config=configs/adm_imagenet\.py:128'),
+        ('256', '512', None, r'Likely cause: the file is ADM\'s 512x512 ImageNet model: '
+         r'--config=configs/adm_imagenet\.py:512'),
+        ('256', '256', 'drop', r'the weights do not fit .*: missing keys: output_blocks\.17\.0\.out_layers\.3\.bias$'),
+        ('256', '256u', None, r'missing keys: label_emb\.weight.*the file has 0 classes \(no label_emb\.weight: '
+         r'unconditional\), the config 1000: --config\.data\.num_classes=0'),
+        ('256u', '256', None, r'unexpected keys: label_emb\.weight.*--config\.data\.num_classes=1000'),
+        ('128', '128', 'no_sigma', r'misshaped keys: out\.2\.bias \(3,\) \(expected \(6,\)\), out\.2\.weight .*'
+         r'--config\.diffusion\.learn_sigma=False'),
+        ('64', '64', 'qkv', r'ADM\'s 64x64 ImageNet model \(by its shapes\), whose attention has 64 channels per head '
+         r"and qkv order 'new'; .*weights\.qkv_order='legacy'.*configs/adm_imagenet\.py:64"),
+    ], ids=[
+        '128_into_256', '512_into_256', 'missing_key', 'unconditional_into_conditional',
+        'conditional_into_unconditional', 'no_learn_sigma', 'wrong_qkv_order'
+    ])
 def test_a_file_that_does_not_fit_is_refused_naming_the_fix(config_name, file_name, change, message):
   config, layout = released_config(config_name), released_layout(file_name)
   if change == 'no_sigma':
@@ -344,7 +350,7 @@ def test_a_file_that_does_not_fit_is_refused_naming_the_fix(config_name, file_na
 
 def test_import_torch_file_restores_exactly_and_samples(tmp_path):
   torch = pytest.importorskip('torch')
-  import sample  # pylint: disable=import-outside-toplevel
+  from jobs import sample  # pylint: disable=import-outside-toplevel
   config = tiny_config('legacy', True, 10, SMALL)
   state = random_state_dict(tiny_layout(True, 10, SMALL), seed=2)
   torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp_path / 'adm_tiny.pt')

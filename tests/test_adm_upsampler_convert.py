@@ -9,24 +9,25 @@ sr_create_model state dicts (README flags, torch 2.13, meta device).
 import numpy as np
 import pytest
 
-import import_weights
+from jobs import import_weights
 from configs.adm_imagenet import get_config as adm_config
-from configs.adm_upsampler import ARCHITECTURES, PARAMS, get_config
-from configs.common import validate_config
+from configs.adm_upsampler import PARAMS, get_config
+from configs.validate import validate_config
 from models import build_model
 from models.adm_convert import params_from_state_dict
 from tests.test_adm_convert import (TINY, TOLERANCE, adm_layout, diffusers_state_dict, diffusers_unet, layout_digest,
                                     random_state_dict, released_layout, zeros_state_dict)
-from train_state import abstract_params, count_params
+from models.adm_variants import UPSAMPLERS
+from models.shapes import abstract_params
+from training.state import count_params
 
 # (key count, parameter count, sha256 of the sorted [key, shape] list as JSON, first 16 hex digits)
-RELEASED_LAYOUTS = {'64_256': (567, 311_795_910, '2fb59427623d9c4c'),
-                    '128_512': (537, 308_835_270, '2359f741d690e76d')}
+RELEASED_LAYOUTS = {'64_256': (567, 311_795_910, '2fb59427623d9c4c'), '128_512': (537, 308_835_270, '2359f741d690e76d')}
 LOW = 4  # TINY's 16x16 images upsampled from 4x4
 
 
 def upsampler_layout(name):
-  arch = ARCHITECTURES[name]
+  arch = UPSAMPLERS[name]
   return adm_layout(arch['image_size'], 192, (1, 1, 2, 2, 4, 4), 2, arch['attn_resolutions'], 1000, in_channels=6)
 
 
@@ -47,11 +48,13 @@ def test_matches_the_reference_with_the_upsampled_input(updown):
   diffusers = pytest.importorskip('diffusers')
   from tests.test_vae_parity import relative_error  # pylint: disable=import-outside-toplevel
   t = TINY
-  state = random_state_dict(adm_layout(t['size'], t['channels'], t['mult'], t['blocks'], t['attention'],
-                                       t['classes'], updown=updown, in_channels=6), seed=0)
+  state = random_state_dict(
+      adm_layout(t['size'], t['channels'], t['mult'], t['blocks'], t['attention'], t['classes'], updown=updown,
+                 in_channels=6), seed=0)
   reference = diffusers_unet(diffusers, updown, t['classes'], in_channels=6)
-  reference.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v))
-                             for k, v in diffusers_state_dict(state, True, updown).items()}, strict=True)
+  reference.load_state_dict(
+      {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in diffusers_state_dict(state, True, updown).items()},
+      strict=True)
   params = params_from_state_dict(state, tiny_config(updown))
 
   rng = np.random.default_rng(1)
@@ -63,8 +66,9 @@ def test_matches_the_reference_with_the_upsampled_input(updown):
     expected = reference(torch.cat([torch.from_numpy(x), upsampled], 1), torch.from_numpy(timesteps),
                          class_labels=torch.from_numpy(labels)).sample.numpy()
   apply = build_model(tiny_config(updown)).apply
-  run = lambda low: np.asarray(apply({'params': params}, x.transpose(0, 2, 3, 1), timesteps.astype(np.float32),
-                                     y=labels, low_res=low.transpose(0, 2, 3, 1))).transpose(0, 3, 1, 2)
+  run = lambda low: np.asarray(
+      apply({'params': params}, x.transpose(0, 2, 3, 1), timesteps.astype(np.float32), y=labels, low_res=low.transpose(
+          0, 2, 3, 1))).transpose(0, 3, 1, 2)
   error = relative_error(run(low_res), expected)
   print(f'relative error against the SuperResModel forward (updown={updown}): {error:.2e}')
   assert error < TOLERANCE

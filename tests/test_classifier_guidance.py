@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs.common import validate_config
+from configs.validate import validate_config
 from configs.digits_classifier import get_config as digits_classifier_config
 from diffusion.classifier_guidance import classifier_loss, log_prob_gradient
 from diffusion.samplers import ddim_sample, ddpm_sample, run_sampler
@@ -29,21 +29,21 @@ S = 0.3
 
 def _alpha_bar(t):
   sigma = sigma_at_timestep(ALPHAS_CUMPROD, t)  # exact at integer t, log-sigma interpolated between
-  return (1 / (1 + sigma ** 2))[:, None]
+  return (1 / (1 + sigma**2))[:, None]
 
 
 def exact_classifier(x, t):
   """log p(x_t | y) + const for y = 0, 1: the logits of the exact p(y | x_t)."""
   a = _alpha_bar(t)
-  v = a * S ** 2 + 1 - a
+  v = a * S**2 + 1 - a
   flat = x.reshape(x.shape[0], 2)
-  return jnp.stack([-jnp.sum((flat - jnp.sqrt(a) * m) ** 2, -1) / (2 * v[:, 0]) for m in MEANS], axis=-1)
+  return jnp.stack([-jnp.sum((flat - jnp.sqrt(a) * m)**2, -1) / (2 * v[:, 0]) for m in MEANS], axis=-1)
 
 
 def exact_eps(x, t):
   """-sqrt(1 - a) d log p(x_t) / d x_t of the two-class mixture."""
   a = _alpha_bar(t)
-  v = a * S ** 2 + 1 - a
+  v = a * S**2 + 1 - a
   flat = x.reshape(x.shape[0], 2)
   w = jax.nn.softmax(exact_classifier(x, t), axis=-1)
   score = -sum(w[:, i:i + 1] * (flat - jnp.sqrt(a) * MEANS[i]) for i in range(2)) / v
@@ -55,7 +55,8 @@ def exact_conditional_eps(label):
   def eps(x, t):
     a = _alpha_bar(t)
     flat = x.reshape(x.shape[0], 2)
-    return (jnp.sqrt(1 - a) * (flat - jnp.sqrt(a) * MEANS[label]) / (a * S ** 2 + 1 - a)).reshape(x.shape)
+    return (jnp.sqrt(1 - a) * (flat - jnp.sqrt(a) * MEANS[label]) / (a * S**2 + 1 - a)).reshape(x.shape)
+
   return eps
 
 
@@ -70,8 +71,9 @@ def draw(sampler, label, scale, n=2000, seed=0, num_steps=25, guide=True):
     out = ddpm_sample(eps, noise, ALPHAS_CUMPROD, timestep_spacing(1000, num_steps, 'linspace'), 'eps', rng=rng,
                       clip_denoised=False, classifier_gradient=gradient)
   else:
-    c = ml_collections.ConfigDict(dict(sampler=sampler, num_steps=num_steps, spacing='linspace', eta=0.0,
-                                       clip_denoised=False, karras_rho=7.0, karras_sigma_max=0.0))
+    c = ml_collections.ConfigDict(
+        dict(sampler=sampler, num_steps=num_steps, spacing='linspace', eta=0.0, clip_denoised=False, karras_rho=7.0,
+             karras_sigma_max=0.0))
     out = run_sampler(c, 'eps', ALPHAS_CUMPROD, eps, noise, rng, classifier_gradient=gradient)
   return np.asarray(out).reshape(n, 2)
 
@@ -97,7 +99,7 @@ def test_scale_1_with_exact_models_samples_the_class_conditional(sampler, num_st
 
 
 def test_scale_0_samples_the_mixture_and_larger_scales_stay_in_the_class():
-  nearest = lambda x: np.argmin(((x[:, None] - np.asarray(MEANS)[None]) ** 2).sum(-1), axis=1)
+  nearest = lambda x: np.argmin(((x[:, None] - np.asarray(MEANS)[None])**2).sum(-1), axis=1)
   unguided = nearest(draw('ddim', 0, 0.0, num_steps=100))
   assert 0.45 < unguided.mean() < 0.55  # the two modes, equally likely
   sharp = draw('ddim', 1, 4.0, num_steps=100)
@@ -114,9 +116,9 @@ def test_guidance_steps_are_guided_diffusions():
   a = ALPHAS_CUMPROD[600]
 
   eps_guided = exact_eps(x, at(600)) - np.sqrt(1 - a) * g(x, at(600))
-  np.testing.assert_allclose(ddim_sample(exact_eps, x, ALPHAS_CUMPROD, np.array([600], np.int32), 'eps',
-                                         clip_denoised=False, classifier_gradient=g),
-                             (x - np.sqrt(1 - a) * eps_guided) / np.sqrt(a), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      ddim_sample(exact_eps, x, ALPHAS_CUMPROD, np.array([600], np.int32), 'eps', clip_denoised=False,
+                  classifier_gradient=g), (x - np.sqrt(1 - a) * eps_guided) / np.sqrt(a), rtol=1e-5, atol=1e-6)
 
   def ddpm_step(x, t, t_prev, noise_index, guided):
     a_t, a_p = ALPHAS_CUMPROD[t], ALPHAS_CUMPROD[t_prev] if t_prev >= 0 else 1.0
@@ -143,8 +145,8 @@ def test_ddpm_with_learned_variances_shifts_by_the_learned_variance():
   learned = lambda x, t: jnp.concatenate([exact_eps(x, t), jnp.ones_like(x)], axis=-1)
   g = lambda x, t: 0.3 * x + 0.1
   c = ml_collections.ConfigDict(dict(sampler='ddpm', num_steps=1, spacing='trailing', clip_denoised=False))
-  run = lambda gradient: run_sampler(c, 'eps', ALPHAS_CUMPROD[:301], learned, x, jax.random.PRNGKey(0),
-                                     learn_sigma=True, classifier_gradient=gradient)
+  run = lambda gradient: run_sampler(c, 'eps', ALPHAS_CUMPROD[:301], learned, x, jax.random.PRNGKey(0), learn_sigma=
+                                     True, classifier_gradient=gradient)
   np.testing.assert_allclose(run(g) - run(None), (1 - ALPHAS_CUMPROD[300]) * g(x, None), rtol=1e-4, atol=1e-6)
 
 
@@ -157,7 +159,7 @@ def test_classifier_loss_is_cross_entropy():
 
 
 def test_linear_decay_of_the_learning_rate():
-  from train_state import learning_rate_schedule
+  from training.state import learning_rate_schedule
   c = digits_classifier_config().optim  # warmup 100, decay to 0 at step 2000
   lr = learning_rate_schedule(c)
   np.testing.assert_allclose([lr(s) for s in (0, 50, 100, 1000, 2000, 2500)],
@@ -165,6 +167,7 @@ def test_linear_decay_of_the_learning_rate():
 
 
 # --- the noisy classifier, trained here and guiding a sampler through config.sample.classifier_workdir ---
+
 
 def classifier_config():
   c = digits_classifier_config()
@@ -176,7 +179,7 @@ def classifier_config():
 
 @pytest.fixture(scope='module')
 def trained_classifier(tmp_path_factory):
-  from train import train_and_evaluate
+  from jobs.train import train_and_evaluate
   workdir = str(tmp_path_factory.mktemp('classifier'))
   train_and_evaluate(classifier_config(), workdir)
   return workdir
@@ -185,7 +188,7 @@ def trained_classifier(tmp_path_factory):
 def noisy_digit_accuracy(workdir, t_max):
   """Top-1 accuracy of the classifier's EMA params on 600 digits noised at uniform t in [0, t_max)."""
   from input_pipeline import create_source
-  from train import restore_for_inference
+  from jobs.restore import restore_for_inference
   c = classifier_config()
   model, params, _, _ = restore_for_inference(c, workdir)
   source = create_source(c.data)
@@ -209,10 +212,11 @@ def test_noisy_classifier_trains_on_noised_digits(trained_classifier):
 def test_sample_job_is_guided_towards_the_labels_it_writes(trained_classifier, tmp_path):
   """An untrained unconditional U-Net guided by the digit classifier: the classifier (at t = 0) must then find the
   labels written beside the samples in most of them; unguided, about one in ten."""
-  from sample import run_sample_job
-  from train import restore_for_inference, train_and_evaluate
-  c = tiny_unet_config(data__num_classes=0, sample__guidance_scale=1.0, sample__num_samples=40,
-                       sample__batch_size=40, sample__num_steps=10, train__num_steps=2)
+  from jobs.sample import run_sample_job
+  from jobs.restore import restore_for_inference
+  from jobs.train import train_and_evaluate
+  c = tiny_unet_config(data__num_classes=0, sample__guidance_scale=1.0, sample__num_samples=40, sample__batch_size=40,
+                       sample__num_steps=10, train__num_steps=2)
   validate_config(c)
   train_and_evaluate(c, str(tmp_path))
   model, params, _, _ = restore_for_inference(classifier_config(), trained_classifier)
@@ -229,7 +233,7 @@ def test_sample_job_is_guided_towards_the_labels_it_writes(trained_classifier, t
 
 
 def test_a_classifier_that_does_not_fit_is_refused(trained_classifier, tmp_path):
-  from sample import load_classifier
+  from jobs.guided import load_classifier
   c = tiny_unet_config(sample__classifier_workdir=str(tmp_path))
   with pytest.raises(FileNotFoundError, match='no config.json there'):
     load_classifier(c)
@@ -261,7 +265,8 @@ def test_classifier_configs_are_checked():
   c.diffusion.objective, c.sample.sampler = 'flow', 'euler'
   with pytest.raises(ValueError, match="objective 'flow' has no such form"):
     validate_config(c)
-  import edit
-  c = tiny_unet_config(sample__classifier_workdir='runs/x')
-  with pytest.raises(ValueError, match='--mode=edit does not apply classifier guidance'):
-    edit.check_edit_settings(c, 0.5, inpainting=False)
+  from jobs import edit
+  c = validate_config(tiny_unet_config(data__num_classes=0, sample__guidance_scale=1.0,
+                                       sample__classifier_workdir='runs/x'))
+  with pytest.raises(ValueError, match='steers each image towards a class: give it with --labels'):
+    edit.edit_conditions(c, 2, classifier_classes=10)  # editing is classifier-guided as sampling is

@@ -11,7 +11,7 @@ transformers = pytest.importorskip('transformers')
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from evaluation import clip_convert  # pylint: disable=g-import-not-at-top,wrong-import-position
+from models import clip_convert  # pylint: disable=g-import-not-at-top,wrong-import-position
 from evaluation.clip_score import clip_score_per_pair, preprocess_image  # pylint: disable=wrong-import-position
 from models.clip import CLIPModel, CLIPTextTransformer  # pylint: disable=wrong-import-position
 
@@ -31,8 +31,7 @@ def hf_model():
                        num_attention_heads=4, max_position_embeddings=LENGTH, bos_token_id=97, eos_token_id=EOS,
                        pad_token_id=0),
       vision_config=dict(image_size=32, patch_size=8, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=3),
-      projection_dim=24)
+                         num_attention_heads=3), projection_dim=24)
   model = transformers.CLIPModel(config).eval()
   with torch.no_grad():  # random init leaves norms at 1/0: perturb them so every tensor matters
     for name, p in model.named_parameters():
@@ -79,8 +78,12 @@ def test_embeddings_and_score_match_transformers(hf_model):
 
 def test_text_tower_hidden_states_match_transformers(hf_model, tmp_path):
   text_model = transformers.CLIPTextModel(hf_model.config.text_config).eval()
-  text_model.load_state_dict({k.removeprefix('text_model.'): v for k, v in hf_model.state_dict().items()
-                              if k.startswith('text_model.') and not k.endswith('position_ids')}, strict=False)
+  text_model.load_state_dict(
+      {
+          k.removeprefix('text_model.'): v
+          for k, v in hf_model.state_dict().items()
+          if k.startswith('text_model.') and not k.endswith('position_ids')
+      }, strict=False)
   text_model.save_pretrained(tmp_path)  # transformers 5 writes keys without the `text_model.` prefix
   clip_convert.convert_file(str(tmp_path), str(tmp_path / 'text.msgpack'), text_only=True)
   config, params = clip_convert.load_converted(str(tmp_path / 'text.msgpack'))
@@ -111,15 +114,17 @@ def test_preprocessing_matches_clip_image_processor():
     assert np.abs(ours - ref).max() < 1e-5
 
 
-SENTENCES = ['a photo of a cat', "Hello,   World! It's 2024, café naïve 東京 ½ ² Ⅻ",
-             'an astronaut riding a horse on the moon, 4k, trending on artstation',
-             "A RED Sports-Car (1967) parked @ night; 'quoted' text... #hashtag :-) 🐱👍",
-             "don't won't they're we've i'm you'll he'd", ' '.join(['word'] * 100)]
+SENTENCES = [
+    'a photo of a cat', "Hello,   World! It's 2024, café naïve 東京 ½ ² Ⅻ",
+    'an astronaut riding a horse on the moon, 4k, trending on artstation',
+    "A RED Sports-Car (1967) parked @ night; 'quoted' text... #hashtag :-) 🐱👍",
+    "don't won't they're we've i'm you'll he'd", ' '.join(['word'] * 100)
+]
 
 
 def hf_tokenizer_ids(merges, texts, context_length):
   """transformers.CLIPTokenizer built from the same merges; its end-token padding turned into zeros."""
-  from evaluation.clip_tokenizer import build_vocab  # pylint: disable=g-import-not-at-top
+  from text.clip_bpe import build_vocab  # pylint: disable=g-import-not-at-top
   vocab = {token: i for i, token in enumerate(build_vocab(merges))}
   hf = transformers.CLIPTokenizer(vocab=vocab, merges=merges)
   rows = hf(texts, padding='max_length', max_length=context_length, truncation=True)['input_ids']
@@ -129,7 +134,7 @@ def hf_tokenizer_ids(merges, texts, context_length):
 
 def test_tokenizer_matches_transformers_on_a_tiny_vocabulary(tmp_path):
   import gzip  # pylint: disable=g-import-not-at-top
-  from evaluation.clip_tokenizer import CLIPTokenizer, read_bpe_merges  # pylint: disable=g-import-not-at-top
+  from text.clip_bpe import CLIPTokenizer, read_bpe_merges  # pylint: disable=g-import-not-at-top
   path = tmp_path / 'tiny.txt.gz'
   with gzip.open(path, 'wt', encoding='utf-8') as f:
     f.write('#version: 0.2\nh e\nl l\nhe ll\nhell o</w>\nw o\nr d</w>\nwo rd</w>\nc a\nca t</w>\no f</w>\nt h\n')
@@ -143,7 +148,7 @@ REAL_VOCAB = os.environ.get('CLIP_BPE_VOCAB', '/tmp/bpe_simple_vocab_16e6.txt.gz
 
 @pytest.mark.skipif(not os.path.isfile(REAL_VOCAB), reason='set CLIP_BPE_VOCAB to bpe_simple_vocab_16e6.txt.gz')
 def test_tokenizer_matches_transformers_on_the_real_vocabulary():
-  from evaluation.clip_tokenizer import CLIPTokenizer, read_bpe_merges  # pylint: disable=g-import-not-at-top
+  from text.clip_bpe import CLIPTokenizer, read_bpe_merges  # pylint: disable=g-import-not-at-top
   merges = read_bpe_merges(REAL_VOCAB)
   ours = CLIPTokenizer(merges).tokenize(SENTENCES)
   np.testing.assert_array_equal(ours, hf_tokenizer_ids(merges, SENTENCES, 77))

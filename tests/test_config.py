@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from configs.common import validate_config
+from configs.validate import validate_config
 from configs.dit import dit_config
 from configs.quickstart import get_config as quickstart_config
 from configs.unet_cifar10 import get_config as unet_cifar10_config
@@ -14,10 +14,16 @@ from configs.unet_cifar10 import get_config as unet_cifar10_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_main(*args, **kwargs):
+def run_main(*args, without=(), **kwargs):
+  """python main.py args; `without`: modules made unimportable first (as if not installed)."""
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  return subprocess.run([sys.executable, 'main.py', *args], cwd=ROOT, capture_output=True, text=True, env=env,
-                        timeout=300, **kwargs)
+  command = [sys.executable, 'main.py', *args]
+  if without:
+    command[1:2] = [
+        '-c', f'import runpy, sys; sys.modules.update(dict.fromkeys({list(without)!r})); '
+        "sys.argv[0] = 'main.py'; runpy.run_path('main.py', run_name='__main__')"
+    ]
+  return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300, **kwargs)
 
 
 @pytest.mark.parametrize('variant', ['S', 'B', 'L', 'XL'])
@@ -48,9 +54,9 @@ def test_other_configs_validate():
     ('sample.guidance_channels', 2, 'config.sample.guidance_channels=2 must be in [0, data.channels=1]'),
     ('sample.eta', 1.5, 'config.sample.eta=1.5 must be in [0, 1]'),
     ('sample.num_steps', 1001, "config.sample.num_steps=1001: sampler 'ddim' with spacing 'leading' takes at most "
-                               '1000 steps of the config.diffusion.num_timesteps=1000 timesteps'),
+     '1000 steps of the config.diffusion.num_timesteps=1000 timesteps'),
     ('data.image_size', 9, 'config.data.image_size=9 is not a multiple of 2: config.model.channel_mult=(1, 2) '
-                           'halves the image 1 times'),
+     'halves the image 1 times'),
 ])
 def test_invalid_values_are_named(path, value, message):
   c = quickstart_config()
@@ -99,6 +105,24 @@ def test_main_rejects_unknown_field_and_bad_value(tmp_path):
   assert not os.path.exists(tmp_path / 'w')  # nothing written
 
 
+@pytest.mark.parametrize('args, line', [
+    (['--config=configs/nope.py'], "--config=configs/nope.py: there is no file 'configs/nope.py'"),
+    (['--config=configs/nope.py:B', '--config.train.batch_size=3'
+     ], "--config=configs/nope.py:B: there is no file 'configs/nope.py'"),
+    (['--config=configs/quickstart.py', '--config.train.bach_size=3'
+     ], '--config.train.bach_size=3: config.train has no field \'bach_size\'; did you mean "batch_size"?'),
+    (['--config=configs/quickstart.py', '--config.trian.batch_size=3'
+     ], '--config.trian.batch_size=3: config has no field \'trian\'; did you mean "train"?'),
+    (['--config=configs/quickstart.py', '--config.model.remat=True'
+     ], '--config.model.remat=True: config.model.remat is set from config.train.remat; set that instead'),
+])
+def test_main_names_a_missing_config_file_or_unknown_field_in_one_line(tmp_path, args, line):
+  result = run_main(*args, f'--workdir={tmp_path}/w')
+  assert result.returncode != 0
+  assert result.stderr.splitlines() == [f'error: {line}']
+  assert not os.path.exists(tmp_path / 'w')
+
+
 def test_main_names_a_missing_image_folder(tmp_path):
   result = run_main('--config=configs/quickstart.py', f'--workdir={tmp_path}/w', '--config.data.source=image_folder',
                     f'--config.data.path={tmp_path}/nowhere')
@@ -109,7 +133,7 @@ def test_main_names_a_missing_image_folder(tmp_path):
 
 @pytest.mark.parametrize('fields, message', [
     ({'every_step': 5}, r"config\.evals\.digits has unknown fields \['every_step'\]; 'digits' takes every_steps, "
-                        r'num_samples, seed'),
+     r'num_samples, seed'),
     ({'num_samples': 0}, r'config\.evals\.digits: every_steps must be >= 0 and num_samples > 0'),
 ])
 def test_evaluator_fields_are_checked(fields, message):
@@ -122,12 +146,12 @@ def test_evaluator_fields_are_checked(fields, message):
 def test_inception_evaluator_fields_are_checked():
   import ml_collections  # pylint: disable=import-outside-toplevel
   c = quickstart_config()
-  c.evals.inception = ml_collections.ConfigDict({'inception_weights': 'w.msgpack', 'reference_npz': 'r.npz',
-                                                 'preprocessing': 'tensorflow'})
+  c.evals.inception = ml_collections.ConfigDict(
+      {'inception_weights': 'w.msgpack', 'reference_npz': 'r.npz', 'preprocessing': 'tensorflow'})
   validate_config(c)
   c.evals.inception.preprocessing = 'tf'
   with pytest.raises(ValueError, match=r"config\.evals\.inception\.preprocessing='tf': choose one of pytorch_fid, "
-                                       r'tensorflow'):
+                     r'tensorflow'):
     validate_config(c)
   del c.evals.inception['preprocessing']
   c.evals.inception.refrence_npz = 'r.npz'
@@ -139,11 +163,11 @@ def test_a_config_json_written_before_newer_fields_loads_with_their_defaults(tmp
   """A classifier workdir trained by an older version lacks fields added since (here three); guided sampling reads
   its config.json over the current defaults."""
   import json  # pylint: disable=import-outside-toplevel
-  from configs.common import config_from_json  # pylint: disable=import-outside-toplevel
+  from configs.validate import config_from_json  # pylint: disable=import-outside-toplevel
   from configs.digits_classifier import get_config  # pylint: disable=import-outside-toplevel
   stored = json.loads(validate_config(get_config()).to_json())
-  for section, field in (('diffusion', 'loss_weighting'), ('diffusion', 'min_snr_gamma'),
-                         ('sample', 'low_res_samples')):
+  for section, field in (('diffusion', 'loss_weighting'), ('diffusion', 'min_snr_gamma'), ('sample',
+                                                                                           'low_res_samples')):
     del stored[section][field]
   stored['data']['image_size'] = 16
   (tmp_path / 'config.json').write_text(json.dumps(stored))

@@ -14,17 +14,18 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-import sharding as sharding_lib
-import train
+from training import sharding as sharding_lib
+from jobs import train
+from training import step as training_step
 from benchmarks.cuda_probe import pretend_h100_cudnn
-from configs.common import validate_config
+from configs.validate import validate_config
 from configs.dit import dit_config
 from diffusion.guidance import classifier_free_guidance
 from models import build_model, layers
 from models.conditioning import dummy_condition, null_condition
 from tests.test_text_conditioning import tiny_text_config
 from tests.tiny import tiny_unet_config
-from train_state import create_optimizer, state_shardings
+from training.state import create_optimizer, state_shardings
 
 FORWARD, BACKWARD = '__cudnn$fmhaSoftmax', '__cudnn$fmhaSoftmaxBackward'
 
@@ -55,10 +56,12 @@ def lowered_train_step(c):
   # call that XLA's partitioner expands per device, so the kernel is not visible by name before compilation
   mesh = sharding_lib.create_mesh(c.mesh, jax.devices()[:1])
   abstract_state, shardings = state_shardings(c, model, tx, mesh)
-  step = train.make_train_step(c, model, tx, mesh, shardings)
+  step = training_step.make_train_step(c, model, tx, mesh, shardings)
   b, size = c.train.batch_size, c.data.image_size
-  batch = {'image': jax.ShapeDtypeStruct((b, size, size, c.data.channels), jnp.float16),
-           'label': jax.ShapeDtypeStruct((b,), jnp.int32)}
+  batch = {
+      'image': jax.ShapeDtypeStruct((b, size, size, c.data.channels), jnp.float16), 'label': jax.ShapeDtypeStruct(
+          (b,), jnp.int32)
+  }
   if c.data.captions:
     batch = {'image': batch['image'], 'tokens': jax.ShapeDtypeStruct((b, c.data.max_tokens), jnp.int32)}
   return custom_calls(step, abstract_state, batch)
@@ -75,13 +78,14 @@ def test_guided_forward_runs_cudnn_flash_attention():
   c = tiny_dit()
   model = build_model(c)
   cond = dummy_condition(c, 4)
-  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((4, 8, 8, 4)), jnp.zeros((4,)),
-                                             **cond)['params'])
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((4, 8, 8, 4)), jnp.zeros(
+      (4,)), **cond)['params'])
 
   @jax.jit
   def guided(params, x, t):
     apply = lambda x, t, cond: model.apply({'params': params}, x, t, **cond)
-    return classifier_free_guidance(apply, cond, null_condition(cond, c), 1.5)(x, t)
+    return classifier_free_guidance(apply, cond, null_condition(cond, c.data.num_classes), 1.5)(x, t)
+
   calls = custom_calls(guided, params, jax.ShapeDtypeStruct((4, 8, 8, 4), jnp.float32),
                        jax.ShapeDtypeStruct((4,), jnp.float32))
   assert calls[FORWARD] == 3 and calls[BACKWARD] == 0, calls  # one batched pass of 2x the images

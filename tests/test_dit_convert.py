@@ -11,14 +11,15 @@ import jax
 import numpy as np
 import pytest
 
-import import_weights
-from configs.common import validate_config
+from jobs import import_weights
+from configs.validate import validate_config
 from configs.dit import dit_config
 from models import build_model
 from models.dit import sincos_pos_embed_2d
 from models.dit_convert import params_from_state_dict
-from train import restore_for_inference
-from train_state import count_params, dummy_inputs
+from jobs.restore import restore_for_inference
+from models.shapes import abstract_params
+from training.state import count_params
 
 TINY = {'depth': 2, 'hidden': 96, 'heads': 4, 'patch': 2, 'channels': 4, 'classes': 10, 'size': 8}
 XL2_PARAMS = 674_834_720  # ours; DiT's train.py counts its pos_embed buffer too: 675,129,632 at 256x256
@@ -28,17 +29,19 @@ TOLERANCE = 1e-5
 def original_layout(depth, hidden, patch, channels, classes, grid, learn_sigma=True, mlp_ratio=4):
   """{key: shape} of a facebookresearch/DiT state dict (models.py with timm's PatchEmbed, Attention and Mlp)."""
   out = patch * patch * channels * (2 if learn_sigma else 1)
-  shapes = {'x_embedder.proj.weight': (hidden, channels, patch, patch), 'x_embedder.proj.bias': (hidden,),
-            'pos_embed': (1, grid * grid, hidden),
-            't_embedder.mlp.0.weight': (hidden, 256), 't_embedder.mlp.0.bias': (hidden,),
-            't_embedder.mlp.2.weight': (hidden, hidden), 't_embedder.mlp.2.bias': (hidden,),
-            'y_embedder.embedding_table.weight': (classes + 1, hidden),
-            'final_layer.adaLN_modulation.1.weight': (2 * hidden, hidden),
-            'final_layer.adaLN_modulation.1.bias': (2 * hidden,),
-            'final_layer.linear.weight': (out, hidden), 'final_layer.linear.bias': (out,)}
+  shapes = {
+      'x_embedder.proj.weight': (hidden, channels, patch, patch), 'x_embedder.proj.bias': (hidden,), 'pos_embed':
+          (1, grid * grid, hidden), 't_embedder.mlp.0.weight': (hidden, 256), 't_embedder.mlp.0.bias': (hidden,),
+      't_embedder.mlp.2.weight': (hidden, hidden), 't_embedder.mlp.2.bias': (hidden,),
+      'y_embedder.embedding_table.weight': (classes + 1, hidden), 'final_layer.adaLN_modulation.1.weight':
+          (2 * hidden, hidden), 'final_layer.adaLN_modulation.1.bias': (2 * hidden,), 'final_layer.linear.weight':
+              (out, hidden), 'final_layer.linear.bias': (out,)
+  }
   mlp = mlp_ratio * hidden
-  layers = {'adaLN_modulation.1': (6 * hidden, hidden), 'attn.qkv': (3 * hidden, hidden),
-            'attn.proj': (hidden, hidden), 'mlp.fc1': (mlp, hidden), 'mlp.fc2': (hidden, mlp)}
+  layers = {
+      'adaLN_modulation.1': (6 * hidden, hidden), 'attn.qkv': (3 * hidden, hidden), 'attn.proj': (hidden, hidden),
+      'mlp.fc1': (mlp, hidden), 'mlp.fc2': (hidden, mlp)
+  }
   for i in range(depth):
     for name, (n_out, n_in) in layers.items():
       shapes[f'blocks.{i}.{name}.weight'] = (n_out, n_in)
@@ -80,11 +83,6 @@ def tiny_dit_config():
   return validate_config(c)
 
 
-def abstract_params(config):
-  x, t, cond = dummy_inputs(config)
-  return jax.eval_shape(build_model(config).init, jax.random.PRNGKey(0), x, t, **cond)['params']
-
-
 def diffusers_state_dict(state, depth):
   """The key mapping of diffusers' scripts/convert_dit_to_diffusers.py: each block gets its own copy of the shared
   timestep and class embedders, qkv is split into to_q, to_k, to_v; pos_embed is left out (diffusers computes it)."""
@@ -122,8 +120,9 @@ def test_matches_diffusers_dit():
     block.norm1.emb.time_proj.downscale_freq_shift = 0
   state = random_state_dict(tiny_layout(), seed=0)
   state['pos_embed'] = reference.pos_embed.pos_embed.numpy()  # diffusers' own sin-cos table: our order must match
-  reference.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v))
-                             for k, v in diffusers_state_dict(state, t['depth']).items()}, strict=True)
+  reference.load_state_dict(
+      {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in diffusers_state_dict(state, t['depth']).items()},
+      strict=True)
   config = tiny_dit_config()
   params = params_from_state_dict(state, config)
 
@@ -134,14 +133,16 @@ def test_matches_diffusers_dit():
   with torch.no_grad():
     expected = reference(torch.from_numpy(x), timestep=torch.from_numpy(timesteps),
                          class_labels=torch.from_numpy(labels)).sample.numpy()
-  got = jax.jit(build_model(config).apply)({'params': params}, x.transpose(0, 2, 3, 1),
-                                           timesteps.astype(np.float32), labels)
+  got = jax.jit(build_model(config).apply)({'params': params}, x.transpose(0, 2, 3, 1), timesteps.astype(np.float32),
+                                           labels)
   got = np.asarray(got).transpose(0, 3, 1, 2)
   assert got.shape == expected.shape == (6, 2 * t['channels'], t['size'], t['size'])  # learned sigma: 2C out
   assert np.abs(expected).max() > 0.1 and np.abs(expected[:, t['channels']:]).max() > 0.1  # not degenerate
-  errors = {'all': relative_error(got, expected),
-            'prediction': relative_error(got[:, :t['channels']], expected[:, :t['channels']]),
-            'variance values': relative_error(got[:, t['channels']:], expected[:, t['channels']:])}
+  errors = {
+      'all': relative_error(got, expected), 'prediction': relative_error(got[:, :t['channels']],
+                                                                         expected[:, :t['channels']]),
+      'variance values': relative_error(got[:, t['channels']:], expected[:, t['channels']:])
+  }
   print(f'relative errors against diffusers DiTTransformer2DModel: {errors}')
   assert max(errors.values()) < TOLERANCE, errors
 
@@ -152,9 +153,9 @@ def test_full_size_xl2_converts_to_the_model_tree(image_size):
   config.data.image_size = image_size
   layout = original_layout(28, 1152, 2, 4, 1000, image_size // 2)
   params = params_from_state_dict(zeros_state_dict(layout), config)
-  assert import_weights.params_mismatch(params, abstract_params(config)) == ''
+  assert import_weights.params_mismatch(params, abstract_params(config, build_model(config))) == ''
   assert count_params(params) == XL2_PARAMS
-  assert sum(np.prod(s) for s in layout.values()) == XL2_PARAMS + (image_size // 2) ** 2 * 1152  # + pos_embed
+  assert sum(np.prod(s) for s in layout.values()) == XL2_PARAMS + (image_size // 2)**2 * 1152  # + pos_embed
 
 
 def _xl2_with(**changes):
@@ -191,7 +192,8 @@ def test_missing_key_wrong_pos_embed_and_head_count_are_refused():
   config, state = dit_config('XL', 2), _xl2_with()
   with pytest.raises(ValueError, match=r'missing keys: blocks\.27\.mlp\.fc2\.bias$'):
     params_from_state_dict(_without(state, 'blocks.27.mlp.fc2.bias'), config)
-  with pytest.raises(ValueError, match=r'pos_embed of the file differs from .*sincos_pos_embed_2d\(1152, 16\) by up to'):
+  with pytest.raises(ValueError,
+                     match=r'pos_embed of the file differs from .*sincos_pos_embed_2d\(1152, 16\) by up to'):
     params_from_state_dict(_grid_transposed(state), config)
   config.model.num_heads = 12
   with pytest.raises(ValueError, match='DiT-XL has 16 attention heads.*--config.model.num_heads=16'):
@@ -199,8 +201,10 @@ def test_missing_key_wrong_pos_embed_and_head_count_are_refused():
 
 
 def _files_under(directory):
-  return {os.path.join(root, name): os.stat(os.path.join(root, name)).st_mtime_ns
-          for root, _, names in os.walk(directory) for name in names}
+  return {
+      os.path.join(root, name): os.stat(os.path.join(root, name)).st_mtime_ns for root, _, names in os.walk(directory)
+      for name in names
+  }
 
 
 def assert_imported(config, workdir, expected):
@@ -243,7 +247,13 @@ def test_import_torch_file_and_training_checkpoint_ema(tmp_path):
   optimizer = torch.optim.AdamW([weight], lr=1e-4, weight_decay=0)
   weight.grad = torch.ones(3)
   optimizer.step()
-  torch.save({'model': as_torch(model), 'ema': as_torch(ema), 'opt': optimizer.state_dict(),  # DiT's train.py
-              'args': argparse.Namespace(model='DiT-S/2', image_size=64, num_classes=10)}, tmp_path / '0050000.pt')
+  torch.save(
+      {
+          'model': as_torch(model),
+          'ema': as_torch(ema),
+          'opt': optimizer.state_dict(),  # DiT's train.py
+          'args': argparse.Namespace(model='DiT-S/2', image_size=64, num_classes=10)
+      },
+      tmp_path / '0050000.pt')
   import_weights.run_import_job(config, str(tmp_path / 'trained'), str(tmp_path / '0050000.pt'))
   assert_imported(config, str(tmp_path / 'trained'), params_from_state_dict(ema, config))

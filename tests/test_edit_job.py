@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import edit
-import train
+from jobs import edit
+from jobs import train
 from tests.tiny import tiny_unet_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,14 +125,15 @@ def test_latent_keep_mask_keeps_only_whole_patches():
 
 def test_edit_mode_from_the_command_line(run):
   _, root = run
-  result = subprocess.run(
-      [sys.executable, 'main.py', '--mode=edit', '--config=tests/tiny_config.py', f'--workdir={root / "run"}',
-       f'--images={root / "images"}', f'--mask={root / "mask.png"}', '--labels=0,1,2', '--edit_name=cli'],
-      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  result = subprocess.run([
+      sys.executable, 'main.py', '--mode=edit', '--config=tests/tiny_config.py', f'--workdir={root / "run"}',
+      f'--images={root / "images"}', f'--mask={root / "mask.png"}', '--labels=0,1,2', '--edit_name=cli'
+  ], cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
   with np.load(root / 'run' / 'edits' / 'cli.npz') as out:
     np.testing.assert_array_equal(out['arr_1'], [0, 1, 2])
-  result = subprocess.run(
-      [sys.executable, 'main.py', '--mode=edit', '--config=tests/tiny_config.py', f'--workdir={root / "run"}',
-       f'--images={root / "images"}', '--strength=2'], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  result = subprocess.run([
+      sys.executable, 'main.py', '--mode=edit', '--config=tests/tiny_config.py', f'--workdir={root / "run"}',
+      f'--images={root / "images"}', '--strength=2'
+  ], cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode != 0 and '--strength=2.0 must be in [0, 1]' in result.stderr

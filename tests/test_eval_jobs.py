@@ -16,15 +16,19 @@ import numpy as np
 import pytest
 
 import evaluation
-import train
-from evaluation import frechet, inception_convert, inception_metrics, jobs
-from evaluation.clip_convert import save_converted
+from jobs import train
+from evaluation import frechet, inception_convert, inception_metrics
+from jobs import eval as eval_job
+from jobs import fid_stats
+from models.clip_convert import save_converted
 from evaluation.clip_score import preprocess_image
-from evaluation.clip_tokenizer import CLIPTokenizer
+from text.clip_bpe import CLIPTokenizer
 from evaluation.digits import digits_metrics
 from input_pipeline import create_source
 from models.clip import CLIP_CONFIGS, CLIPModel, init_clip_params
-from sample import run_sample_job, to_uint8, write_npz
+from input_pipeline.files import write_npz
+from input_pipeline.images import to_uint8
+from jobs.sample import run_sample_job
 from tests.tiny import tiny_unet_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,14 +52,15 @@ def eval_config(**fields):
 
 # --- the registry ------------------------------------------------------------------------------------------
 
+
 def test_fid_stats_of_a_folder_for_latents_encoded_elsewhere(tmp_path):
   """--images=<folder> with a latent config whose data.pixels.source is unset: the images come at pixels.image_size."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
   for i in range(3):
     Image.fromarray(np.full((40, 60, 3), 50 * i, np.uint8)).save(tmp_path / f'{i}.png')
-  config = ml_collections.ConfigDict({'data': {'source': 'latents', 'image_size': 4,
-                                               'pixels': {'source': '', 'image_size': 32}}})
-  chunks, total, _ = jobs.reference_image_chunks(config, str(tmp_path))
+  config = ml_collections.ConfigDict(
+      {'data': {'source': 'latents', 'image_size': 4, 'pixels': {'source': '', 'image_size': 32}}})
+  chunks, total, _ = fid_stats.reference_image_chunks(config, str(tmp_path))
   images = np.concatenate(list(chunks))
   assert total == 3 and images.shape == (3, 32, 32, 3) and images[:, 0, 0, 0].tolist() == [0, 50, 100]
 
@@ -68,11 +73,11 @@ def test_fid_stats_of_a_folder_reads_it_in_the_models_channels(tmp_path):
   for i, image in enumerate(colour):
     (tmp_path / 'c').mkdir(exist_ok=True)
     Image.fromarray(image).save(tmp_path / f'c/{i}.png')
-  data = ml_collections.ConfigDict({'source': 'image_folder', 'path': str(tmp_path), 'image_size': 12, 'channels': 1,
-                                    'num_classes': 0})
-  chunks, _, description = jobs.reference_image_chunks(ml_collections.ConfigDict({'data': data}), str(tmp_path))
+  data = ml_collections.ConfigDict(
+      {'source': 'image_folder', 'path': str(tmp_path), 'image_size': 12, 'channels': 1, 'num_classes': 0})
+  chunks, _, description = fid_stats.reference_image_chunks(ml_collections.ConfigDict({'data': data}), str(tmp_path))
   grey = np.concatenate(list(chunks))
-  trained = np.concatenate(list(jobs.dataset_image_chunks(data)[0]))
+  trained = np.concatenate(list(fid_stats.dataset_image_chunks(data)[0]))
   assert grey.shape == (2, 12, 12, 1) and '12x12x1' in description
   np.testing.assert_array_equal(grey, trained)
   np.testing.assert_array_equal(grey[..., 0], [np.asarray(Image.fromarray(c).convert('L')) for c in colour])
@@ -84,12 +89,13 @@ def test_fid_stats_of_a_captioned_dataset_reads_each_image_once(tmp_path):
   pytest.importorskip('array_record')
   from tests import tfds_datasets  # pylint: disable=import-outside-toplevel
   tfds_datasets.prepare_coco_captions(tmp_path)
-  data = ml_collections.ConfigDict({'source': 'tfds', 'name': 'coco_captions', 'split': 'train', 'image_size': 8,
-                                    'channels': 3, 'captions': True, 'num_classes': 0,
-                                    'tfds_data_dir': str(tmp_path)})
+  data = ml_collections.ConfigDict({
+      'source': 'tfds', 'name': 'coco_captions', 'split': 'train', 'image_size': 8, 'channels': 3, 'captions': True,
+      'num_classes': 0, 'tfds_data_dir': str(tmp_path)
+  })
   captioned = create_source(data, tokenize=False)
   assert len(captioned) == 20  # what training sees: 4 images x 5 captions
-  chunks, total, _ = jobs.dataset_image_chunks(data)
+  chunks, total, _ = fid_stats.dataset_image_chunks(data)
   images = np.concatenate(list(chunks))
   assert total == 4 and images.shape == (4, 8, 8, 3)
   np.testing.assert_array_equal(images, to_uint8(captioned.get(np.arange(0, 20, 5))['image']))
@@ -116,19 +122,20 @@ def test_running_feature_statistics_equal_numpy():
 
 
 def test_reference_images_of_a_latent_model_are_its_pixels():
-  data = ml_collections.ConfigDict({'source': 'latents', 'image_size': 32,
-                                    'pixels': {'source': 'digits', 'image_size': 256}})
-  assert jobs.pixel_data_config(data).image_size == 256
+  data = ml_collections.ConfigDict(
+      {'source': 'latents', 'image_size': 32, 'pixels': {'source': 'digits', 'image_size': 256}})
+  assert fid_stats.pixel_data_config(data).image_size == 256
   data.pixels.source = ''
   with pytest.raises(ValueError, match='holds VAE latents, not images'):
-    jobs.pixel_data_config(data)
-  assert jobs.reference_image_size(ml_collections.ConfigDict({'source': 'digits', 'image_size': 8})) == 8
-  assert jobs.subset_indices(5, 0).tolist() == [0, 1, 2, 3, 4] == jobs.subset_indices(5, 9).tolist()
-  chosen = jobs.subset_indices(1797, 8)
+    fid_stats.pixel_data_config(data)
+  assert fid_stats.reference_image_size(ml_collections.ConfigDict({'source': 'digits', 'image_size': 8})) == 8
+  assert fid_stats.subset_indices(5, 0).tolist() == [0, 1, 2, 3, 4] == fid_stats.subset_indices(5, 9).tolist()
+  chosen = fid_stats.subset_indices(1797, 8)
   assert len(set(chosen)) == 8 and list(chosen) == sorted(chosen) and chosen.max() > 100
 
 
 # --- training with evaluators ------------------------------------------------------------------------------
+
 
 class FailingEvaluator:
   calls = []
@@ -156,8 +163,9 @@ def trained_workdir(tmp_path_factory):
   with pytest.MonkeyPatch.context() as patch:
     patch.setitem(evaluation.EVALUATORS, 'failing', FailingEvaluator)
     FailingEvaluator.calls.clear()
-    train.train_and_evaluate(tiny_config(failing={'every_steps': 2, 'num_samples': 8},
-                                         digits={'every_steps': 2, 'num_samples': 16}), workdir)
+    train.train_and_evaluate(
+        tiny_config(failing={'every_steps': 2, 'num_samples': 8}, digits={'every_steps': 2, 'num_samples': 16}),
+        workdir)
   TRAINING_RECORDS[workdir] = read_jsonl(workdir)  # before the eval jobs of other tests append theirs
   return workdir
 
@@ -178,20 +186,20 @@ def test_failing_evaluator_does_not_stop_training(trained_workdir):
 def test_eval_of_fresh_samples_equals_eval_of_the_sample_job_npz(trained_workdir):
   config = tiny_config(digits={'num_samples': 999, 'every_steps': 0})  # eval mode ignores both fields
   npz = run_sample_job(config, trained_workdir)
-  from_npz = jobs.run_eval_job(config, trained_workdir, samples=npz)
-  fresh = jobs.run_eval_job(config, trained_workdir)
+  from_npz = eval_job.run_eval_job(config, trained_workdir, samples=npz)
+  fresh = eval_job.run_eval_job(config, trained_workdir)
   with np.load(npz) as data:
     expected = digits_metrics(data['arr_0'], data['arr_1'])
   assert from_npz['metrics'] == fresh['metrics'] == expected
-  assert (from_npz['name'], fresh['name'], fresh['checkpoint_step'], fresh['num_samples']) == (
-      'samples', 'step_00000004', 4, 16)
+  assert (from_npz['name'], fresh['name'], fresh['checkpoint_step'], fresh['num_samples']) == ('samples',
+                                                                                               'step_00000004', 4, 16)
   for name, step in (('samples', 0), ('step_00000004', 4)):
     with open(os.path.join(trained_workdir, 'eval', f'{name}.json')) as f:
       assert json.load(f)['metrics'] == expected
-    assert any(r['step'] == step and r.get('eval/digits_fd') == expected['digits_fd']
-               for r in read_jsonl(trained_workdir))
+    assert any(
+        r['step'] == step and r.get('eval/digits_fd') == expected['digits_fd'] for r in read_jsonl(trained_workdir))
   with pytest.raises(FileExistsError, match=r'eval/step_00000004\.json exists; pass --overwrite'):
-    jobs.run_eval_job(config, trained_workdir)
+    eval_job.run_eval_job(config, trained_workdir)
 
 
 def test_eval_of_real_digits_and_refusal_to_overwrite(tmp_path):
@@ -199,7 +207,7 @@ def test_eval_of_real_digits_and_refusal_to_overwrite(tmp_path):
   npz = str(tmp_path / 'real_digits.npz')
   write_npz(npz, images, labels)
   config = tiny_config(digits={})
-  record = jobs.run_eval_job(config, str(tmp_path), samples=npz)
+  record = eval_job.run_eval_job(config, str(tmp_path), samples=npz)
   with open(tmp_path / 'eval' / 'real_digits.json') as f:
     assert json.load(f) == record
   assert record['metrics']['digits_accuracy'] > 0.99  # the classifier was fitted to these very digits
@@ -209,18 +217,21 @@ def test_eval_of_real_digits_and_refusal_to_overwrite(tmp_path):
   assert record['num_samples'] == 1797 and record['image_shape'] == [8, 8, 1]
 
   # The command line refuses before building evaluators or reading samples (about 3 s: imports only).
-  command = [sys.executable, 'main.py', '--mode=eval', '--config=configs/quickstart.py',
-             f'--workdir={tmp_path}', f'--samples={npz}']
+  command = [
+      sys.executable, 'main.py', '--mode=eval', '--config=configs/quickstart.py', f'--workdir={tmp_path}',
+      f'--samples={npz}'
+  ]
   refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
   assert refused.returncode != 0 and 'real_digits.json exists; pass --overwrite' in refused.stderr
-  second = jobs.run_eval_job(config, str(tmp_path), samples=npz, overwrite=True)
+  second = eval_job.run_eval_job(config, str(tmp_path), samples=npz, overwrite=True)
   assert second['metrics'] == record['metrics']
   with pytest.raises(ValueError, match=r"needs the labels .*cond\['y'\]"):
     np.savez(tmp_path / 'unlabelled.npz', arr_0=images[:10])
-    jobs.run_eval_job(config, str(tmp_path), samples=str(tmp_path / 'unlabelled.npz'))
+    eval_job.run_eval_job(config, str(tmp_path), samples=str(tmp_path / 'unlabelled.npz'))
 
 
 # --- FID: reference statistics, then the evaluator -----------------------------------------------------------
+
 
 @pytest.fixture(scope='module')
 def inception_weights(tmp_path_factory):
@@ -232,13 +243,14 @@ def inception_weights(tmp_path_factory):
 
 def test_fid_stats_then_fid_of_the_same_digits_is_zero(tmp_path, inception_weights):
   reference = str(tmp_path / 'digits_ref.npz')
-  config = tiny_config(inception={'inception_weights': inception_weights, 'reference_npz': reference,
-                                  'batch_size': 8, 'k': 3, 'is_splits': 2})
-  _, mu, sigma = jobs.run_fid_stats_job(config, str(tmp_path), num_images=8, keep_images=True)
+  config = tiny_config(inception={
+      'inception_weights': inception_weights, 'reference_npz': reference, 'batch_size': 8, 'k': 3, 'is_splits': 2
+  })
+  _, mu, sigma = fid_stats.run_fid_stats_job(config, str(tmp_path), num_images=8, keep_images=True)
   with pytest.raises(FileExistsError, match='digits_ref.npz exists'):
-    jobs.run_fid_stats_job(config, str(tmp_path), num_images=8)
+    fid_stats.run_fid_stats_job(config, str(tmp_path), num_images=8)
   images, labels = digits_uint8()
-  chosen = jobs.subset_indices(len(images), 8)
+  chosen = fid_stats.subset_indices(len(images), 8)
   with np.load(reference) as data:
     assert set(data.files) == {'mu', 'sigma', 'mu_s', 'sigma_s', 'arr_0', 'preprocessing'}
     assert data['mu'].shape == (2048,) and str(data['preprocessing']) == 'pytorch_fid'
@@ -255,10 +267,10 @@ def test_fid_stats_then_fid_of_the_same_digits_is_zero(tmp_path, inception_weigh
 
   npz = str(tmp_path / 'same_digits.npz')
   write_npz(npz, images[chosen], labels[chosen])
-  metrics = jobs.run_eval_job(config, str(tmp_path), samples=npz)['metrics']
+  metrics = eval_job.run_eval_job(config, str(tmp_path), samples=npz)['metrics']
   other = inception_metrics.extract_features(evaluator.variables, images[(chosen + 1) % len(images)],
                                              batch_size=8).pool3
-  mean_term_of_other = float(np.sum((other.mean(0) - mu) ** 2))  # a lower bound of their FID
+  mean_term_of_other = float(np.sum((other.mean(0) - mu)**2))  # a lower bound of their FID
   # 8 images span 7 of 2048 dimensions: the ~2040 null eigenvalues leave rounding noise of about 2e-6 of
   # the trace (-0.0021 of 973 measured) where FID is exactly 0.
   print(f"FID {metrics['fid']:.3g}, trace {np.trace(sigma):.4g}, mean term of other digits {mean_term_of_other:.4g}")
@@ -270,6 +282,7 @@ def test_fid_stats_then_fid_of_the_same_digits_is_zero(tmp_path, inception_weigh
 
 # --- missing files fail at the start ---------------------------------------------------------------------
 
+
 def test_missing_weight_files_fail_when_the_run_starts(tmp_path, inception_weights):
   missing = str(tmp_path / 'no_such_inception.msgpack')
   config = tiny_config(inception={'inception_weights': missing, 'reference_npz': str(tmp_path / 'ref.npz')})
@@ -277,9 +290,9 @@ def test_missing_weight_files_fail_when_the_run_starts(tmp_path, inception_weigh
     train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not os.path.exists(tmp_path / 'run')  # nothing written, nothing trained
   with pytest.raises(FileNotFoundError, match=r'no_such_inception\.msgpack'):
-    jobs.run_eval_job(config, str(tmp_path / 'run'))  # before looking for checkpoints or sampling
+    eval_job.run_eval_job(config, str(tmp_path / 'run'))  # before looking for checkpoints or sampling
   with pytest.raises(FileNotFoundError, match=r'no_such_inception\.msgpack'):
-    jobs.run_fid_stats_job(config, str(tmp_path), output=str(tmp_path / 'out.npz'))
+    fid_stats.run_fid_stats_job(config, str(tmp_path), output=str(tmp_path / 'out.npz'))
 
   config.evals.inception.inception_weights = inception_weights
   with pytest.raises(FileNotFoundError, match=r'ref\.npz.*--mode=fid_stats'):
@@ -291,6 +304,7 @@ def test_missing_weight_files_fail_when_the_run_starts(tmp_path, inception_weigh
 
 
 # --- CLIP score --------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope='module')
 def tiny_clip_files(tmp_path_factory):
@@ -328,7 +342,7 @@ def test_clip_score_evaluator_equals_the_direct_computation(tmp_path, tiny_clip_
 
   npz = str(tmp_path / 'captioned.npz')  # an npz of text-conditional samples carries the captions
   np.savez(npz, arr_0=images, prompts=prompts)
-  record = jobs.run_eval_job(config, str(tmp_path), samples=npz)
+  record = eval_job.run_eval_job(config, str(tmp_path), samples=npz)
   assert record['metrics']['clip_score'] == pytest.approx(per_pair.mean(), abs=1e-4)
   with pytest.raises(ValueError, match=r"needs the caption of every sample in cond\['prompts'\]"):
     evaluator(images, {'y': np.zeros(6, np.int32)})

@@ -21,22 +21,21 @@ def _sqrtm_reference(mu1, sigma1, mu2, sigma2):
 def test_equal_covariances_give_squared_mean_distance():
   rng = np.random.default_rng(0)
   mu1, mu2, sigma = rng.standard_normal(16), rng.standard_normal(16), _random_psd(rng, 16)
-  np.testing.assert_allclose(frechet_distance(mu1, sigma, mu2, sigma),
-                             np.sum((mu1 - mu2) ** 2), rtol=1e-9, atol=1e-9)
+  np.testing.assert_allclose(frechet_distance(mu1, sigma, mu2, sigma), np.sum((mu1 - mu2)**2), rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize('a, b, dim', [(1.0, 2.0, 8), (0.5, 3.0, 64), (2.0, 2.0, 5)])
 def test_isotropic_covariances(a, b, dim):
   mu = np.zeros(dim)
-  fd = frechet_distance(mu, a ** 2 * np.eye(dim), mu, b ** 2 * np.eye(dim))
-  np.testing.assert_allclose(fd, dim * (a - b) ** 2, rtol=1e-12, atol=1e-12)
+  fd = frechet_distance(mu, a**2 * np.eye(dim), mu, b**2 * np.eye(dim))
+  np.testing.assert_allclose(fd, dim * (a - b)**2, rtol=1e-12, atol=1e-12)
 
 
 def test_isotropic_plus_mean_shift():
   dim = 10
   mu1, mu2 = np.zeros(dim), np.full(dim, 0.5)
   fd = frechet_distance(mu1, 4.0 * np.eye(dim), mu2, 1.0 * np.eye(dim))
-  np.testing.assert_allclose(fd, dim * 0.25 + dim * (2.0 - 1.0) ** 2, rtol=1e-12)
+  np.testing.assert_allclose(fd, dim * 0.25 + dim * (2.0 - 1.0)**2, rtol=1e-12)
 
 
 def test_feature_set_against_itself_is_zero():
@@ -57,8 +56,7 @@ def test_symmetric_in_its_arguments():
   rng = np.random.default_rng(3)
   s1, s2 = _random_psd(rng, 12), _random_psd(rng, 12)
   m1, m2 = rng.standard_normal(12), rng.standard_normal(12)
-  np.testing.assert_allclose(frechet_distance(m1, s1, m2, s2), frechet_distance(m2, s2, m1, s1),
-                             rtol=1e-9)
+  np.testing.assert_allclose(frechet_distance(m1, s1, m2, s2), frechet_distance(m2, s2, m1, s1), rtol=1e-9)
 
 
 def test_feature_statistics_are_mean_and_unbiased_covariance():

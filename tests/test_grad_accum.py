@@ -5,14 +5,15 @@ import numpy as np
 import optax
 import pytest
 
-import sharding as sharding_lib
-import train
-from configs.common import validate_config
+from training import sharding as sharding_lib
+from jobs import train
+from training import step as training_step
+from configs.validate import validate_config
 from configs.dit import dit_config
 from input_pipeline import StepBatcher, create_source
 from models import build_model
 from tests.tiny import tiny_unet_config
-from train_state import create_optimizer, create_state, state_shardings
+from training.state import create_optimizer, create_state, state_shardings
 
 
 def tiny_dit_config():
@@ -56,7 +57,7 @@ def one_step_gradient(config, devices, mesh_shape, accum):
   _, shardings = state_shardings(config, model, tx, mesh)
   state = create_state(config, model, tx, mesh)
   before = jax.device_get(state.params)
-  step_fn = train.make_train_step(config, model, tx, mesh, shardings)
+  step_fn = training_step.make_train_step(config, model, tx, mesh, shardings)
   batch = StepBatcher(create_source(config.data), config.train.batch_size, config.seed).batch(0)
   state, metrics = step_fn(state, sharding_lib.host_batch_to_global(batch, mesh))
   return jax.tree.map(np.subtract, before, jax.device_get(state.params)), jax.device_get(metrics)
@@ -103,7 +104,7 @@ def test_data_parallel_accumulation_all_reduces_once_per_update():
   model, tx = build_model(c), create_optimizer(c.optim)
   abstract, shardings = state_shardings(c, model, tx, mesh)
   batch = {'image': jax.ShapeDtypeStruct((32, 8, 8, 1), jnp.float32), 'label': jax.ShapeDtypeStruct((32,), jnp.int32)}
-  hlo = train.make_train_step(c, model, tx, mesh, shardings).lower(abstract, batch).compile().as_text()
+  hlo = training_step.make_train_step(c, model, tx, mesh, shardings).lower(abstract, batch).compile().as_text()
   bodies = set(re.findall(r'body=%?([\w.\-]+)', hlo))
   assert bodies  # the accumulation loop is there
   computations = {chunk.split(' ', 1)[0].lstrip('%'): chunk for chunk in re.split(r'\n(?=\S)', hlo)}
@@ -116,7 +117,7 @@ def test_microbatches_split_within_each_device():
   rows, so the split is local (each device's output rows are its own input rows)."""
   mesh = sharding_lib.create_mesh(validate_config(tiny_unet_config()).mesh)  # 8 x 1
   x = jax.device_put(jnp.arange(64.0), sharding_lib.batch_sharding(mesh))
-  split = jax.jit(lambda x: train.microbatches(x, 4, sharding_lib.batch_sharding(mesh, stacked=True)))(x)
+  split = jax.jit(lambda x: training_step.microbatches(x, 4, sharding_lib.batch_sharding(mesh, stacked=True)))(x)
   np.testing.assert_array_equal(split, np.arange(64.0).reshape(16, 4).T)
   for shard in split.addressable_shards:
     rows = np.asarray(shard.data).ravel()
@@ -129,9 +130,11 @@ def compiled_temp_bytes(config):
   mesh = sharding_lib.create_mesh(config.mesh, jax.devices()[:1])
   model, tx = build_model(config), create_optimizer(config.optim)
   abstract, shardings = state_shardings(config, model, tx, mesh)
-  batch = {'image': jax.ShapeDtypeStruct((config.train.batch_size, 8, 8, 1), jnp.float32),
-           'label': jax.ShapeDtypeStruct((config.train.batch_size,), jnp.int32)}
-  step = train.make_train_step(config, model, tx, mesh, shardings)
+  batch = {
+      'image': jax.ShapeDtypeStruct((config.train.batch_size, 8, 8, 1), jnp.float32), 'label': jax.ShapeDtypeStruct(
+          (config.train.batch_size,), jnp.int32)
+  }
+  step = training_step.make_train_step(config, model, tx, mesh, shardings)
   return step.lower(abstract, batch).compile().memory_analysis().temp_size_in_bytes
 
 
@@ -142,6 +145,7 @@ def test_accumulation_holds_fewer_activations():
     c = tiny_dit_config()
     c.train.batch_size, c.train.grad_accum_steps = 256, accum
     return c
+
   whole, quarter = compiled_temp_bytes(config(1)), compiled_temp_bytes(config(4))
   assert quarter < 0.5 * whole, (whole, quarter)
 
@@ -157,13 +161,15 @@ def test_bad_accumulation_is_refused_with_the_numbers():
   c = validate_config(unet_config())
   c.train.grad_accum_steps = 8  # divides 32, but not the 4 rows of each of 8 devices
   mesh = sharding_lib.create_mesh(c.mesh)
-  with pytest.raises(ValueError, match=r'grad_accum_steps=8 must divide the batch of each device, 4 '
-                                       r'\(config\.train\.batch_size=32 over 8 devices\)'):
-    train.check_batch_sizes(c, mesh)
+  with pytest.raises(
+      ValueError, match=r'grad_accum_steps=8 must divide the batch of each device, 4 '
+      r'\(config\.train\.batch_size=32 over 8 devices\)'):
+    training_step.check_batch_sizes(c, mesh)
   c.train.grad_accum_steps, c.train.batch_size = 1, 12
-  with pytest.raises(ValueError, match=r'config\.train\.batch_size=12 does not split over the 8 devices of the mesh: '
-                                       r'make it a multiple of 8'):
-    train.check_batch_sizes(c, mesh)
+  with pytest.raises(
+      ValueError, match=r'config\.train\.batch_size=12 does not split over the 8 devices of the mesh: '
+      r'make it a multiple of 8'):
+    training_step.check_batch_sizes(c, mesh)
 
 
 def test_accumulation_inside_several_steps_per_call():
@@ -177,7 +183,7 @@ def test_accumulation_inside_several_steps_per_call():
     _, shardings = state_shardings(c, model, tx, mesh)
     state = create_state(c, model, tx, mesh)
     batcher = StepBatcher(create_source(c.data), c.train.batch_size, c.seed)
-    step_fn = train.make_train_step(c, model, tx, mesh, shardings, stacked=stacked)
+    step_fn = training_step.make_train_step(c, model, tx, mesh, shardings, stacked=stacked)
     if stacked:
       state, metrics = step_fn(state, sharding_lib.host_batch_to_global(batcher.batches(0, 2), mesh, stacked=True))
       return jax.device_get(state.params), np.asarray(metrics['loss'])
@@ -186,6 +192,7 @@ def test_accumulation_inside_several_steps_per_call():
       state, metrics = step_fn(state, sharding_lib.host_batch_to_global(batcher.batch(step), mesh))
       losses.append(float(metrics['loss']))
     return jax.device_get(state.params), np.asarray(losses)
+
   params_plain, losses_plain = run(1, stacked=False)
   params_scan, losses_scan = run(2, stacked=True)
   np.testing.assert_allclose(losses_scan, losses_plain, rtol=2e-5)

@@ -24,46 +24,42 @@ def _tf_avg_pool(x):
 
 
 class FIDInceptionA(tv_inception.InceptionA):
-
   def forward(self, x):
     branch5x5 = self.branch5x5_2(self.branch5x5_1(x))
     branch3x3dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-    return torch.cat([self.branch1x1(x), branch5x5, branch3x3dbl,
-                      self.branch_pool(_tf_avg_pool(x))], 1)
+    return torch.cat([self.branch1x1(x), branch5x5, branch3x3dbl, self.branch_pool(_tf_avg_pool(x))], 1)
 
 
 class FIDInceptionC(tv_inception.InceptionC):
-
   def forward(self, x):
     branch7x7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
     dbl = self.branch7x7dbl_1(x)
-    for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
-                  self.branch7x7dbl_5):
+    for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
       dbl = layer(dbl)
     return torch.cat([self.branch1x1(x), branch7x7, dbl, self.branch_pool(_tf_avg_pool(x))], 1)
 
 
 class _FIDInceptionE(tv_inception.InceptionE):
   """Subclasses define _pool: average (E_1) or max (E_2) pooling of the pool branch."""
-
   def forward(self, x):
     b3 = self.branch3x3_1(x)
     dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
     return torch.cat([
         self.branch1x1(x),
-        self.branch3x3_2a(b3), self.branch3x3_2b(b3),
-        self.branch3x3dbl_3a(dbl), self.branch3x3dbl_3b(dbl),
-        self.branch_pool(self._pool(x))], 1)
+        self.branch3x3_2a(b3),
+        self.branch3x3_2b(b3),
+        self.branch3x3dbl_3a(dbl),
+        self.branch3x3dbl_3b(dbl),
+        self.branch_pool(self._pool(x))
+    ], 1)
 
 
 class FIDInceptionE_1(_FIDInceptionE):  # pylint: disable=invalid-name
-
   def _pool(self, x):
     return _tf_avg_pool(x)
 
 
 class FIDInceptionE_2(_FIDInceptionE):  # pylint: disable=invalid-name
-
   def _pool(self, x):
     return F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
 
@@ -80,8 +76,7 @@ def _fid_blocks():
 def torchvision_fid_inception(state_dict):
   """torchvision inception_v3 patched into pytorch-fid's FID network, with the given weights."""
   block_a, block_c, block_e1, block_e2 = _fid_blocks()
-  net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008,
-                                        init_weights=False)
+  net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)
   net.Mixed_5b = block_a(192, pool_features=32)
   net.Mixed_5c = block_a(256, pool_features=64)
   net.Mixed_5d = block_a(288, pool_features=64)
@@ -102,8 +97,10 @@ def torchvision_outputs(net, images_uint8, resize):
   if resize:
     x = F.interpolate(x, size=(299, 299), mode='bilinear', align_corners=False)
   captured = {}
-  hooks = [net.avgpool.register_forward_hook(lambda m, i, o: captured.update(pool3=o)),
-           net.Mixed_6d.branch1x1.register_forward_hook(lambda m, i, o: captured.update(spatial=o))]
+  hooks = [
+      net.avgpool.register_forward_hook(lambda m, i, o: captured.update(pool3=o)),
+      net.Mixed_6d.branch1x1.register_forward_hook(lambda m, i, o: captured.update(spatial=o))
+  ]
   try:
     with torch.no_grad():
       logits = net(2 * x - 1)
@@ -133,11 +130,9 @@ def test_torchvision_parameter_count(net):
   assert sum(p.numel() for p in net.parameters()) == 23_850_960
 
 
-@pytest.mark.parametrize('height, width, resize', [(75, 75, False), (128, 96, True),
-                                                   (512, 512, True)])
+@pytest.mark.parametrize('height, width, resize', [(75, 75, False), (128, 96, True), (512, 512, True)])
 def test_pool3_matches_torchvision(net, state_dict, height, width, resize):
-  images = np.random.default_rng(height + width).integers(0, 256, (2, height, width, 3),
-                                                          dtype=np.uint8)
+  images = np.random.default_rng(height + width).integers(0, 256, (2, height, width, 3), dtype=np.uint8)
   variables = inception_convert.convert_state_dict(state_dict)
   outputs = jax.jit(inception.FIDInceptionV3(resize_input=resize).apply)(variables, images)
   pool3, logits, spatial = torchvision_outputs(net, images, resize)

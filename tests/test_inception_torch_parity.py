@@ -17,7 +17,6 @@ F = torch.nn.functional
 
 
 class BasicConv2d(nn.Module):
-
   def __init__(self, cin, cout, **conv_kwargs):
     super().__init__()
     self.conv = nn.Conv2d(cin, cout, bias=False, **conv_kwargs)
@@ -32,7 +31,6 @@ def _tf_avg_pool(x):
 
 
 class FIDInceptionA(nn.Module):
-
   def __init__(self, cin, pool_features):
     super().__init__()
     self.branch1x1 = BasicConv2d(cin, 64, kernel_size=1)
@@ -48,11 +46,11 @@ class FIDInceptionA(nn.Module):
         self.branch1x1(x),
         self.branch5x5_2(self.branch5x5_1(x)),
         self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-        self.branch_pool(_tf_avg_pool(x))], 1)
+        self.branch_pool(_tf_avg_pool(x))
+    ], 1)
 
 
 class InceptionB(nn.Module):
-
   def __init__(self, cin):
     super().__init__()
     self.branch3x3 = BasicConv2d(cin, 384, kernel_size=3, stride=2)
@@ -64,11 +62,11 @@ class InceptionB(nn.Module):
     return torch.cat([
         self.branch3x3(x),
         self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-        F.max_pool2d(x, kernel_size=3, stride=2)], 1)
+        F.max_pool2d(x, kernel_size=3, stride=2)
+    ], 1)
 
 
 class FIDInceptionC(nn.Module):
-
   def __init__(self, cin, c7):
     super().__init__()
     self.branch1x1 = BasicConv2d(cin, 192, kernel_size=1)
@@ -84,18 +82,16 @@ class FIDInceptionC(nn.Module):
 
   def forward(self, x):
     dbl = self.branch7x7dbl_1(x)
-    for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
-                  self.branch7x7dbl_5):
+    for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
       dbl = layer(dbl)
     return torch.cat([
         self.branch1x1(x),
-        self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))),
-        dbl,
-        self.branch_pool(_tf_avg_pool(x))], 1)
+        self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))), dbl,
+        self.branch_pool(_tf_avg_pool(x))
+    ], 1)
 
 
 class InceptionD(nn.Module):
-
   def __init__(self, cin):
     super().__init__()
     self.branch3x3_1 = BasicConv2d(cin, 192, kernel_size=1)
@@ -109,13 +105,11 @@ class InceptionD(nn.Module):
     b = self.branch7x7x3_1(x)
     for layer in (self.branch7x7x3_2, self.branch7x7x3_3, self.branch7x7x3_4):
       b = layer(b)
-    return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), b,
-                      F.max_pool2d(x, kernel_size=3, stride=2)], 1)
+    return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), b, F.max_pool2d(x, kernel_size=3, stride=2)], 1)
 
 
 class FIDInceptionE(nn.Module):
   """FIDInceptionE_1 (pool='avg', count_include_pad=False) and FIDInceptionE_2 (pool='max')."""
-
   def __init__(self, cin, pool):
     super().__init__()
     self.pool = pool
@@ -140,7 +134,8 @@ class FIDInceptionE(nn.Module):
         self.branch1x1(x),
         torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1),
         torch.cat([self.branch3x3dbl_3a(dbl), self.branch3x3dbl_3b(dbl)], 1),
-        self.branch_pool(pooled)], 1)
+        self.branch_pool(pooled)
+    ], 1)
 
 
 class TorchFIDInception(nn.Module):
@@ -149,7 +144,6 @@ class TorchFIDInception(nn.Module):
   spatial: the ADM evaluator's sFID features, its TF graph's mixed_6/conv (Mixed_6d's 1x1 branch after
   BatchNorm and ReLU), first 7 channels, flattened NHWC as evaluator.py's `spatial.reshape([N, -1])` does.
   """
-
   def __init__(self):
     super().__init__()
     self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
@@ -240,14 +234,15 @@ def test_features_match_torch_with_resize_to_299(torch_model, variables):
   print(f'sFID features: relative error {error:.1e} against the torch reference')
   assert error < 1e-4
   # another 7 channels, or the channel-major (NCHW) flattening, would be far off
-  assert _relative_error(np.asarray(outputs.spatial).reshape(1, 17, 17, 7).transpose(0, 3, 1, 2).reshape(1, -1),
-                         spatial) > 0.1
+  assert _relative_error(
+      np.asarray(outputs.spatial).reshape(1, 17, 17, 7).transpose(0, 3, 1, 2).reshape(1, -1), spatial) > 0.1
 
 
 @pytest.mark.parametrize('height, width', [(32, 32), (299, 299), (512, 400), (17, 640), (300, 298)])
 def test_resize_matches_torch_interpolate(height, width):
   images = np.random.default_rng(height * width).random((2, height, width, 3)).astype(np.float32)
   ours = np.asarray(inception.resize_bilinear(images, 299, 299))
-  expected = F.interpolate(torch.from_numpy(images).permute(0, 3, 1, 2), size=(299, 299),
-                           mode='bilinear', align_corners=False).permute(0, 2, 3, 1).numpy()
+  expected = F.interpolate(
+      torch.from_numpy(images).permute(0, 3, 1, 2), size=(299, 299), mode='bilinear',
+      align_corners=False).permute(0, 2, 3, 1).numpy()
   np.testing.assert_allclose(ours, expected, atol=2e-6, rtol=0)

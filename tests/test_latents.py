@@ -7,17 +7,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import edit
-import sharding as sharding_lib
-import train
-from configs.common import validate_config
+from jobs import edit
+from training import sharding as sharding_lib
+from jobs import train
+from configs.validate import validate_config
 from input_pipeline import create_source
-from input_pipeline.encode import encode_dataset
-from input_pipeline.latents import LatentSource, make_latent_decoder, read_meta, shard_path
+from jobs.encode import encode_dataset
+from input_pipeline.latents import LatentSource, read_meta, shard_path
+from jobs.vae import make_latent_decoder
 from models import build_model
 from models.vae import TINY_VAE_CONFIG, build_vae, encode_to_latents, init_vae_params
 from models.vae_convert import load_vae_params, save_params_msgpack
-from sample import generate_samples, make_generate_fn
+from jobs.sample import generate_samples, make_generate_fn
 from tests.tiny import tiny_unet_config
 
 NUM_PER_CLASS = 5  # 2 classes -> 10 images -> shards of 4, 4, 2
@@ -79,7 +80,7 @@ def test_encode_writes_shards_labels_and_flipped_copies(files, encoded):
   variables = load_vae_params(encoded.data.vae_weights, TINY_VAE_CONFIG)
   expected = encode_to_latents(variables, pixels, config=TINY_VAE_CONFIG)
   expected_flip = encode_to_latents(variables, pixels[:, :, ::-1], config=TINY_VAE_CONFIG)
-  np.testing.assert_allclose(batch['image'][0], expected[0], atol=2e-3, rtol=2e-3)       # float16 storage
+  np.testing.assert_allclose(batch['image'][0], expected[0], atol=2e-3, rtol=2e-3)  # float16 storage
   np.testing.assert_allclose(batch['image'][1], expected_flip[0], atol=2e-3, rtol=2e-3)
   assert np.abs(batch['image'][0] - batch['image'][1]).max() > 1e-2
 
@@ -126,7 +127,7 @@ def test_scale_mismatch_and_missing_files_fail_clearly(files, encoded, tmp_path)
 def test_interrupted_encode_resumes_and_skips_finished_shards(files, encoded):
   path = str(files / 'resumed')
   shutil.copytree(encoded.data.path, path)
-  os.remove(shard_path(path, 'latents', 1))           # interrupted while writing shard 1 ...
+  os.remove(shard_path(path, 'latents', 1))  # interrupted while writing shard 1 ...
   open(shard_path(path, 'latents', 1) + '.tmp-0', 'wb').write(b'partial')  # ... leaving a partial temp file
   with pytest.raises(FileNotFoundError, match='incomplete.*resumes'):
     LatentSource(path, 8, 4)

@@ -7,15 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import sharding as sharding_lib
-import train
-from configs.common import validate_config
+from training import sharding as sharding_lib
+from jobs import train
+from configs.validate import validate_config
 from diffusion import learned_variance as lv
 from diffusion.guidance import classifier_free_guidance
-from diffusion.samplers import _schedule_pairs, ddpm_sample  # pylint: disable=protected-access
+from diffusion.samplers import ddpm_sample, schedule_pairs
 from diffusion.schedules import linear_alphas_cumprod, timestep_spacing
 from models import build_model
-from sample import generate_samples, make_generate_fn
+from jobs.sample import generate_samples, make_generate_fn
 from tests.test_samplers import golden_model, golden_sample
 from tests.test_train import read_metrics
 from tests.tiny import tiny_unet_config
@@ -68,7 +68,7 @@ def test_learned_variance_matches_diffusers_learned_range():
   scheduler.set_timesteps(10)
   timesteps = np.asarray(scheduler.timesteps)
   np.testing.assert_array_equal(timesteps, timestep_spacing(1000, 10, 'leading'))
-  _, a_ts, a_prevs = _schedule_pairs(AC, timesteps)
+  _, a_ts, a_prevs = schedule_pairs(AC, timesteps)
   min_logs, max_logs = lv.step_log_variance_bounds(a_ts, a_prevs)
   values = np.linspace(-1, 1, 7, dtype=np.float32)
   for i, t in enumerate(timesteps[:-1]):  # the last step adds no noise
@@ -91,6 +91,7 @@ def test_guidance_guides_the_prediction_and_keeps_the_conditional_variance():
   def apply(x, t, cond):  # prediction = label, variance values = label / 10
     y = cond['y'].astype(jnp.float32)[:, None]
     return jnp.concatenate([jnp.broadcast_to(y, x.shape), jnp.broadcast_to(y / 10, x.shape)], axis=-1)
+
   model_fn = classifier_free_guidance(apply, {'y': jnp.array([2, 4])}, {'y': jnp.array([10, 10])}, 3.0,
                                       learned_variance=True)
   out = model_fn(jnp.zeros((2, 5)), jnp.zeros(2))

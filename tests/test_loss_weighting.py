@@ -6,14 +6,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import train
-from configs.common import validate_config
+from jobs import train
+from training import step as training_step
+from configs.validate import validate_config
 from diffusion.objectives import alpha_sigma, broadcast_to, loss_weight, mse_per_example, noised_batch
 from diffusion.schedules import cosine_alphas_cumprod, linear_alphas_cumprod
 from models import build_model
-from models.conditioning import condition_from_batch, drop_condition
+from models.conditioning import condition_from_batch, drop_condition, null_condition
 from tests.tiny import tiny_unet_config
-from train_state import create_optimizer, init_state
+from training.state import create_optimizer, init_state
 
 T = np.array([0, 10, 100, 250, 500, 750, 999])
 
@@ -28,11 +29,12 @@ def test_every_objective_weights_the_x0_error_by_min_snr_gamma(schedule):
   alpha, sigma = (broadcast_to(v, x0) for v in alpha_sigma(alphas_cumprod, T))
   x_t = alpha * x0 + sigma * noise
   eps_hat = (x_t - alpha * x0_hat) / sigma
-  predictions = {'eps': (eps_hat, noise), 'x0': (x0_hat, x0),
-                 'v': (alpha * eps_hat - sigma * x0_hat, alpha * noise - sigma * x0)}
+  predictions = {
+      'eps': (eps_hat, noise), 'x0': (x0_hat, x0), 'v': (alpha * eps_hat - sigma * x0_hat, alpha * noise - sigma * x0)
+  }
   a = alphas_cumprod[T].astype(np.float64)
   snr = a / (1 - a)
-  expected = np.minimum(snr, 5.0) * np.mean((x0 - x0_hat) ** 2, axis=(1, 2, 3))
+  expected = np.minimum(snr, 5.0) * np.mean((x0 - x0_hat)**2, axis=(1, 2, 3))
   for objective, (output, target) in predictions.items():
     weighted = loss_weight('min_snr', objective, alphas_cumprod, T, gamma=5.0) * mse_per_example(output, target)
     np.testing.assert_allclose(weighted, expected, rtol=2e-3, err_msg=objective)
@@ -44,11 +46,10 @@ def test_weights_in_closed_form():
   a = alphas_cumprod[T].astype(np.float64)
   snr = a / (1 - a)
   np.testing.assert_array_equal(loss_weight('uniform', 'eps', alphas_cumprod, T), np.ones(len(T)))
-  np.testing.assert_allclose(loss_weight('min_snr', 'eps', alphas_cumprod, T, 5.0), np.minimum(snr, 5) / snr,
-                             rtol=1e-5)
+  np.testing.assert_allclose(loss_weight('min_snr', 'eps', alphas_cumprod, T, 5.0), np.minimum(snr, 5) / snr, rtol=1e-5)
   np.testing.assert_allclose(loss_weight('min_snr', 'x0', alphas_cumprod, T, 5.0), np.minimum(snr, 5), rtol=1e-4)
-  np.testing.assert_allclose(loss_weight('min_snr', 'v', alphas_cumprod, T, 5.0), np.minimum(snr, 5) / (snr + 1),
-                             rtol=1e-4)
+  np.testing.assert_allclose(loss_weight('min_snr', 'v', alphas_cumprod, T, 5.0),
+                             np.minimum(snr, 5) / (snr + 1), rtol=1e-4)
   # gamma above every SNR: eps keeps L_simple's unit weight
   np.testing.assert_allclose(loss_weight('min_snr', 'eps', alphas_cumprod, T, 1e6), np.ones(len(T)), rtol=1e-6)
   with pytest.raises(ValueError, match="objective 'flow' has no Min-SNR weighting"):
@@ -67,11 +68,13 @@ def test_train_step_minimises_the_weighted_loss(objective, learn_sigma):
   images = jax.random.uniform(jax.random.PRNGKey(1), (16, 8, 8, 1), minval=-1, maxval=1)
   batch = {'image': images, 'label': jnp.arange(16) % 10}
   alphas_cumprod = jnp.asarray(linear_alphas_cumprod(1000))
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, alphas_cumprod=alphas_cumprod, config=config))
+  step = jax.jit(
+      functools.partial(training_step.train_step, model=model, tx=tx, alphas_cumprod=alphas_cumprod, config=config))
   _, metrics = step(state, batch)  # jitted: op by op, the step took a minute here
 
   label_rng, noise_rng, dropout_rng = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
-  cond = drop_condition(label_rng, condition_from_batch(batch, config), config.diffusion.label_dropout, config)
+  cond = condition_from_batch(batch, config)
+  cond = drop_condition(label_rng, cond, config.diffusion.label_dropout, null_condition(cond, config.data.num_classes))
   x_t, t, target = noised_batch(noise_rng, images, alphas_cumprod, config.diffusion)
   out = jax.jit(lambda p, x, t, cond, rng: model.apply({'params': p}, x, t, **cond, train=True, rngs={'dropout': rng}))(
       state.params, x_t, t, cond, dropout_rng)

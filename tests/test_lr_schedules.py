@@ -3,9 +3,9 @@ import numpy as np
 import optax
 import pytest
 
-from configs.common import validate_config
+from configs.validate import validate_config
 from tests.tiny import tiny_unet_config
-from train_state import learning_rate_schedule
+from training.state import learning_rate_schedule
 
 
 def optim(decay, warmup=100, decay_steps=1000, lr=1e-3):
@@ -19,8 +19,10 @@ STEPS = (0, 50, 100, 250, 500, 1000, 2000, 4000)
 
 @pytest.mark.parametrize('decay, expected', [
     ('linear', [0.0, 0.5 * 0.95, 0.9, 0.75, 0.5, 0.0, 0.0, 0.0]),
-    ('cosine', [0.0, 0.5 * (1 + np.cos(np.pi * 0.05)) / 2, (1 + np.cos(np.pi * 0.1)) / 2,
-                (1 + np.cos(np.pi * 0.25)) / 2, 0.5, 0.0, 0.0, 0.0]),
+    ('cosine', [
+        0.0, 0.5 * (1 + np.cos(np.pi * 0.05)) / 2, (1 + np.cos(np.pi * 0.1)) / 2,
+        (1 + np.cos(np.pi * 0.25)) / 2, 0.5, 0.0, 0.0, 0.0
+    ]),
     ('inverse_sqrt', [0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1 / np.sqrt(2), 0.5]),
 ])
 def test_decays_in_closed_form(decay, expected):
@@ -31,7 +33,7 @@ def test_decays_in_closed_form(decay, expected):
 def test_the_optimizer_follows_the_schedule():
   """The learning rate the AdamW update uses is the schedule's: SGD-like first Adam steps move by lr."""
   import jax.numpy as jnp
-  from train_state import create_optimizer
+  from training.state import create_optimizer
   c = optim('cosine', warmup=0, decay_steps=4)
   c.grad_clip, c.weight_decay = 0.0, 0.0
   tx = create_optimizer(c)
@@ -48,6 +50,7 @@ def test_the_optimizer_follows_the_schedule():
 def test_unknown_decay_is_refused():
   c = tiny_unet_config()
   c.optim.decay = 'exponential'
-  with pytest.raises(ValueError, match=r"config\.optim\.decay='exponential' is not valid; choose one of 'linear', "
-                                       r"'cosine', 'inverse_sqrt'"):
+  with pytest.raises(
+      ValueError, match=r"config\.optim\.decay='exponential' is not valid; choose one of 'linear', "
+      r"'cosine', 'inverse_sqrt'"):
     validate_config(c)

@@ -8,7 +8,7 @@ from configs.dit import dit_config
 from configs.unet_cifar10 import get_config as unet_cifar10_config
 from models import build_model
 from models.dit import DIT_PAPER_GMACS, sincos_pos_embed_2d
-from train_state import count_params, dummy_inputs
+from training.state import count_params, dummy_inputs
 
 
 def abstract_param_count(config):
@@ -62,7 +62,7 @@ def test_sincos_position_embedding_matches_closed_form():
   assert emb.shape == (16, 8)
   # position (row 1, col 2) is index 6: first half encodes the column, second half the row
   col, row = 2.0, 1.0
-  omega = 1 / 10_000 ** (np.arange(2) / 2)
+  omega = 1 / 10_000**(np.arange(2) / 2)
   expected = np.concatenate([np.sin(col * omega), np.cos(col * omega), np.sin(row * omega), np.cos(row * omega)])
   np.testing.assert_allclose(emb[6], expected, rtol=1e-6)
 
@@ -101,11 +101,13 @@ def test_dit_initialisation_is_the_papers():
   hidden, fan_patch = 64, 2 * 2 * 4
   xavier = lambda fan_in, fan_out: np.sqrt(6 / (fan_in + fan_out))
   block = params['blocks_0']
-  uniform = {'x_embedder': (params['x_embedder']['kernel'], xavier(fan_patch, hidden)),
-             'qkv': (block['attn']['qkv']['kernel'], xavier(hidden, 3 * hidden)),
-             'proj': (block['attn']['proj']['kernel'], xavier(hidden, hidden)),
-             'mlp_fc1': (block['mlp_fc1']['kernel'], xavier(hidden, 4 * hidden)),
-             'mlp_fc2': (block['mlp_fc2']['kernel'], xavier(4 * hidden, hidden))}
+  uniform = {
+      'x_embedder': (params['x_embedder']['kernel'], xavier(fan_patch, hidden)),
+      'qkv': (block['attn']['qkv']['kernel'], xavier(hidden, 3 * hidden)),
+      'proj': (block['attn']['proj']['kernel'], xavier(hidden, hidden)), 'mlp_fc1':
+          (block['mlp_fc1']['kernel'], xavier(hidden, 4 * hidden)), 'mlp_fc2': (block['mlp_fc2']['kernel'],
+                                                                                xavier(4 * hidden, hidden))
+  }
   for name, (kernel, bound) in uniform.items():
     kernel = np.asarray(kernel)
     assert np.abs(kernel).max() <= bound, name
@@ -113,8 +115,10 @@ def test_dit_initialisation_is_the_papers():
   for kernel in (params['t_embedder']['mlp_0']['kernel'], params['t_embedder']['mlp_2']['kernel'],
                  params['y_embedder']['embedding_table']['embedding']):
     np.testing.assert_allclose(np.asarray(kernel).std(), 0.02, rtol=0.06)
-  zero = [block['adaLN_modulation']['kernel'], params['final_layer']['adaLN_modulation']['kernel'],
-          params['final_layer']['linear']['kernel']]
+  zero = [
+      block['adaLN_modulation']['kernel'], params['final_layer']['adaLN_modulation']['kernel'],
+      params['final_layer']['linear']['kernel']
+  ]
   zero += [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params) if path[-1].key == 'bias']
   assert all(float(np.abs(np.asarray(leaf)).max()) == 0 for leaf in zero)
   # a text DiT's cross-attention (PixArt-alpha): xavier-uniform q/k/v from the hidden (q) and context (k, v) widths
@@ -146,8 +150,8 @@ def test_attention_key_lengths_mask_the_padding_on_every_path():
   kernel needs) computes what XLA's attention with an explicit boolean mask does."""
   from models.layers import attention
   rng = np.random.default_rng(0)
-  q, k, v = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in ((3, 5, 2, 8), (3, 7, 2, 8),
-                                                                                 (3, 7, 2, 8)))
+  q, k, v = (
+      jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in ((3, 5, 2, 8), (3, 7, 2, 8), (3, 7, 2, 8)))
   lengths = jnp.array([1, 4, 7])
   mask = (jnp.arange(7)[None] < lengths[:, None])[:, None, None, :]
   expected = jax.nn.dot_product_attention(q, k, v, mask=mask)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import main
-import train
-from sample import run_sample_job
+from jobs import train
+from jobs.sample import run_sample_job
 from tests.test_reliability import restore
 from tests.test_train import read_metrics
 from tests.tiny import tiny_unet_config
@@ -36,12 +36,12 @@ def run_two_processes(*args, timeout=500):
   for process_id in range(2):
     # No persistent compilation cache: one process finding a program in it while the other compiles reaches the
     # first all-reduce too late for gloo's 30 s rendezvous (seen after an interrupted suite left half the entries).
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo',
-               JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(process_id),
-               JAX_ENABLE_COMPILATION_CACHE='false')
-    procs.append(subprocess.Popen([sys.executable, 'main.py', '--config=tests/tiny_config.py', '--jax_distributed',
-                                   *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True))
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+               JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo', JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
+               JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(process_id), JAX_ENABLE_COMPILATION_CACHE='false')
+    procs.append(
+        subprocess.Popen([sys.executable, 'main.py', '--config=tests/tiny_config.py', '--jax_distributed', *args],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
   errors = []
   for proc in procs:
     _, err = proc.communicate(timeout=timeout)
@@ -63,8 +63,8 @@ def test_two_hosts_train_and_sample_like_one_host_with_as_many_devices(tmp_path)
     assert sorted(two) == sorted(one) == [2, 4]
     np.testing.assert_allclose([two[s] for s in (2, 4)], [one[s] for s in (2, 4)], rtol=1e-5)
   # the checkpoint both hosts wrote restores in one process, equal to the one-host run's state
-  (state_two, step_two), (state_one, step_one) = restore(config, str(tmp_path / 'two')), restore(
-      config, str(tmp_path / 'one'))
+  (state_two, step_two), (state_one, step_one) = restore(config,
+                                                         str(tmp_path / 'two')), restore(config, str(tmp_path / 'one'))
   assert step_two == step_one == 4
   for a, b in zip(jax.tree.leaves(state_two), jax.tree.leaves(state_one)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

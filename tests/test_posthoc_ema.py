@@ -11,10 +11,11 @@ import orbax.checkpoint as ocp
 import pytest
 from scipy import integrate
 
-import ema
-import train
-from checkpoints import CheckpointStore
-from configs.common import validate_config
+from training import ema
+from jobs import train
+from jobs import restore as restore_job
+from training.checkpoints import CheckpointStore
+from configs.validate import validate_config
 from tests.test_reliability import restore
 from tests.tiny import tiny_unet_config
 
@@ -38,7 +39,7 @@ def test_the_update_weights_each_step_by_the_integral_of_its_profile(sigma_rel):
   for step in range(T):
     averages = ema.update_power_emas(averages, jnp.eye(T)[step], [gamma], step)
   tau = np.arange(1, T + 1)
-  expected = (tau / T) ** (gamma + 1) - ((tau - 1) / T) ** (gamma + 1)  # integral of p_T over (tau - 1, tau]
+  expected = (tau / T)**(gamma + 1) - ((tau - 1) / T)**(gamma + 1)  # integral of p_T over (tau - 1, tau]
   np.testing.assert_allclose(averages[0], expected, rtol=2e-5, atol=1e-7)
   assert float(averages[0].sum()) == pytest.approx(1.0, abs=1e-5)
   mean = (tau - 0.5) @ expected / T  # the profile's centre: (gamma + 1) / (gamma + 2) of the run
@@ -53,11 +54,11 @@ def test_the_update_weight_keeps_float32_accuracy_late_in_a_run():
   assert float(ema.power_ema_weight(gamma, 1)) == 1.0
 
 
-@pytest.mark.parametrize('t_a,sigma_a,t_b,sigma_b', [(100, 0.05, 100, 0.05), (60, 0.1, 100, 0.05),
-                                                     (100, 0.02, 30, 0.2), (1e6, 0.05, 2e6, 0.1)])
+@pytest.mark.parametrize('t_a,sigma_a,t_b,sigma_b', [(100, 0.05, 100, 0.05), (60, 0.1, 100, 0.05), (100, 0.02, 30, 0.2),
+                                                     (1e6, 0.05, 2e6, 0.1)])
 def test_profile_inner_products_match_quadrature(t_a, sigma_a, t_b, sigma_b):
   g_a, g_b = ema.sigma_rel_to_gamma(sigma_a), ema.sigma_rel_to_gamma(sigma_b)
-  profile = lambda u, t, g: (g + 1) * u ** g / t ** (g + 1)
+  profile = lambda u, t, g: (g + 1) * u**g / t**(g + 1)
   numeric = integrate.quad(lambda u: profile(u, t_a, g_a) * profile(u, t_b, g_b), 0, min(t_a, t_b), limit=200)[0]
   assert ema.profile_inner_products(t_a, g_a, t_b, g_b) == pytest.approx(numeric, rel=1e-8)
   assert ema.profile_inner_products(t_b, g_b, t_a, g_a) == pytest.approx(numeric, rel=1e-8)
@@ -100,8 +101,8 @@ def max_difference(a, b):
 
 
 def power_ema_config(**overrides):
-  c = tiny_unet_config(**{'train__num_steps': 7, 'train__checkpoint_every': 7, 'train__ema_snapshot_every': 2,
-                          **overrides})
+  c = tiny_unet_config(
+      **{'train__num_steps': 7, 'train__checkpoint_every': 7, 'train__ema_snapshot_every': 2, **overrides})
   c.optim.ema_sigma_rels = (0.05, 0.1)
   return c
 
@@ -118,13 +119,13 @@ def test_training_snapshots_and_sampling_rebuilds_them(tmp_path):
   assert max_difference(snapshot_4[0], state.power_ema[0]) > 1e-4  # the EMAs moved between steps 4 and 7
 
   c.sample.ema_sigma_rel = 0.05  # a tracked width at the newest snapshot: that snapshot itself
-  _, params, sampled_step, _ = train.restore_for_inference(c, workdir)
+  _, params, sampled_step, _ = restore_job.restore_for_inference(c, workdir)
   assert sampled_step == 7 and max_difference(params, state.power_ema[0]) < 1e-5
   c.sample.ema_sigma_rel, c.sample.ema_step = 0.1, 4
-  _, params, sampled_step, _ = train.restore_for_inference(c, workdir)
+  _, params, sampled_step, _ = restore_job.restore_for_inference(c, workdir)
   assert sampled_step == 4 and max_difference(params, snapshot_4[1]) < 1e-5
   c.sample.ema_sigma_rel, c.sample.ema_step = 0.07, 6  # another width: the snapshots up to step 6, combined
-  _, params, sampled_step, _ = train.restore_for_inference(c, workdir)
+  _, params, sampled_step, _ = restore_job.restore_for_inference(c, workdir)
   store = CheckpointStore(workdir, keep=None, name=ema.SNAPSHOT_DIR)
   snapshots = [ema_k for s in (2, 4, 6) for ema_k in store.restore(s, {'power_ema': [state.params] * 2})['power_ema']]
   store.close()
@@ -134,13 +135,13 @@ def test_training_snapshots_and_sampling_rebuilds_them(tmp_path):
   assert sampled_step == 6 and max_difference(params, combined) < 1e-5
 
   plain = tiny_unet_config()  # a config without power-function EMAs samples the run's EMA
-  _, params, sampled_step, _ = train.restore_for_inference(plain, workdir)
+  _, params, sampled_step, _ = restore_job.restore_for_inference(plain, workdir)
   assert sampled_step == 7 and max_difference(params, state.ema_params) == 0
 
   c.sample.ema_step = 5
   c.sample.ema_sigma_rel = 0.07
   with pytest.raises(ValueError, match='ema_step=5 is not a snapshot step.*2, 4, 6, 7'):
-    train.restore_for_inference(c, workdir)
+    restore_job.restore_for_inference(c, workdir)
   changed = power_ema_config(train__num_steps=9)
   changed.optim.ema_sigma_rels = (0.05,)
   with pytest.raises(ValueError, match='ema_sigma_rels: checkpoint has \\[0.05, 0.1\\], config has \\[0.05\\]'):
@@ -152,8 +153,8 @@ def test_sampling_a_post_hoc_ema_of_a_run_without_snapshots_says_how_to_get_them
   train.train_and_evaluate(c, str(tmp_path))
   c.sample.ema_sigma_rel = 0.05
   with pytest.raises(FileNotFoundError, match='ema_snapshots, which does not exist: train with '
-                                              '--config.optim.ema_sigma_rels'):
-    train.restore_for_inference(c, str(tmp_path))
+                     '--config.optim.ema_sigma_rels'):
+    restore_job.restore_for_inference(c, str(tmp_path))
 
 
 @flax.struct.dataclass
@@ -183,8 +184,8 @@ def test_checkpoints_written_before_power_emas_existed_still_restore(tmp_path):
 
 def restore_fresh(config):
   from models import build_model
-  from train_state import create_optimizer, create_state
-  import sharding as sharding_lib
+  from training.state import create_optimizer, create_state
+  from training import sharding as sharding_lib
   model, tx = build_model(config), create_optimizer(config.optim)
   return create_state(config, model, tx, sharding_lib.create_mesh(config.mesh)), model
 
@@ -197,8 +198,10 @@ def restore_fresh(config):
     ({'sample.ema_sigma_rel': -0.1}, 'sample.ema_sigma_rel has -0.1'),
     ({'sample.ema_sigma_rel': 0.1, 'sample.use_ema': False}, 'use_ema=False asks for the raw params'),
     ({'sample.ema_step': 100}, 'needs config.sample.ema_sigma_rel > 0'),
-    ({'optim.ema_sigma_rels': (0.05,), 'train.ema_snapshot_every': 3, 'train.steps_per_call': 2,
-      'train.num_steps': 4, 'train.log_every': 2, 'train.checkpoint_every': 2}, 'does not divide'),
+    ({
+        'optim.ema_sigma_rels': (0.05,), 'train.ema_snapshot_every': 3, 'train.steps_per_call': 2, 'train.num_steps': 4,
+        'train.log_every': 2, 'train.checkpoint_every': 2
+    }, 'does not divide'),
 ])
 def test_validate_config_names_bad_power_ema_fields(fields, match):
   c = tiny_unet_config(**{path.replace('.', '__'): value for path, value in fields.items()})

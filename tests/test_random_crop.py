@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs.common import validate_config
+from configs.validate import validate_config
 from input_pipeline import StepBatcher, create_source
-from input_pipeline.sources import center_crop_resize, random_crop_resize
+from input_pipeline.images import center_crop_resize, random_crop_resize
 from tests.tiny import tiny_unet_config
 
 
@@ -17,8 +17,8 @@ def test_crop_of_an_image_at_its_drawn_size_is_a_slice():
   arr = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
   size = 16  # short sides drawn from 16 ... ceil(16 / 0.8) = 20
   for draws, (top, left) in [((0.99, 0.0, 0.0), (0, 0)), ((0.99, 0.99, 0.99), (4, 14)), ((0.81, 0.5, 0.3), (2, 4))]:
-    np.testing.assert_array_equal(random_crop_resize(Image.fromarray(arr), size, draws),
-                                  arr[top:top + size, left:left + size])
+    np.testing.assert_array_equal(random_crop_resize(Image.fromarray(arr), size, draws), arr[top:top + size,
+                                                                                             left:left + size])
 
 
 def test_short_side_and_offsets_cover_their_ranges_uniformly():
@@ -69,17 +69,19 @@ def test_batches_are_a_function_of_seed_and_step_and_split_across_hosts(tmp_path
   assert np.abs(centre['image'] - a['image']).mean() > 0.05
   assert not np.array_equal(StepBatcher(source, 8, seed=4, random_crop=True).batch(5)['image'], a['image'])
   assert other['image'].shape == a['image'].shape
-  hosts = [StepBatcher(source, 8, seed=3, process_index=h, process_count=2, random_crop=True).batch(5)
-           for h in range(2)]
+  hosts = [
+      StepBatcher(source, 8, seed=3, process_index=h, process_count=2, random_crop=True).batch(5) for h in range(2)
+  ]
   np.testing.assert_array_equal(np.concatenate([h['image'] for h in hosts]), a['image'])
 
 
 def test_random_crop_needs_a_decoding_source(tmp_path):
   c = tiny_unet_config()
   c.data.random_crop = True
-  with pytest.raises(ValueError, match=r"config\.data\.random_crop=True crops images as they are decoded: it needs "
-                                       r"data\.source 'image_folder' or 'tfds' without captions \(got "
-                                       r"source='digits'"):
+  with pytest.raises(
+      ValueError, match=r"config\.data\.random_crop=True crops images as they are decoded: it needs "
+      r"data\.source 'image_folder' or 'tfds' without captions \(got "
+      r"source='digits'"):
     validate_config(c)
   from configs.adm_classifier import get_config
   assert get_config('64').data.random_crop  # as guided-diffusion's classifier_train.py

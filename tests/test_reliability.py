@@ -12,14 +12,15 @@ import jax
 import numpy as np
 import pytest
 
-import train
-from checkpoints import CheckpointStore
+from jobs import train
+from jobs import restore as restore_job
+from training.checkpoints import CheckpointStore
 from models import build_model
-import sample as sample_lib
-from sample import run_sample_job
+from jobs import sample as sample_lib
+from jobs.sample import run_sample_job
 from tests.tiny import tiny_unet_config
-from train_state import create_optimizer, state_shardings
-import sharding as sharding_lib
+from training.state import create_optimizer, state_shardings
+from training import sharding as sharding_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,8 +49,7 @@ def losses(workdir):
 
 
 def test_resume_is_bit_exact(tmp_path):
-  c = tiny_unet_config(train__num_steps=6, train__checkpoint_every=3, train__log_every=1,
-                       train__ema_snapshot_every=2)
+  c = tiny_unet_config(train__num_steps=6, train__checkpoint_every=3, train__log_every=1, train__ema_snapshot_every=2)
   c.optim.ema_sigma_rels = (0.05,)
   train.train_and_evaluate(c, str(tmp_path / 'straight'))
   c.train.num_steps = 3
@@ -61,8 +61,9 @@ def test_resume_is_bit_exact(tmp_path):
   assert step_a == step_b == 6
   assert_states_identical(a, b)  # params, EMA, power-function EMA, optimizer state, step, RNG
   assert losses(tmp_path / 'straight') == losses(tmp_path / 'resumed')
-  snapshots = {run: CheckpointStore(str(tmp_path / run), keep=None, name='ema_snapshots')
-               for run in ('straight', 'resumed')}
+  snapshots = {
+      run: CheckpointStore(str(tmp_path / run), keep=None, name='ema_snapshots') for run in ('straight', 'resumed')
+  }
   assert snapshots['straight'].steps() == [2, 4, 6] and snapshots['resumed'].steps() == [2, 3, 4, 6]  # 3: the end
   for step in (2, 4, 6):
     assert_states_identical(*(store.restore(step, {'power_ema': [a.params]}) for store in snapshots.values()))
@@ -150,9 +151,7 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
 
 def nan_batcher(bad_step):
   """train.StepBatcher whose batch of `bad_step` is all NaN."""
-
   class NaNBatcher(train.StepBatcher):
-
     def batch(self, step):
       b = super().batch(step)
       if step == bad_step:
@@ -219,9 +218,9 @@ def test_gradient_clipping_turned_on_or_off_at_a_resume_carries_the_optimizer_st
   train.train_and_evaluate(c, str(tmp_path))
   unclipped, _ = restore(c, str(tmp_path))
   c.optim.grad_clip = 1.0  # an optax.chain level more in the optimizer state
-  model, _, mesh, abstract, shardings, store = train.setup(c, str(tmp_path))
-  carried, step = store.restore_latest(abstract, lambda: [train.toggled_clip_layout(c, model, mesh, abstract,
-                                                                               shardings)])
+  model, _, mesh, abstract, shardings, store = restore_job.setup(c, str(tmp_path))
+  carried, step = store.restore_latest(abstract,
+                                       lambda: [restore_job.toggled_clip_layout(c, model, mesh, abstract, shardings)])
   store.close()
   assert step == 2 and jax.tree.structure(carried.opt_state) == jax.tree.structure(abstract.opt_state)
   assert_states_identical(jax.tree.leaves(jax.device_get(carried)), jax.tree.leaves(unclipped))
@@ -236,7 +235,7 @@ def test_gradient_clipping_turned_on_or_off_at_a_resume_carries_the_optimizer_st
   counts = [int(x) for x in jax.tree.leaves(state.opt_state) if np.ndim(x) == 0]
   assert counts and set(counts) == {6}  # Adam's step count went on through both toggles
   c.optim.grad_clip = 1.0
-  assert train.restore_for_inference(c, str(tmp_path))[2] == 6  # sampling with the other setting
+  assert restore_job.restore_for_inference(c, str(tmp_path))[2] == 6  # sampling with the other setting
 
 
 def test_full_disk_fails_clearly_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -258,8 +257,10 @@ def test_full_disk_fails_clearly_and_keeps_the_previous_checkpoint(tmp_path, mon
 
 
 def snapshot(directory):
-  return {os.path.join(r, f): (os.path.getsize(os.path.join(r, f)), os.path.getmtime(os.path.join(r, f)))
-          for r, _, files in os.walk(directory) for f in files}
+  return {
+      os.path.join(r, f): (os.path.getsize(os.path.join(r, f)), os.path.getmtime(os.path.join(r, f)))
+      for r, _, files in os.walk(directory) for f in files
+  }
 
 
 def test_workdir_of_another_model_is_refused_untouched(tmp_path):
@@ -267,8 +268,9 @@ def test_workdir_of_another_model_is_refused_untouched(tmp_path):
   train.train_and_evaluate(c, str(tmp_path))
   before = snapshot(tmp_path / 'checkpoints')
   c.model.base_channels = 16
-  with pytest.raises(ValueError, match='holds checkpoints of a different model.*model.base_channels: checkpoint '
-                                       'has 8, config has 16'):
+  with pytest.raises(
+      ValueError, match='holds checkpoints of a different model.*model.base_channels: checkpoint '
+      'has 8, config has 16'):
     train.train_and_evaluate(c, str(tmp_path))
   assert snapshot(tmp_path / 'checkpoints') == before
 
@@ -288,7 +290,7 @@ def test_sample_job_refuses_to_overwrite_makes_its_folder_and_refuses_nonfinite_
   c.sample.output = 'more/samples.npz'  # a folder not there yet is made before sampling
   assert np.load(run_sample_job(c, str(tmp_path)))['arr_0'].shape == (8, 8, 8, 1)
   with pytest.raises(FloatingPointError, match=r'2 of 8 sampled values are not finite \(NaN or inf\): the sampler '
-                                               r'diverged'):  # rather than black pixels
+                     r'diverged'):  # rather than black pixels
     sample_lib.to_uint8(np.asarray([0.0, np.nan, 1.0, -np.inf, 0.5, 0.5, -1.0, 1.0]))
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from benchmarks.remat_memory import model_loss, saved_activation_bytes
-from configs.common import validate_config
+from configs.validate import validate_config
 from configs.dit import dit_config
 from tests.tiny import tiny_unet_config
 

@@ -6,8 +6,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-import sharding as sharding_lib
-from configs.common import base_config, validate_config
+from training import sharding as sharding_lib
+from configs.default import base_config
+from configs.validate import validate_config
 from diffusion.dpm_solver import dpm_solver_2m_sample, dpm_solver_timesteps
 from diffusion.flow_samplers import flow_times
 from diffusion.guidance import classifier_free_guidance
@@ -17,13 +18,13 @@ from diffusion.objectives import (FLOW_TIME_SCALE, edm_denoiser, edm_network_inp
 from diffusion.samplers import ddim_sample, run_sampler
 from diffusion.schedules import (cosine_alphas_cumprod, linear_alphas_cumprod, sigma_at_timestep,
                                  sigmas_from_alphas_cumprod, timestep_at_sigma, timestep_spacing)
-from sample import make_generate_fn
+from jobs.sample import make_generate_fn
 
 SCHEDULES = {'linear': linear_alphas_cumprod(), 'cosine': cosine_alphas_cumprod()}
 
-
 # ----------------------------------------------------------------------------------------------
 # DESIGN.md section 3 goldens
+
 
 def golden_sample():
   n = 4 * 3 * 8 * 8
@@ -70,18 +71,19 @@ STD = np.array([0.5, 0.8, 1.0, 0.3], np.float32)
 
 def gaussian_posterior_means(x, alpha, sigma):
   """E[x_0 | x] and E[eps | x] for x = alpha x_0 + sigma eps, x_0 ~ N(MU, STD^2), eps ~ N(0, I)."""
-  var = alpha ** 2 * STD ** 2 + sigma ** 2
+  var = alpha**2 * STD**2 + sigma**2
   centred = x - alpha * MU
-  return MU + alpha * STD ** 2 / var * centred, sigma / var * centred
+  return MU + alpha * STD**2 / var * centred, sigma / var * centred
 
 
 def exact_vp_model(objective, alphas_cumprod):
   """The ideal network of `objective` at (fractional) timesteps: sigma by log-sigma interpolation."""
   def model_fn(x, t):
     ve = sigma_at_timestep(alphas_cumprod, t)[:, None]
-    alpha, sigma = 1 / jnp.sqrt(1 + ve ** 2), ve / jnp.sqrt(1 + ve ** 2)
+    alpha, sigma = 1 / jnp.sqrt(1 + ve**2), ve / jnp.sqrt(1 + ve**2)
     x0, eps = gaussian_posterior_means(x, alpha, sigma)
     return {'eps': eps, 'x0': x0, 'v': alpha * eps - sigma * x0}[objective]
+
   return model_fn
 
 
@@ -99,6 +101,7 @@ def exact_edm_network(alphas_cumprod, sigma_data):
     x = net_input / c_in
     x0, _ = gaussian_posterior_means(x, 1.0, ve)
     return (x0 - c_skip * x) / c_out
+
   return network_fn
 
 
@@ -145,9 +148,11 @@ def test_karras_levels_fix_few_step_dpm_solver_on_the_linear_schedule():
   Karras noise levels (20 steps: 29% and 5.4%); the mean error, 0.3%, is the x_T signal dropped at sigma 157."""
   def std_error(spacing, num_steps):
     c = sample_config(sampler='dpm++2m', num_steps=num_steps, spacing=spacing)
-    samples = np.asarray(run_sampler(c, 'eps', SCHEDULES['linear'], exact_vp_model('eps', SCHEDULES['linear']),
-                                     standard_noise(), jax.random.PRNGKey(0)), np.float64)
+    samples = np.asarray(
+        run_sampler(c, 'eps', SCHEDULES['linear'], exact_vp_model('eps', SCHEDULES['linear']), standard_noise(),
+                    jax.random.PRNGKey(0)), np.float64)
     return np.abs(samples.std(0) / STD - 1).max()
+
   assert std_error('linspace', 50) > 0.1 and std_error('karras', 50) < 0.01
   assert std_error('linspace', 20) > 0.25 and std_error('karras', 20) < 0.06
 
@@ -162,7 +167,7 @@ def test_churned_levels_closed_form():
 
 @pytest.mark.parametrize('schedule', ['linear', 'cosine'])
 @pytest.mark.parametrize('num_steps,churn', [(250, dict(s_churn=40.0, s_tmin=0.05, s_tmax=50.0)),
-                                              (500, dict(s_churn=80.0))])
+                                             (500, dict(s_churn=80.0))])
 def test_edm_stochastic_heun_reaches_the_data_distribution(num_steps, churn, schedule):
   """EDM Algorithm 2 with the exact denoiser: the noise added and removed leaves the data distribution. The churn
   noise is not standardised, so 200k samples (20k: 1-2% Monte Carlo error in the std). Measured worst errors
@@ -181,7 +186,7 @@ def edm_algorithm_2(denoiser, x, sigmas, noises, s_churn, s_tmin, s_tmax, s_nois
   for i in range(n):
     gamma = min(s_churn / n, np.sqrt(2) - 1) if s_tmin <= sigmas[i] <= s_tmax else 0.0
     sigma_hat = sigmas[i] * (1 + gamma)
-    x = x + s_noise * np.sqrt(sigma_hat ** 2 - sigmas[i] ** 2) * noises[i]
+    x = x + s_noise * np.sqrt(sigma_hat**2 - sigmas[i]**2) * noises[i]
     d = (x - denoiser(x, sigma_hat)) / sigma_hat
     x_next = x + (sigmas[i + 1] - sigma_hat) * d
     if order == 2 and sigmas[i + 1] > 0:
@@ -193,8 +198,10 @@ def edm_algorithm_2(denoiser, x, sigmas, noises, s_churn, s_tmin, s_tmax, s_nois
 
 @pytest.mark.parametrize('schedule', ['linear', 'cosine'])
 @pytest.mark.parametrize('order', [1, 2])
-@pytest.mark.parametrize('churn', [dict(s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003),
-                                   dict(s_churn=5.0, s_tmin=0.0, s_tmax=20.0, s_noise=1.0)])
+@pytest.mark.parametrize('churn', [
+    dict(s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003),
+    dict(s_churn=5.0, s_tmin=0.0, s_tmax=20.0, s_noise=1.0)
+])
 def test_stochastic_heun_and_euler_equal_edm_algorithm_2_as_a_loop(schedule, order, churn):
   """The same smooth eps model and the same noise draws (ours: normal(fold_in(rng, i)) at step i) in both. The
   second churn setting also churns the last step. k-diffusion 0.1.1's sample_heun / sample_euler, run by hand on
@@ -207,12 +214,13 @@ def test_stochastic_heun_and_euler_equal_edm_algorithm_2_as_a_loop(schedule, ord
       t.reshape(-1, 1, 1, 1) / 97.0)
 
   def denoiser(x, sigma):  # D(x; sigma) of an eps model on the VP input at the fractional timestep of sigma
-    return x - sigma * model(x / np.sqrt(1 + sigma ** 2), timestep_at_sigma(ac, np.array([sigma]))[0])
+    return x - sigma * model(x / np.sqrt(1 + sigma**2), timestep_at_sigma(ac, np.array([sigma]))[0])
 
   sigmas = schedule_karras_sigmas(ac, num_steps)
-  noises = [np.asarray(jax.random.normal(jax.random.fold_in(rng, i), noise.shape), np.float64)
-            for i in range(num_steps)]
-  reference = edm_algorithm_2(denoiser, noise * np.sqrt(1 + sigmas[0] ** 2), sigmas, noises, order=order, **churn)
+  noises = [
+      np.asarray(jax.random.normal(jax.random.fold_in(rng, i), noise.shape), np.float64) for i in range(num_steps)
+  ]
+  reference = edm_algorithm_2(denoiser, noise * np.sqrt(1 + sigmas[0]**2), sigmas, noises, order=order, **churn)
   ours = np.asarray(karras_sample(jax_model, jnp.asarray(noise), ac, num_steps, 'eps', order=order, rng=rng, **churn))
   err = np.abs(ours - reference).max() / np.abs(reference).max()
   assert err < 5e-6, f"max error {err:.2g} of the largest value"  # measured 2e-7 to 1.3e-6 (float32 vs float64)
@@ -236,14 +244,17 @@ def test_karras_sigma_max_fixes_few_step_heun_on_the_cosine_schedule():
   """From the cosine schedule's sigma_max (2e4) Heun at 50 steps misses the std by 4.7%; from EDM's 80 it is
   within 1% (measured 0.6%: dropping the signal left in x at sigma 80 costs 1/80 of it)."""
   ac = SCHEDULES['cosine']
+
   def run(**overrides):
     c = sample_config(sampler='heun', num_steps=50, **overrides)
     return jax.jit(lambda z: run_sampler(c, 'eps', ac, exact_vp_model('eps', ac), z, jax.random.PRNGKey(0)))(
         standard_noise())
+
   assert_matches_data(run(karras_sigma_max=80.0), tol=0.01)
   with pytest.raises(AssertionError):
     assert_matches_data(run(), tol=0.03)
-  np.testing.assert_allclose(schedule_karras_sigmas(ac, 10, sigma_max=80.0)[[0, 9]], [80.0, sigmas_from_alphas_cumprod(ac)[0]])
+  np.testing.assert_allclose(
+      schedule_karras_sigmas(ac, 10, sigma_max=80.0)[[0, 9]], [80.0, sigmas_from_alphas_cumprod(ac)[0]])
 
 
 def test_karras_sigma_max_outside_the_schedule_fails_at_start():
@@ -276,21 +287,22 @@ def test_ddpm_ancestral_reaches_the_data_distribution(variance, schedule):
 def test_exact_denoiser_with_edm_preconditioning(sampler, num_steps):
   ac = SCHEDULES['linear']
   c = sample_config(sampler=sampler, num_steps=num_steps, spacing='trailing')
-  run = jax.jit(lambda z: run_sampler(c, 'x0', ac, exact_edm_network(ac, 0.5), z, jax.random.PRNGKey(0),
-                                      preconditioning='edm', sigma_data=0.5))
+  denoiser = edm_denoiser(exact_edm_network(ac, 0.5), ac, 0.5)  # as jobs/guided.py hands it to the samplers
+  run = jax.jit(lambda z: run_sampler(c, 'x0', ac, denoiser, z, jax.random.PRNGKey(0)))
   assert_matches_data(run(standard_noise()), tol=0.01)
 
 
 # ----------------------------------------------------------------------------------------------
 # Noise levels and times
 
+
 def test_log_sigma_interpolation_round_trips():
   ac = SCHEDULES['cosine']
   t = np.array([0.0, 0.25, 17.5, 500.0, 998.9, 999.0])
   np.testing.assert_allclose(timestep_at_sigma(ac, sigma_at_timestep(ac, t)), t, atol=1e-6)
   np.testing.assert_allclose(sigma_at_timestep(ac, np.arange(1000.0)), sigmas_from_alphas_cumprod(ac), rtol=1e-9)
-  np.testing.assert_allclose(np.asarray(sigma_at_timestep(ac, jnp.asarray(t, jnp.float32))),
-                             sigma_at_timestep(ac, t), rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(sigma_at_timestep(ac, jnp.asarray(t, jnp.float32))), sigma_at_timestep(ac, t),
+                             rtol=1e-4)
 
 
 def test_karras_sigmas():
@@ -298,7 +310,7 @@ def test_karras_sigmas():
   assert len(sigmas) == 6 and sigmas[-1] == 0
   np.testing.assert_allclose(sigmas[[0, 4]], [80.0, 0.002])
   assert np.all(np.diff(sigmas) < 0)
-  mid = (80 ** (1 / 7) + 0.5 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+  mid = (80**(1 / 7) + 0.5 * (0.002**(1 / 7) - 80**(1 / 7)))**7
   np.testing.assert_allclose(sigmas[2], mid)
   s = sigmas_from_alphas_cumprod(SCHEDULES['linear'])
   np.testing.assert_allclose(schedule_karras_sigmas(SCHEDULES['linear'], 10)[[0, 9]], [s[-1], s[0]])
@@ -312,10 +324,11 @@ def test_flow_times():
 # ----------------------------------------------------------------------------------------------
 # Compilation: a jitted sampler traces once for repeated calls of the same shapes
 
-@pytest.mark.parametrize('sampler,objective,extra', [
-    ('ddpm', 'eps', {}), ('ddim', 'eps', {}), ('dpm++2m', 'v', {}), ('dpm++2m', 'eps', dict(spacing='karras')),
-    ('heun', 'eps', {}), ('heun', 'eps', dict(s_churn=10.0)), ('euler', 'x0', {}), ('heun', 'flow', {}),
-    ('euler', 'flow', {})])
+
+@pytest.mark.parametrize('sampler,objective,extra', [('ddpm', 'eps', {}), ('ddim', 'eps', {}), ('dpm++2m', 'v', {}),
+                                                     ('dpm++2m', 'eps', dict(spacing='karras')), ('heun', 'eps', {}),
+                                                     ('heun', 'eps', dict(s_churn=10.0)), ('euler', 'x0', {}),
+                                                     ('heun', 'flow', {}), ('euler', 'flow', {})])
 def test_sampler_traces_once(sampler, objective, extra):
   ac = SCHEDULES['linear']
   c = sample_config(sampler=sampler, num_steps=8, eta=0.5, **extra)
@@ -336,6 +349,7 @@ def test_sampler_traces_once(sampler, objective, extra):
 
 # ----------------------------------------------------------------------------------------------
 # Classifier-free guidance
+
 
 def toy_apply(x, t, cond):
   """Conditional output x + y, unconditional (y = null = 10) x + 10, plus the time."""
@@ -361,9 +375,10 @@ def test_guidance_scale_one_runs_only_the_conditional_batch():
   def counting_apply(x, t, cond):
     jax.debug.callback(lambda n: batches.append(int(n)), x.shape[0])
     return toy_apply(x, t, cond)
+
   labels = jnp.array([1, 2, 3])
-  model_fn = jax.jit(lambda x, t, scale: classifier_free_guidance(
-      counting_apply, {'y': labels}, {'y': jnp.full_like(labels, 10)}, scale)(x, t))
+  model_fn = jax.jit(lambda x, t, scale: classifier_free_guidance(counting_apply, {'y': labels},
+                                                                  {'y': jnp.full_like(labels, 10)}, scale)(x, t))
   for scale in (1.0, 2.0, 1.0):  # one program for every scale
     model_fn(x, t, scale).block_until_ready()
   assert batches == [3, 6, 3], batches
@@ -378,7 +393,6 @@ def test_guidance_interval_switches_guidance_off_outside():
 
 class ToyModel:
   """Stands in for a flax module in make_generate_fn: apply(variables, x, t, y)."""
-
   def apply(self, variables, x, t, y):
     return 0.1 * x + 0.01 * (y.astype(x.dtype) - 4.5)[:, None, None, None]
 
@@ -392,8 +406,8 @@ def test_make_generate_fn_applies_the_guidance_interval(sampler):
     c = base_config()
     c.data.image_size, c.data.channels = 2, 1
     c.sample.sampler, c.sample.num_steps, c.sample.guidance_interval = sampler, 4, interval
-    return np.asarray(make_generate_fn(c, ToyModel(), mesh)({}, {'y': labels}, noise, jax.random.PRNGKey(0),
-                                                            jnp.float32(scale)))
+    return np.asarray(
+        make_generate_fn(c, ToyModel(), mesh)({}, {'y': labels}, noise, jax.random.PRNGKey(0), jnp.float32(scale)))
 
   plain, guided_everywhere = generate(1.0, ()), generate(3.0, ())
   assert np.abs(plain - guided_everywhere).max() > 1e-3
@@ -409,8 +423,8 @@ def test_generate_fn_compiled_ahead_is_the_same_function_and_the_sampler_table_r
   c.data.image_size, c.data.channels = 2, 1
   c.sample.sampler, c.sample.num_steps, c.sample.batch_size, c.sample.s_churn = 'heun', 4, 8, 2.0
   generate_fn = make_generate_fn(c, ToyModel(), mesh)
-  args = ({}, {'y': jnp.arange(8) % 10}, jax.random.normal(jax.random.PRNGKey(0), (8, 2, 2, 1)),
-          jax.random.PRNGKey(1), jnp.float32(2.0))
+  args = ({}, {'y': jnp.arange(8) % 10}, jax.random.normal(jax.random.PRNGKey(0),
+                                                           (8, 2, 2, 1)), jax.random.PRNGKey(1), jnp.float32(2.0))
   np.testing.assert_array_equal(generate_fn.compile_for(*args)(*args), generate_fn(*args))
   images, labels, seconds, compile_seconds = time_cell(c, ToyModel(), {}, mesh, 8, seed=0)
   assert images.shape[:3] == (8, 2, 2) and images.dtype == np.uint8 and labels.shape == (8,)
@@ -419,6 +433,7 @@ def test_generate_fn_compiled_ahead_is_the_same_function_and_the_sampler_table_r
 
 # ----------------------------------------------------------------------------------------------
 # EDM preconditioning
+
 
 def test_edm_training_pair_and_sampling_denoiser_agree():
   """noised_batch's (input, target) and edm_denoiser invert each other: F = target gives D = x_0."""
@@ -460,6 +475,7 @@ def test_edm_with_unit_sigma_data_is_minus_v_prediction():
 
 # ----------------------------------------------------------------------------------------------
 # Config fields
+
 
 def test_config_validation_of_sampler_fields():
   validate_config(base_config())

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from diffusion.schedules import (cosine_alphas_cumprod, linear_alphas_cumprod, linear_betas,
-                                 sigmas_from_alphas_cumprod, timestep_spacing)
+from diffusion.schedules import (cosine_alphas_cumprod, linear_alphas_cumprod, linear_betas, sigmas_from_alphas_cumprod,
+                                 timestep_spacing)
 
 
 def test_linear_schedule_values():
@@ -18,7 +18,7 @@ def test_linear_schedule_values():
 
 def test_cosine_schedule_values():
   ac = cosine_alphas_cumprod(1000)
-  f = lambda t: np.cos((t / 1000 + 0.008) / 1.008 * np.pi / 2) ** 2
+  f = lambda t: np.cos((t / 1000 + 0.008) / 1.008 * np.pi / 2)**2
   for t in (0, 250, 500, 900):  # a_t = f(t + 1) / f(0) where no beta is clipped
     assert ac[t] == pytest.approx(f(t + 1) / f(0), rel=1e-5)
   assert ac[-1] < 1e-4 and np.all(np.diff(ac) < 0)

@@ -6,9 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-import sharding as sharding_lib
-import train
-from configs.common import validate_config
+from training import sharding as sharding_lib
+from jobs import train
+from training import step as training_step
+from configs.validate import validate_config
 from configs.quickstart import get_config as quickstart_config
 from input_pipeline import StepBatcher
 from input_pipeline.loader import step_chunks
@@ -18,8 +19,11 @@ from tests.tiny import tiny_unet_config
 
 def config(steps_per_call, **overrides):
   """A one-level U-Net (quick to trace and save) for 8 steps, logged every 4, saved only at the end."""
-  c = tiny_unet_config(**{'model__channel_mult': (1,), 'model__attn_resolutions': (), 'train__num_steps': 8,
-                          'train__log_every': 4, 'train__checkpoint_every': 8, **overrides})
+  c = tiny_unet_config(
+      **{
+          'model__channel_mult': (1,), 'model__attn_resolutions': (), 'train__num_steps': 8, 'train__log_every': 4,
+          'train__checkpoint_every': 8, **overrides
+      })
   c.train.steps_per_call = steps_per_call
   return validate_config(c)
 
@@ -59,7 +63,7 @@ def test_resume_off_the_call_grid_and_sigterm_mid_call(one_step_per_call, tmp_pa
   arrives (while step 5's batch is read); the call finishes and step 8 is saved, matching 8 single steps."""
   reference, _ = one_step_per_call
   train.train_and_evaluate(config(1, train__num_steps=3), str(tmp_path))
-  calls, make_train_step = [], train.make_train_step
+  calls, make_train_step = [], training_step.make_train_step
 
   def recording_make_train_step(*args, **kwargs):
     fn = make_train_step(*args, **kwargs)
@@ -94,7 +98,10 @@ def test_stacked_batch_splits_the_batch_axis_on_8_devices():
 
 
 @pytest.mark.parametrize('path,value', [
-    ('train.num_steps', 1502), ('train.log_every', 50), ('train.checkpoint_every', 502), ('train.sample_every', 250),
+    ('train.num_steps', 1502),
+    ('train.log_every', 50),
+    ('train.checkpoint_every', 502),
+    ('train.sample_every', 250),
     ('evals.digits.every_steps', 10),
 ])
 def test_validate_config_rejects_a_steps_per_call_that_does_not_divide(path, value):

@@ -7,14 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import sample
-import train
-from configs.common import validate_config
+from jobs import sample
+from jobs import train
+from configs.validate import validate_config
 from configs.quickstart import get_config as quickstart_config
 from input_pipeline.sources import digits_source
 from models import build_model
-from models.conditioning import (area_downsample, condition_from_batch, default_conditions, drop_condition,
-                                 null_condition)
+from jobs.conditions import default_conditions, null_condition_for
+from models.conditioning import area_downsample, condition_from_batch, drop_condition
 
 
 def sr_config(**sample_fields):
@@ -42,9 +42,9 @@ def test_the_condition_is_the_downsampled_batch_and_guidance_keeps_it():
   images = jax.random.uniform(jax.random.PRNGKey(0), (6, 8, 8, 1), minval=-1, maxval=1)
   cond = condition_from_batch({'image': images, 'label': jnp.arange(6)}, config)
   np.testing.assert_allclose(cond['low_res'], area_downsample(images, 4))
-  null = null_condition(cond, config)
+  null = null_condition_for(cond, config)
   assert (null['y'] == 10).all() and null['low_res'] is cond['low_res']
-  dropped = drop_condition(jax.random.PRNGKey(1), cond, 0.999, config)
+  dropped = drop_condition(jax.random.PRNGKey(1), cond, 0.999, null)
   assert (dropped['y'] == 10).all()
   np.testing.assert_array_equal(dropped['low_res'], cond['low_res'])
 
@@ -75,7 +75,7 @@ def test_low_resolution_conditions_come_from_base_samples_or_the_dataset(tmp_pat
 @pytest.mark.parametrize('what, message', [
     ('missing', r"low_res_samples='.*missing\.npz': no such file; give the samples\.npz of a 4x4 base model"),
     ('shape', r'holds arr_0 uint8 \(5, 8, 8, 1\); this super-resolution model upsamples uint8 images '
-              r'\[N, 4, 4, 1\] \(config\.model\.low_res_size=4'),
+     r'\[N, 4, 4, 1\] \(config\.model\.low_res_size=4'),
     ('few', r'holds 5 images, fewer than the 6 to upsample: set --config\.sample\.num_samples=5'),
     ('labels', r'has no labels \(arr_1\), which this class-conditional model needs'),
 ])

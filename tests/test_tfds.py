@@ -8,8 +8,10 @@ pytest.importorskip('tensorflow_datasets')
 pytest.importorskip('array_record')
 
 from input_pipeline import StepBatcher, create_source  # pylint: disable=wrong-import-position
-from input_pipeline.sources import (center_crop_resize, random_crop_resize,  # pylint: disable=wrong-import-position
-                                    to_unit_range)
+from input_pipeline.images import (
+    center_crop_resize,
+    random_crop_resize,  # pylint: disable=wrong-import-position
+    to_unit_range)
 from tests import tfds_datasets  # pylint: disable=wrong-import-position
 
 
@@ -22,9 +24,9 @@ def data_dir(tmp_path_factory):
 
 
 def data_config(data_dir, **overrides):
-  c = ml_collections.ConfigDict(dict(source='tfds', name='tiny_images', split='train', image_size=8, channels=3,
-                                     num_classes=tfds_datasets.NUM_CLASSES, num_workers=1, tfds_data_dir=data_dir,
-                                     captions=False))
+  c = ml_collections.ConfigDict(
+      dict(source='tfds', name='tiny_images', split='train', image_size=8, channels=3,
+           num_classes=tfds_datasets.NUM_CLASSES, num_workers=1, tfds_data_dir=data_dir, captions=False))
   c.update(overrides)
   return c
 
@@ -66,8 +68,10 @@ def test_crops_flips_threads_and_hosts_on_a_tfds_source(data_dir):
     np.testing.assert_array_equal(threaded.get(indices, crop)['image'], batch['image'])
   batcher = StepBatcher(source, 6, seed=1, random_flip=True, random_crop=True)
   whole = batcher.batch(4)
-  hosts = [StepBatcher(source, 6, seed=1, random_flip=True, random_crop=True, process_index=h,
-                       process_count=3).batch(4) for h in range(3)]
+  hosts = [
+      StepBatcher(source, 6, seed=1, random_flip=True, random_crop=True, process_index=h, process_count=3).batch(4)
+      for h in range(3)
+  ]
   np.testing.assert_array_equal(np.concatenate([h['image'] for h in hosts]), whole['image'])
   centre = StepBatcher(source, 6, seed=1).batch(4)
   np.testing.assert_array_equal(centre['label'], whole['label'])
@@ -88,27 +92,30 @@ def test_coco_captions_gives_each_image_with_each_of_its_first_five_captions(dat
 
 
 def test_a_label_beyond_num_classes_or_no_label_for_a_conditional_model_fails_at_start(data_dir, tmp_path):
-  with pytest.raises(ValueError, match=r"TFDS dataset 'tiny_images' has 3 classes but config\.data\.num_classes=2: "
-                                       r'.*--config\.data\.num_classes=3'):
+  with pytest.raises(
+      ValueError, match=r"TFDS dataset 'tiny_images' has 3 classes but config\.data\.num_classes=2: "
+      r'.*--config\.data\.num_classes=3'):
     create_source(data_config(data_dir, num_classes=2))
   assert len(create_source(data_config(data_dir, num_classes=0))) == 9  # unconditional: labels unused
-  with pytest.raises(ValueError, match=r"TFDS dataset 'coco_captions' has no 'label' feature, so it cannot train a "
-                                       r'class-conditional model \(config\.data\.num_classes=3\); set '
-                                       r'--config\.data\.num_classes=0'):
+  with pytest.raises(
+      ValueError, match=r"TFDS dataset 'coco_captions' has no 'label' feature, so it cannot train a "
+      r'class-conditional model \(config\.data\.num_classes=3\); set '
+      r'--config\.data\.num_classes=0'):
     create_source(data_config(data_dir, name='coco_captions'))
   assert create_source(data_config(data_dir, name='coco_captions', num_classes=0)).get([0])['label'].tolist() == [0]
   for c in range(3):
     (tmp_path / f'class{c}').mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / f'class{c}/0.png')
-  folder = ml_collections.ConfigDict(dict(source='image_folder', path=str(tmp_path), image_size=8, channels=3,
-                                          num_classes=2))
+  folder = ml_collections.ConfigDict(
+      dict(source='image_folder', path=str(tmp_path), image_size=8, channels=3, num_classes=2))
   with pytest.raises(ValueError, match=r"the image folder '.*' has 3 classes but config\.data\.num_classes=2"):
     create_source(folder)
 
 
 def test_a_dataset_not_prepared_names_the_command_that_prepares_it(data_dir):
-  with pytest.raises(RuntimeError, match=r"(?s)could not open TFDS dataset 'cifar10' split 'train' in '.*' .*"
-                                         r'tfds build cifar10 --file_format=array_record.*tfds_data_dir'):
+  with pytest.raises(
+      RuntimeError, match=r"(?s)could not open TFDS dataset 'cifar10' split 'train' in '.*' .*"
+      r'tfds build cifar10 --file_format=array_record.*tfds_data_dir'):
     create_source(data_config(data_dir, name='cifar10'))
   with pytest.raises(RuntimeError, match=r"split 'validation'"):
     create_source(data_config(data_dir, split='validation'))
@@ -117,9 +124,9 @@ def test_a_dataset_not_prepared_names_the_command_that_prepares_it(data_dir):
 def test_the_encode_and_fid_stats_jobs_read_a_latent_models_tfds_pixels_from_tfds_data_dir(data_dir):
   """A latent model's images (config.data.pixels, what --mode=encode encodes and --mode=fid_stats reads) come from
   TFDS in config.data.tfds_data_dir."""
-  from configs.common import base_config
-  from evaluation import jobs
-  from input_pipeline import encode
+  from configs.default import base_config
+  from jobs import eval
+  from jobs import encode
   c = base_config()
   c.data.update(source='latents', path='/unused', tfds_data_dir=data_dir, num_workers=2)
   c.data.pixels.update(source='tfds', name='tiny_images', split='train', image_size=8)

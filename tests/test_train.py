@@ -7,12 +7,13 @@ import jax
 import numpy as np
 import pytest
 
-import sharding as sharding_lib
-import train
+from training import sharding as sharding_lib
+from jobs import train
+from training import step as training_step
 from input_pipeline import StepBatcher, create_source
 from models import build_model
 from tests.tiny import tiny_unet_config
-from train_state import create_optimizer, create_state, state_shardings
+from training.state import create_optimizer, create_state, state_shardings
 
 
 def one_step(config, devices):
@@ -23,7 +24,7 @@ def one_step(config, devices):
   model, tx = build_model(config), create_optimizer(config.optim)
   _, shardings = state_shardings(config, model, tx, mesh)
   state = create_state(config, model, tx, mesh)
-  step_fn = train.make_train_step(config, model, tx, mesh, shardings)
+  step_fn = training_step.make_train_step(config, model, tx, mesh, shardings)
   batcher = StepBatcher(create_source(config.data), config.train.batch_size, config.seed)
   for step in range(2):
     state, metrics = step_fn(state, sharding_lib.host_batch_to_global(batcher.batch(step), mesh))
@@ -120,10 +121,10 @@ def trace_step_count(workdir):
 def test_writer_without_tensorboard_backends_keeps_jsonl_and_warns(tmp_path, monkeypatch, caplog):
   """The GPU image has neither TensorFlow nor tensorboardX: training must still log (metrics.jsonl, console)."""
   import importlib.util
-  import writers
+  from training import writers
   real_find_spec = importlib.util.find_spec
-  monkeypatch.setattr(writers.importlib.util, 'find_spec',
-                      lambda name, *a: None if name in ('tensorflow', 'tensorboardX') else real_find_spec(name, *a))
+  monkeypatch.setattr(writers.importlib.util, 'find_spec', lambda name, *a: None
+                      if name in ('tensorflow', 'tensorboardX') else real_find_spec(name, *a))
   writer = writers.create_writer(str(tmp_path))
   writer.write_scalars(3, {'loss': 0.5})
   writer.close()
@@ -135,11 +136,11 @@ def test_tensorflow_without_tensorboard_writes_events_through_tensorboardx(tmp_p
   """tensorflow-cpu 2.21 comes without tensorboard, which clu's TensorFlow writer imports: use tensorboardX."""
   import importlib.machinery
   import importlib.util
-  import writers
+  from training import writers
   real_find_spec = importlib.util.find_spec
   found = {'tensorflow': importlib.machinery.ModuleSpec('tensorflow', None), 'tensorboard': None}
-  monkeypatch.setattr(writers.importlib.util, 'find_spec',
-                      lambda name, *a: found[name] if name in found else real_find_spec(name, *a))
+  monkeypatch.setattr(writers.importlib.util, 'find_spec', lambda name, *a: found[name]
+                      if name in found else real_find_spec(name, *a))
   writer = writers.create_writer(str(tmp_path))
   writer.write_scalars(3, {'loss': 0.5})
   writer.close()
@@ -148,7 +149,7 @@ def test_tensorflow_without_tensorboard_writes_events_through_tensorboardx(tmp_p
 
 
 def test_checkpoint_restores_under_another_mesh(tmp_path):
-  from checkpoints import CheckpointStore
+  from training.checkpoints import CheckpointStore
   c = tiny_unet_config(train__num_steps=2, train__checkpoint_every=2)
   c.mesh.data, c.mesh.fsdp = 8, 1
   train.train_and_evaluate(c, str(tmp_path))

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import sharding as sharding_lib
-import train
-from configs.common import validate_config
+from training import sharding as sharding_lib
+from jobs import train
+from configs.validate import validate_config
 from models import build_model
 from tests.tiny import tiny_unet_config
-from train_state import create_optimizer, create_state
-from validation import HeldOutLoss
+from training.state import create_optimizer, create_state
+from training.heldout import HeldOutLoss
 
 
 @pytest.fixture(scope='module')
@@ -85,13 +85,17 @@ def test_classifier_reports_held_out_accuracy(digit_folders):
 
 @pytest.mark.parametrize('change, message', [
     ({'val.every_steps': 20}, r"data\.source='digits' has no held-out split"),
-    ({'val.every_steps': 20, 'data.source': 'image_folder', 'data.path': '/x'},
-     r'give the held-out image_folder directory in config\.val\.path'),
+    ({'val.every_steps': 20, 'data.source': 'image_folder', 'data.path': '/x'
+     }, r'give the held-out image_folder directory in config\.val\.path'),
     ({'val.every_steps': 20, 'data.source': 'tfds', 'data.name': 'cifar10'}, r'--config\.val\.split=validation'),
-    ({'val.every_steps': 20, 'data.source': 'image_folder', 'data.path': '/x', 'val.path': '/y',
-      'val.num_examples': 100, 'val.batch_size': 32}, r'num_examples=100 must be a multiple of config\.val\.batch_size=32'),
-    ({'val.every_steps': 3, 'data.source': 'image_folder', 'data.path': '/x', 'val.path': '/y', 'train.steps_per_call': 2,
-      'train.log_every': 2, 'train.checkpoint_every': 2}, r'does not divide config\.val\.every_steps=3'),
+    ({
+        'val.every_steps': 20, 'data.source': 'image_folder', 'data.path': '/x', 'val.path': '/y',
+        'val.num_examples': 100, 'val.batch_size': 32
+    }, r'num_examples=100 must be a multiple of config\.val\.batch_size=32'),
+    ({
+        'val.every_steps': 3, 'data.source': 'image_folder', 'data.path': '/x', 'val.path': '/y',
+        'train.steps_per_call': 2, 'train.log_every': 2, 'train.checkpoint_every': 2
+    }, r'does not divide config\.val\.every_steps=3'),
     ({'val.batch_size': 0}, r'config\.val\.batch_size=0 must be positive'),
 ])
 def test_bad_val_configs_are_refused(change, message):

@@ -27,8 +27,11 @@ def test_missing_file_names_where_to_get_it(tmp_path):
 def test_torch_training_checkpoint_reads_its_ema_weights_as_float32(tmp_path):
   torch = pytest.importorskip('torch')
   ema = {'x.weight': torch.arange(4, dtype=torch.bfloat16), 'step': torch.tensor(7)}
-  torch.save({'model': {'x.weight': torch.zeros(4)}, 'ema': ema, 'opt': {'param_groups': [{'lr': 1e-4}]},
-              'args': argparse.Namespace(model='DiT-XL/2')}, tmp_path / 'ckpt.pt')  # DiT's train.py layout
+  torch.save(
+      {
+          'model': {'x.weight': torch.zeros(4)}, 'ema': ema, 'opt': {'param_groups': [{'lr': 1e-4}]},
+          'args': argparse.Namespace(model='DiT-XL/2')
+      }, tmp_path / 'ckpt.pt')  # DiT's train.py layout
   read = read_state_dict(str(tmp_path / 'ckpt.pt'))
   assert read['x.weight'].dtype == np.float32 and read['step'].dtype == np.int64
   np.testing.assert_array_equal(read['x.weight'], [0, 1, 2, 3])
@@ -44,7 +47,7 @@ def test_key_and_shape_problems_name_what_differs():
   expected = {'a': (2, 3), 'b': (4,), 'c': (1,)}
   assert key_and_shape_problems(dict(expected), expected) == []
   got = {'a': (3, 2), 'b': (4,), 'd': (1,)}
-  assert key_and_shape_problems(got, expected) == ['missing keys: c', 'unexpected keys: d',
-                                                   'misshaped keys: a (3, 2) (expected (2, 3))']
+  assert key_and_shape_problems(
+      got, expected) == ['missing keys: c', 'unexpected keys: d', 'misshaped keys: a (3, 2) (expected (2, 3))']
   many = key_and_shape_problems({}, {f'k{i:02d}': (1,) for i in range(11)})
   assert many == ['missing keys: k00, k01, k02, k03, k04, k05, k06, k07 and 3 more']

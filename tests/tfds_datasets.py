@@ -40,10 +40,11 @@ class TinyImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   VERSION = tfds.core.Version('1.0.0')
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        'image': tfds.features.Image(shape=(None, None, 3)),
-        'label': tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-        'index': np.int64}))
+    return tfds.core.DatasetInfo(
+        builder=self, features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(None, None, 3)),
+            'label': tfds.features.ClassLabel(num_classes=NUM_CLASSES), 'index': np.int64
+        }))
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -60,14 +61,18 @@ class CocoCaptions(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name='2014')]
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        'image': tfds.features.Image(encoding_format='jpeg'),
-        'image/filename': tfds.features.Text(),
-        'image/id': np.int64,
-        'objects': tfds.features.Sequence({
-            'id': np.int64, 'area': np.int64, 'bbox': tfds.features.BBoxFeature(),
-            'label': tfds.features.ClassLabel(num_classes=80), 'is_crowd': np.bool_}),
-        'captions': tfds.features.Sequence({'text': np.str_, 'id': np.int64})}))
+    return tfds.core.DatasetInfo(
+        builder=self, features=tfds.features.FeaturesDict({
+            'image':
+                tfds.features.Image(encoding_format='jpeg'), 'image/filename':
+                    tfds.features.Text(), 'image/id':
+                        np.int64, 'objects':
+                            tfds.features.Sequence({
+                                'id': np.int64, 'area': np.int64, 'bbox': tfds.features.BBoxFeature(),
+                                'label': tfds.features.ClassLabel(num_classes=80), 'is_crowd': np.bool_
+                            }), 'captions':
+                                tfds.features.Sequence({'text': np.str_, 'id': np.int64})
+        }))
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -76,9 +81,11 @@ class CocoCaptions(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _generate_examples(self, count):
     for i in range(count):
       n = 5 + i % 2
-      yield i, {'image': png(example_image(i)), 'image/filename': f'COCO_train2014_{i:012d}.jpg', 'image/id': i,
-                'objects': {'id': [], 'area': [], 'bbox': np.zeros((0, 4), np.float32), 'label': [], 'is_crowd': []},
-                'captions': {'text': [caption(i, c) for c in range(n)], 'id': list(range(10 * i, 10 * i + n))}}
+      yield i, {
+          'image': png(example_image(i)), 'image/filename': f'COCO_train2014_{i:012d}.jpg', 'image/id': i,
+          'objects': {'id': [], 'area': [], 'bbox': np.zeros((0, 4), np.float32), 'label': [], 'is_crowd': []},
+          'captions': {'text': [caption(i, c) for c in range(n)], 'id': list(range(10 * i, 10 * i + n))}
+      }
 
 
 def prepare(builder_class, data_dir):

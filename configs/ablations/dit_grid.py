@@ -47,19 +47,23 @@ def base():
 
 def get_sweep():
   return {
-      'kind': 'train',
-      'base': base(),
+      'kind':
+          'train',
+      'base':
+          base(),
       'axes': {
           'size': [{'name': name, **{f'model.{k}': v for k, v in size.items()}} for name, size in SIZES.items()],
           'patch': {'model.patch_size': [8, 4, 2]},
       },
       'metrics': ['digits_fd', 'digits_accuracy', 'loss'],
-      'columns': ['params_m', 'gflops', 'digits_fd', 'digits_accuracy', 'loss', 'steps_per_second',
-                  'train_seconds'],
-      'plots': [{'x': 'gflops', 'y': 'digits_fd', 'series': 'size', 'annotate': 'patch', 'logx': True, 'logy': True,
-                 'xlabel': 'forward Gflops per image (multiply-adds)', 'file': 'fd_vs_gflops.png'},
-                {'x': 'gflops', 'y': 'digits_accuracy', 'series': 'size', 'annotate': 'patch', 'logx': True,
-                 'xlabel': 'forward Gflops per image (multiply-adds)', 'file': 'accuracy_vs_gflops.png'},
-                {'x': 'gflops', 'y': 'loss', 'series': 'size', 'annotate': 'patch', 'logx': True,
-                 'file': 'loss_vs_gflops.png'}],
+      'columns': ['params_m', 'gflops', 'digits_fd', 'digits_accuracy', 'loss', 'steps_per_second', 'train_seconds'],
+      'plots': [{
+          'x': 'gflops', 'y': 'digits_fd', 'series': 'size', 'annotate': 'patch', 'logx': True, 'logy': True,
+          'xlabel': 'forward Gflops per image (multiply-adds)', 'file': 'fd_vs_gflops.png'
+      }, {
+          'x': 'gflops', 'y': 'digits_accuracy', 'series': 'size', 'annotate': 'patch', 'logx': True,
+          'xlabel': 'forward Gflops per image (multiply-adds)', 'file': 'accuracy_vs_gflops.png'
+      }, {
+          'x': 'gflops', 'y': 'loss', 'series': 'size', 'annotate': 'patch', 'logx': True, 'file': 'loss_vs_gflops.png'
+      }],
   }

@@ -12,12 +12,17 @@ def get_sweep():
   config = base()
   config.sample.num_steps = 100
   return {
-      'kind': 'sample',
-      'model_sweep': 'configs/ablations/dit_grid.py',
-      'base': config,
+      'kind':
+          'sample',
+      'model_sweep':
+          'configs/ablations/dit_grid.py',
+      'base':
+          config,
       'axes': {'guidance': {'sample.guidance_scale': [1.0]}},
       'metrics': ['digits_fd', 'digits_accuracy'],
       'columns': ['params_m', 'gflops', 'digits_fd', 'digits_accuracy', 'model_step'],
-      'plots': [{'x': 'gflops', 'y': 'digits_fd', 'series': 'size', 'annotate': 'patch', 'logx': True, 'logy': True,
-                 'xlabel': 'forward Gflops per image (multiply-adds)', 'file': 'fd_vs_gflops.png'}],
+      'plots': [{
+          'x': 'gflops', 'y': 'digits_fd', 'series': 'size', 'annotate': 'patch', 'logx': True, 'logy': True,
+          'xlabel': 'forward Gflops per image (multiply-adds)', 'file': 'fd_vs_gflops.png'
+      }],
   }

@@ -11,12 +11,17 @@ from configs.ablations.dit_grid import base
 
 def get_sweep():
   return {
-      'kind': 'sample',
-      'model_sweep': 'configs/ablations/dit_grid.py',
-      'base': base(),
+      'kind':
+          'sample',
+      'model_sweep':
+          'configs/ablations/dit_grid.py',
+      'base':
+          base(),
       'axes': {'guidance': {'sample.guidance_scale': [2.0]}},
       'metrics': ['digits_fd', 'digits_accuracy'],
       'columns': ['params_m', 'gflops', 'digits_fd', 'digits_accuracy', 'model_step'],
-      'plots': [{'x': 'gflops', 'y': ['digits_fd', 'digits_accuracy'], 'series': 'size', 'annotate': 'patch',
-                 'logx': True, 'xlabel': 'forward Gflops per image (multiply-adds)', 'file': 'fd_vs_gflops.png'}],
+      'plots': [{
+          'x': 'gflops', 'y': ['digits_fd', 'digits_accuracy'], 'series': 'size', 'annotate': 'patch', 'logx': True,
+          'xlabel': 'forward Gflops per image (multiply-adds)', 'file': 'fd_vs_gflops.png'
+      }],
   }

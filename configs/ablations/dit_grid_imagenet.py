@@ -21,25 +21,31 @@ def base():
   c.sample.guidance_scale = 1.0  # Table 4 is without guidance
   c.sample.num_samples = 50_000
   c.evals.inception = ml_collections.ConfigDict({
-      'every_steps': 0, 'num_samples': 50_000, 'seed': 12345,
-      'inception_weights': 'weights/inception_fid.msgpack', 'reference_npz': 'refs/imagenet256.npz',
-      'batch_size': 200, 'precision_recall': True, 'k': 3, 'is_splits': 10,
-      'preprocessing': 'tensorflow'})  # as the ADM evaluator that scored the paper's numbers
+      'every_steps': 0, 'num_samples': 50_000, 'seed': 12345, 'inception_weights': 'weights/inception_fid.msgpack',
+      'reference_npz': 'refs/imagenet256.npz', 'batch_size': 200, 'precision_recall': True, 'k': 3, 'is_splits': 10,
+      'preprocessing': 'tensorflow'
+  })  # as the ADM evaluator that scored the paper's numbers
   return c
 
 
 def get_sweep():
   return {
-      'kind': 'train',
-      'base': base(),
+      'kind':
+          'train',
+      'base':
+          base(),
       'axes': {
-          'size': [{'name': name, **{f'model.{k}': v for k, v in variant.items()}}
-                   for name, variant in DIT_VARIANTS.items()],
+          'size': [
+              {'name': name, **{f'model.{k}': v for k, v in variant.items()}} for name, variant in DIT_VARIANTS.items()
+          ],
           'patch': {'model.patch_size': [8, 4, 2]},
       },
       'metrics': ['fid', 'loss'],
-      'columns': ['params_m', 'gflops', 'fid', 'sfid', 'inception_score', 'precision', 'recall', 'loss',
-                  'steps_per_second'],
-      'plots': [{'x': 'gflops', 'y': 'fid', 'series': 'size', 'annotate': 'patch', 'logx': True, 'logy': True,
-                 'xlabel': 'forward Gflops per image (multiply-adds)', 'file': 'fid_vs_gflops.png'}],
+      'columns': [
+          'params_m', 'gflops', 'fid', 'sfid', 'inception_score', 'precision', 'recall', 'loss', 'steps_per_second'
+      ],
+      'plots': [{
+          'x': 'gflops', 'y': 'fid', 'series': 'size', 'annotate': 'patch', 'logx': True, 'logy': True,
+          'xlabel': 'forward Gflops per image (multiply-adds)', 'file': 'fid_vs_gflops.png'
+      }],
   }

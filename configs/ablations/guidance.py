@@ -19,13 +19,19 @@ def base():
 
 def get_sweep():
   return {
-      'kind': 'sample',
-      'base': base(),
-      'model_workdir': 'runs/quickstart',
-      'model_command': 'python main.py --config=configs/quickstart.py',
+      'kind':
+          'sample',
+      'base':
+          base(),
+      'model_workdir':
+          'runs/quickstart',
+      'model_command':
+          'python main.py --config=configs/quickstart.py',
       'axes': {'guidance': {'sample.guidance_scale': [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0]}},
       'metrics': ['digits_fd', 'digits_accuracy'],
       'columns': ['digits_accuracy', 'digits_fd', 'sampling_seconds'],
-      'plots': [{'x': 'guidance', 'y': ['digits_accuracy', 'digits_fd'], 'file': 'metrics_vs_guidance.png',
-                 'xlabel': 'guidance scale'}],
+      'plots': [{
+          'x': 'guidance', 'y': ['digits_accuracy', 'digits_fd'], 'file': 'metrics_vs_guidance.png',
+          'xlabel': 'guidance scale'
+      }],
   }

@@ -1,4 +1,4 @@
-"""EMA width chosen after training (EDM2's post-hoc EMA, ema.py) on one quickstart model (sampling only).
+"""EMA width chosen after training (EDM2's post-hoc EMA, training/ema.py) on one quickstart model (sampling only).
 
     python ablate.py --sweep=configs/ablations/posthoc_ema.py --root=runs/ablations   # trains the model first
 
@@ -23,14 +23,20 @@ def get_sweep():
   weights = [{'name': 'params', 'sample.use_ema': False}, {'name': 'ema0.999', 'sample.use_ema': True}]
   weights += [{'name': w, 'sample.ema_sigma_rel': w} for w in WIDTHS]  # numeric names: the plot's x
   return {
-      'kind': 'sample',
-      'base': base(),
-      'model_workdir': 'runs/quickstart_power_ema',
-      'model_command': 'python main.py --config=configs/quickstart.py --config.optim.ema_sigma_rels=0.05,0.1 '
-                       '--config.train.ema_snapshot_every=50',
+      'kind':
+          'sample',
+      'base':
+          base(),
+      'model_workdir':
+          'runs/quickstart_power_ema',
+      'model_command':
+          'python main.py --config=configs/quickstart.py --config.optim.ema_sigma_rels=0.05,0.1 '
+          '--config.train.ema_snapshot_every=50',
       'axes': {'sigma_rel': weights},
       'metrics': ['digits_fd', 'digits_accuracy'],
       'columns': ['model_step', 'digits_fd', 'digits_accuracy'],
-      'plots': [{'x': 'sigma_rel', 'y': ['digits_fd', 'digits_accuracy'], 'file': 'metrics_vs_sigma_rel.png',
-                 'xlabel': 'EMA width sigma_rel (post hoc)'}],
+      'plots': [{
+          'x': 'sigma_rel', 'y': ['digits_fd', 'digits_accuracy'], 'file': 'metrics_vs_sigma_rel.png',
+          'xlabel': 'EMA width sigma_rel (post hoc)'
+      }],
   }

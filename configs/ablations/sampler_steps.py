@@ -23,17 +23,22 @@ def base():
 
 def get_sweep():
   return {
-      'kind': 'sample',
-      'base': base(),
-      'model_workdir': 'runs/quickstart',
-      'model_command': 'python main.py --config=configs/quickstart.py',
+      'kind':
+          'sample',
+      'base':
+          base(),
+      'model_workdir':
+          'runs/quickstart',
+      'model_command':
+          'python main.py --config=configs/quickstart.py',
       'axes': {
           'sampler': {'sample.sampler': SAMPLERS},
           'steps': {'sample.num_steps': [5, 10, 25]},
       },
       'metrics': ['digits_fd', 'digits_accuracy'],
       'columns': ['nfe', 'digits_fd', 'digits_accuracy', 'sampling_seconds'],
-      'plots': [{'x': 'steps', 'y': ['digits_fd', 'digits_accuracy'], 'series': 'sampler', 'logx': True,
-                 'file': 'fd_vs_steps.png'},
-                {'x': 'nfe', 'y': 'digits_fd', 'series': 'sampler', 'logx': True, 'file': 'fd_vs_nfe.png'}],
+      'plots': [{
+          'x': 'steps', 'y': ['digits_fd', 'digits_accuracy'], 'series': 'sampler', 'logx': True,
+          'file': 'fd_vs_steps.png'
+      }, {'x': 'nfe', 'y': 'digits_fd', 'series': 'sampler', 'logx': True, 'file': 'fd_vs_nfe.png'}],
   }

@@ -26,10 +26,14 @@ def base():
 
 def get_sweep():
   return {
-      'kind': 'sample',
-      'base': base(),
-      'model_workdir': 'runs/dit_xl_2',
-      'model_command': 'python main.py --config=configs/dit_xl.py:2',
+      'kind':
+          'sample',
+      'base':
+          base(),
+      'model_workdir':
+          'runs/dit_xl_2',
+      'model_command':
+          'python main.py --config=configs/dit_xl.py:2',
       'axes': {
           'sampler': {'sample.sampler': SAMPLERS},
           'steps': {'sample.num_steps': [10, 20, 50, 100, 250]},

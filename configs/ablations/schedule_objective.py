@@ -26,8 +26,8 @@ def get_sweep():
       'base': base(),
       'axes': {
           'schedule': {'diffusion.schedule': ['linear', 'cosine']},
-          'objective': [{'name': 'eps', 'diffusion.objective': 'eps', 'sample.sampler': 'ddim'},
-                        {'name': 'v', 'diffusion.objective': 'v', 'sample.sampler': 'ddim'},
+          'objective': [{'name': 'eps', 'diffusion.objective': 'eps',
+                         'sample.sampler': 'ddim'}, {'name': 'v', 'diffusion.objective': 'v', 'sample.sampler': 'ddim'},
                         {'name': 'flow', 'diffusion.objective': 'flow', 'sample.sampler': 'euler'}],
       },
       'exclude': [{'schedule': 'cosine', 'objective': 'flow'}],

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from training.checkpoints import CheckpointStore
+
 SNAPSHOT_DIR = 'ema_snapshots'
 # gamma = 0 (an average of the whole run with equal weights) has the widest profile of gamma >= 0.
 MAX_SIGMA_REL = math.sqrt(1 / 12)
@@ -40,12 +42,12 @@ def sigma_rel_to_gamma(sigma_rel):
   gamma^3 + 7 gamma^2 + (16 - sigma_rel^-2) gamma + (12 - sigma_rel^-2) = 0, the width formula solved for gamma."""
   if not 0 < sigma_rel < MAX_SIGMA_REL:
     raise ValueError(f'sigma_rel={sigma_rel} must be in (0, {MAX_SIGMA_REL:.4f})')
-  inv = sigma_rel ** -2
+  inv = sigma_rel**-2
   return float(np.roots([1.0, 7.0, 16.0 - inv, 12.0 - inv]).real.max())
 
 
 def gamma_to_sigma_rel(gamma):
-  return math.sqrt((gamma + 1) / ((gamma + 2) ** 2 * (gamma + 3)))
+  return math.sqrt((gamma + 1) / ((gamma + 2)**2 * (gamma + 3)))
 
 
 def power_ema_weight(gamma, t):
@@ -59,8 +61,9 @@ def update_power_emas(power_emas, params, gammas, step):
   """The power-function EMAs (a tuple, one params tree per gamma) after the update that made `params`, the
   (step + 1)-th update of the run."""
   t = step + 1
-  return tuple(jax.tree.map(lambda e, p, w=power_ema_weight(gamma, t): e + w * (p - e), ema, params)
-               for ema, gamma in zip(power_emas, gammas))
+  return tuple(
+      jax.tree.map(lambda e, p, w=power_ema_weight(gamma, t): e + w * (p - e), ema, params)
+      for ema, gamma in zip(power_emas, gammas))
 
 
 def profile_inner_products(t_a, gamma_a, t_b, gamma_b):
@@ -71,7 +74,7 @@ def profile_inner_products(t_a, gamma_a, t_b, gamma_b):
   a_first = t_a <= t_b
   ratio = np.where(a_first, t_a / t_b, t_b / t_a)
   exponent = np.where(a_first, gamma_b, gamma_a)
-  return ((gamma_a + 1) * (gamma_b + 1) / (gamma_a + gamma_b + 1)) * ratio ** exponent / np.maximum(t_a, t_b)
+  return ((gamma_a + 1) * (gamma_b + 1) / (gamma_a + gamma_b + 1)) * ratio**exponent / np.maximum(t_a, t_b)
 
 
 def posthoc_coefficients(times, gammas, target_time, target_gamma):
@@ -98,7 +101,6 @@ def power_ema_sigma_rels(config):
 
 
 def snapshot_store(workdir):
-  from checkpoints import CheckpointStore  # pylint: disable=import-outside-toplevel
   return CheckpointStore(workdir, keep=None, name=SNAPSHOT_DIR)
 
 
@@ -131,16 +133,18 @@ def reconstruct(config, workdir, abstract_params, mesh):
     times = [s for s in used for _ in profiles[s]]
     gammas = [sigma_rel_to_gamma(r) for s in used for r in profiles[s]]
     coefficients, error = posthoc_coefficients(times, gammas, step, sigma_rel_to_gamma(sigma_rel))
-    logging.log(logging.WARNING if error > POOR_FIT else logging.INFO,
-                'post-hoc EMA sigma_rel=%g at step %d from %d snapshots (%d profiles): relative L2 error of its '
-                'profile %.2e, largest |coefficient| %.3g%s', sigma_rel, step, len(used), len(times), error,
-                np.abs(coefficients).max(), '; a poor fit: track a width nearer this one, or snapshot more often'
-                if error > POOR_FIT else '')
+    logging.log(
+        logging.WARNING if error > POOR_FIT else logging.INFO,
+        'post-hoc EMA sigma_rel=%g at step %d from %d snapshots (%d profiles): relative L2 error of its '
+        'profile %.2e, largest |coefficient| %.3g%s', sigma_rel, step, len(used), len(times), error,
+        np.abs(coefficients).max(),
+        '; a poor fit: track a width nearer this one, or snapshot more often' if error > POOR_FIT else '')
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    accumulate = jax.jit(lambda total, snapshot, c: jax.tree.map(
-        lambda acc, *emas: acc + sum(c[i] * e for i, e in enumerate(emas)), total, *snapshot),
-                         in_shardings=(_shardings(abstract_params), None, replicated),
-                         out_shardings=_shardings(abstract_params), donate_argnums=0)
+    accumulate = jax.jit(
+        lambda total, snapshot, c: jax.tree.map(lambda acc, *emas: acc + sum(c[i] * e for i, e in enumerate(emas)),
+                                                total, *snapshot),
+        in_shardings=(_shardings(abstract_params), None, replicated), out_shardings=_shardings(abstract_params),
+        donate_argnums=0)
     total = jax.jit(lambda: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract_params),
                     out_shardings=_shardings(abstract_params))()
     offset = 0

@@ -24,17 +24,27 @@ Output: <workdir>/edits/<name>.npz (`arr_0` edited uint8 images, `arr_1` labels,
 and <name>.png (rows of input, masked input, result); --edit_name sets <name> (default: the input's name and the
 kind of edit). An existing output is kept unless --overwrite.
 """
+import functools
 import logging
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from diffusion import editing
+from diffusion.schedules import alphas_cumprod_for
+from input_pipeline.files import atomic_write, load_samples_npz, refuse_existing, write_png
+from input_pipeline.images import center_crop_resize, image_files, image_grid, resize_images, to_uint8
+from jobs.guided import guided_model, load_classifier
+from jobs.restore import restore_for_inference
+from jobs.sample import gather_to_host, latent_decoder
+from jobs.vae import load_vae, vae_config_for
 from models.conditioning import uses_labels, uses_text
-import sharding as sharding_lib
-from sample import gather_to_host, image_grid, to_uint8, write_png
+from models.vae import encode_to_latents
+from text.tokenizers import tokenize
+from training import sharding as sharding_lib
 
 EDIT_DIR = 'edits'
 
@@ -49,9 +59,6 @@ def pixel_shape(config):
 
 def read_images(path, image_size, channels):
   """uint8 [N, S, S, channels] from an image file, a folder of images, or an npz (arr_0)."""
-  from PIL import Image
-  from evaluation.jobs import image_files, load_samples_npz
-  from input_pipeline.sources import center_crop_resize, resize_images
   if not path:
     raise ValueError('--mode=edit needs --images=<an image file, a folder of images, or an npz>')
   if path.endswith('.npz') and os.path.isfile(path):
@@ -72,15 +79,20 @@ def read_images(path, image_size, channels):
   else:
     raise FileNotFoundError(f'--images={path!r}: no such file or folder')
   if images.shape[-1] != channels:  # npz of another channel count
-    images = np.repeat(images, 3, axis=-1) if channels == 3 else images.mean(-1, keepdims=True).astype(np.uint8)
+    images = np.repeat(images, 3, axis=-1) if channels == 3 else grey(images)
   return images
+
+
+def grey(images):
+  """uint8 RGB [N, H, W, 3] -> [N, H, W, 1] with PIL's luma weights (ITU-R 601-2), as image files and the
+  training data are converted."""
+  return np.stack([np.asarray(Image.fromarray(image).convert('L')) for image in images])[..., None]
 
 
 def read_keep_mask(path, image_size):
   """bool [S, S, 1], True where a pixel is kept: black (< 128) in the mask file; white is repainted. The mask is
   scaled (nearest) so its short side is S and centre-cropped, as `center_crop_resize` does the images, so a mask
   drawn on an image covers the same pixels of its crop."""
-  from PIL import Image
   if not os.path.isfile(path):
     raise FileNotFoundError(f'--mask={path!r}: no such file')
   with Image.open(path) as image:
@@ -101,23 +113,29 @@ def latent_keep_mask(keep, latent_size):
   return keep.reshape(latent_size, factor, latent_size, factor, 1).all(axis=(1, 3))
 
 
-def edit_conditions(config, count, labels=None, prompt=None):
-  """The model's inputs for `count` images, and the labels written to arr_1."""
+def edit_conditions(config, count, labels=None, prompt=None, classifier_classes=0):
+  """The model's inputs for `count` images, and the labels written to arr_1. With a guiding classifier
+  (classifier_classes > 0) the labels are also the classes it steers towards, so they must be given."""
   cond, y = {}, np.full(count, -1, np.int32)
+  num_classes = config.data.num_classes if uses_labels(config) else classifier_classes
   if labels:
-    if not uses_labels(config):
-      raise ValueError('--labels: this model takes no class labels')
+    if not num_classes:
+      raise ValueError('--labels: this model takes no class labels, and no classifier guides it '
+                       '(config.sample.classifier_workdir)')
     values = [int(v) for v in str(labels).split(',')]
-    if len(values) not in (1, count) or not all(0 <= v < config.data.num_classes for v in values):
-      raise ValueError(f'--labels={labels}: give one label or one per image ({count}), each in '
-                       f'[0, {config.data.num_classes})')
+    if len(values) not in (1, count) or not all(0 <= v < num_classes for v in values):
+      raise ValueError(f'--labels={labels}: give one label or one per image ({count}), each in [0, {num_classes})')
     y = np.resize(np.asarray(values, np.int32), count)
+  elif classifier_classes:
+    raise ValueError('classifier guidance (config.sample.classifier_workdir) steers each image towards a class: '
+                     'give it with --labels (one for all, or one per image)')
   if uses_labels(config):
     cond['y'] = np.where(y >= 0, y, config.data.num_classes).astype(np.int32)  # none given: the null label
+  elif classifier_classes:
+    cond['y'] = y
   if prompt is not None and not uses_text(config):
     raise ValueError('--prompt: this model is not text-conditional (config.text.encoder is empty)')
   if uses_text(config):
-    from input_pipeline.tokenizers import tokenize
     cond['tokens'] = tokenize([prompt or ''] * count, config.data)
   return cond, y
 
@@ -128,25 +146,43 @@ def check_edit_settings(config, strength, inpainting):
     raise ValueError(f'--strength={strength} must be in [0, 1] (the fraction of the sampler steps that run)')
   if config.diffusion.objective == 'flow':
     raise ValueError("editing runs the DDIM/DDPM updates of VP models; config.diffusion.objective='flow' has none")
-  if config.sample.get('classifier_workdir', ''):
-    raise ValueError('--mode=edit does not apply classifier guidance (config.sample.classifier_workdir); condition '
-                     'the edit with --labels or --prompt and classifier-free guidance, or leave the field empty')
+
+
+def make_edit_fn(config, model, classifier=None):
+  """jitted edit(params, cond, x0, rng, guidance_scale, strength=1.0, mask=None) for a trained model: cond holds
+  the model's inputs ({'y'}, {'tokens'}, or {}; with a guiding classifier, its labels 'y'), guided as sampling
+  guides it (jobs.guided.guided_model: CFG, EDM preconditioning, learned variances, classifier guidance from
+  config.sample.classifier_workdir; `classifier` when the caller loaded it already); strength is static (one
+  compilation per value)."""
+  alphas_cumprod = alphas_cumprod_for(config)
+  classifier = load_classifier(config) if classifier is None else classifier
+  classifier_inputs = None if classifier is None else (classifier.params, np.float32(config.sample.classifier_scale))
+
+  @functools.partial(jax.jit, static_argnames=('strength',))
+  def edit_fn(params, classifier_inputs, cond, x0, rng, guidance_scale, strength=1.0, mask=None):
+    guided = guided_model(config, model, params, cond, guidance_scale, classifier, classifier_inputs)
+    return editing.edit(config.sample, guided.objective, alphas_cumprod, guided.model_fn, x0, rng, strength, mask,
+                        guided.learn_sigma, guided.classifier_gradient)
+
+  def run(params, cond, x0, rng, guidance_scale, strength=1.0, mask=None):
+    return edit_fn(params, classifier_inputs, cond, x0, rng, guidance_scale, strength=strength, mask=mask)
+
+  return run
 
 
 def run_edit_job(config, workdir, images, mask=None, strength=None, labels=None, prompt=None, name=None,
                  overwrite=False):
   """Edits every input image with the newest checkpoint's (EMA) parameters; returns the npz path."""
-  from evaluation.jobs import refuse_existing
-  from train import restore_for_inference
   inpainting = bool(mask)
   strength = (1.0 if inpainting else 0.6) if strength is None else strength
   check_edit_settings(config, strength, inpainting)
   size, channels = pixel_shape(config)
   inputs = read_images(images, size, channels)
   keep = read_keep_mask(mask, size) if inpainting else None
-  cond, y = edit_conditions(config, len(inputs), labels, prompt)
-  name = name or os.path.splitext(os.path.basename(os.path.normpath(images)))[0] + (
-      '_inpaint' if inpainting else '_img2img')
+  classifier = load_classifier(config)
+  cond, y = edit_conditions(config, len(inputs), labels, prompt, 0 if classifier is None else classifier.num_classes)
+  name = name or os.path.splitext(os.path.basename(
+      os.path.normpath(images)))[0] + ('_inpaint' if inpainting else '_img2img')
   out_path = os.path.join(workdir, EDIT_DIR, name + '.npz')
   png_path = os.path.join(workdir, EDIT_DIR, name + '.png')
   for path in (out_path, png_path):
@@ -154,10 +190,10 @@ def run_edit_job(config, workdir, images, mask=None, strength=None, labels=None,
 
   model, params, step, mesh = restore_for_inference(config, workdir, use_ema=config.sample.use_ema)
   x, model_keep, decode = to_model_space(config, inputs, keep)
-  edit_fn = editing.make_edit_fn(config, model)
+  edit_fn = make_edit_fn(config, model, classifier)
   logging.info('%s of %d images with %s, %d steps at strength %.2f, guidance %.2f, from step %d',
-               'inpainting' if inpainting else 'img2img', len(inputs), config.sample.sampler,
-               config.sample.num_steps, strength, config.sample.guidance_scale, step)
+               'inpainting' if inpainting else 'img2img', len(inputs), config.sample.sampler, config.sample.num_steps,
+               strength, config.sample.guidance_scale, step)
   outputs, devices = [], mesh.devices.size
   batch = -(-min(config.sample.batch_size, len(inputs)) // devices) * devices  # split over the mesh
   mask_arg = None if model_keep is None else np.asarray(model_keep, np.float32)
@@ -166,8 +202,8 @@ def run_edit_job(config, workdir, images, mask=None, strength=None, labels=None,
     pad = lambda v: np.concatenate([v[start:start + count], np.repeat(v[start:start + 1], batch - count, axis=0)])
     batch_x, batch_cond = sharding_lib.shared_batch_to_global((pad(x), {k: pad(v) for k, v in cond.items()}), mesh)
     rng = jax.random.fold_in(jax.random.PRNGKey(config.sample.seed), start)
-    out = edit_fn(params, batch_cond, batch_x, rng, jnp.float32(config.sample.guidance_scale),
-                  strength=float(strength), mask=mask_arg)
+    out = edit_fn(params, batch_cond, batch_x, rng, jnp.float32(config.sample.guidance_scale), strength=float(strength),
+                  mask=mask_arg)
     outputs.append(decode(gather_to_host(out)[:count]))
   edited = np.concatenate(outputs)
   if keep is not None:
@@ -182,23 +218,20 @@ def to_model_space(config, inputs, keep):
   pixels = inputs.astype(np.float32) / 127.5 - 1
   if config.data.source != 'latents':
     return pixels, keep, to_uint8
-  from input_pipeline.latents import load_vae, vae_config_for
-  from models.vae import encode_to_latents
-  from sample import latent_decoder
   vae_config = vae_config_for(config.data.vae_config)
   variables = load_vae(config.data.vae_weights, config.data.vae_config)
-  latents = np.concatenate([np.asarray(encode_to_latents(variables, pixels[i:i + 16], scale=config.data.latent_scale,
-                                                         config=vae_config))
-                            for i in range(0, len(pixels), 16)])
+  latents = np.concatenate([
+      np.asarray(encode_to_latents(variables, pixels[i:i + 16], scale=config.data.latent_scale, config=vae_config))
+      for i in range(0, len(pixels), 16)
+  ])
   return latents, None if keep is None else latent_keep_mask(keep, latents.shape[1]), latent_decoder(config)
 
 
 def write_edits(out_path, png_path, inputs, edited, labels, keep):
   os.makedirs(os.path.dirname(out_path), exist_ok=True)
-  tmp = out_path + '.tmp.npz'
   extra = {} if keep is None else {'keep': keep[..., 0]}
-  np.savez(tmp, arr_0=edited, arr_1=labels, inputs=inputs, **extra)
-  os.replace(tmp, out_path)
+  with atomic_write(out_path, '.npz') as tmp:
+    np.savez(tmp, arr_0=edited, arr_1=labels, inputs=inputs, **extra)
   shown = min(len(inputs), 16)
   masked = inputs[:shown] if keep is None else np.where(keep[None], inputs[:shown], np.uint8(128))
   write_png(png_path, image_grid(np.concatenate([inputs[:shown], masked, edited[:shown]]), columns=shown))

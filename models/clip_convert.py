@@ -7,7 +7,7 @@ Every Flax parameter has exactly one Hugging Face name (`layers_0` <-> `layers.0
 `embedding` <-> `weight`); Linear weights are transposed, the patch conv goes OIHW -> HWIO. The buffers
 `*.embeddings.position_ids` are ignored; any other missing, unexpected or misshaped key is an error naming it.
 
-    python -m evaluation.clip_convert --hf_weights=/path/clip-vit-large-patch14 --out=clip_l14.msgpack
+    python -m models.clip_convert --hf_weights=/path/clip-vit-large-patch14 --out=clip_l14.msgpack
 
 `--hf_weights` is the checkpoint file or its folder; a `config.json` beside it is read for the head counts
 and activation, otherwise the configuration is inferred from the tensor shapes (64-dimensional heads, as in
@@ -26,16 +26,15 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from models import weight_files
-from models.clip import (CLIP_CONFIGS, CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextTransformer,
-                         CLIPVisionConfig)
+from models.clip import (CLIP_CONFIGS, CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextTransformer, CLIPVisionConfig)
 
 IGNORED_KEYS = ('text_model.embeddings.position_ids', 'vision_model.embeddings.position_ids')
 HF_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
 WHERE_TO_GET = ('the Hugging Face checkpoint, e.g. https://huggingface.co/openai/clip-vit-large-patch14 '
                 '(files model.safetensors and config.json)')
 
-
 # --- names and layouts -------------------------------------------------------------------------------------
+
 
 def hf_name(flax_path):
   """('text_model', 'encoder', 'layers_0', 'mlp', 'fc1', 'kernel') -> 'text_model.encoder.layers.0.mlp.fc1.weight'."""
@@ -92,23 +91,20 @@ def text_param_shapes(text_config):
 def convert_with_shapes(state_dict, param_shapes, prefix=''):
   """Maps a Hugging Face state dict onto the Flax tree described by `param_shapes`; strict, float32."""
   expected = {prefix + hf_name(path): path for path in param_shapes}
-  given = {k for k in state_dict if k not in IGNORED_KEYS}
-  missing = sorted(set(expected) - given)
-  unexpected = sorted(given - set(expected))
-  if missing or unexpected:
-    raise KeyError(f'CLIP state dict does not match the config: {len(missing)} missing keys {missing[:8]}, '
-                   f'{len(unexpected)} unexpected keys {unexpected[:8]}')
-  flat = {}
-  for name, path in expected.items():
-    tensor = np.asarray(state_dict[name])
-    want = hf_shape(path, param_shapes[path])
-    if tensor.shape != want:
-      raise ValueError(f'CLIP tensor {name} has shape {tensor.shape}, expected {want}')
-    flat[path] = np.array(to_flax_layout(path, tensor), dtype=np.float32, order='C')
-  return unflatten_dict(flat)
+  given = {k: v for k, v in state_dict.items() if k not in IGNORED_KEYS}
+  problems = weight_files.key_and_shape_problems(
+      weight_files.array_shapes(given), {name: hf_shape(path, param_shapes[path]) for name, path in expected.items()})
+  if problems:
+    raise ValueError(f'the CLIP state dict does not fit the config (Hugging Face key layout, {len(expected)} '
+                     'tensors): ' + '; '.join(problems))
+  return unflatten_dict({
+      path: np.array(to_flax_layout(path, np.asarray(given[name])), dtype=np.float32, order='C')
+      for name, path in expected.items()
+  })
 
 
 # --- configuration from shapes or config.json -------------------------------------------------------------
+
 
 def _depth(state_dict, tower):
   layers = {int(m.group(1)) for k in state_dict if (m := re.match(rf'{tower}\.encoder\.layers\.(\d+)\.', k))}
@@ -129,24 +125,22 @@ def infer_text_config(state_dict, head_dim=64):
   max_length, _ = _shape(state_dict, 'text_model.embeddings.position_embedding.weight')
   mlp_dim, _ = _shape(state_dict, 'text_model.encoder.layers.0.mlp.fc1.weight')
   return CLIPTextConfig(vocab_size=vocab_size, max_length=max_length, width=width,
-                        depth=_depth(state_dict, 'text_model'), num_heads=max(width // head_dim, 1),
-                        mlp_dim=mlp_dim)
+                        depth=_depth(state_dict, 'text_model'), num_heads=max(width // head_dim, 1), mlp_dim=mlp_dim)
 
 
 def infer_clip_config(state_dict, head_dim=64):
   """CLIPConfig from tensor shapes: a named config when the shapes match one, else 64-dim heads."""
   width, _, patch, _ = _shape(state_dict, 'vision_model.embeddings.patch_embedding.weight')
   positions, _ = _shape(state_dict, 'vision_model.embeddings.position_embedding.weight')
-  grid = int(round((positions - 1) ** 0.5))
+  grid = int(round((positions - 1)**0.5))
   if grid * grid != positions - 1:
     raise ValueError(f'vision position embedding has {positions} rows, not 1 + a square number of patches')
   mlp_dim, _ = _shape(state_dict, 'vision_model.encoder.layers.0.mlp.fc1.weight')
   vision = CLIPVisionConfig(image_size=grid * patch, patch_size=patch, width=width,
-                            depth=_depth(state_dict, 'vision_model'), num_heads=max(width // head_dim, 1),
-                            mlp_dim=mlp_dim)
+                            depth=_depth(state_dict, 'vision_model'), num_heads=max(width // head_dim,
+                                                                                    1), mlp_dim=mlp_dim)
   projection_dim, _ = _shape(state_dict, 'visual_projection.weight')
-  inferred = CLIPConfig(text=infer_text_config(state_dict, head_dim), vision=vision,
-                        projection_dim=projection_dim)
+  inferred = CLIPConfig(text=infer_text_config(state_dict, head_dim), vision=vision, projection_dim=projection_dim)
   for named in CLIP_CONFIGS.values():
     if _without_heads(named) == _without_heads(inferred):
       return named
@@ -160,11 +154,10 @@ def _without_heads(config):
 
 
 def _text_config_from_hf(d):
-  return CLIPTextConfig(
-      vocab_size=d.get('vocab_size', 49408), max_length=d.get('max_position_embeddings', 77),
-      width=d.get('hidden_size', 512), depth=d.get('num_hidden_layers', 12),
-      num_heads=d.get('num_attention_heads', 8), mlp_dim=d.get('intermediate_size', 2048),
-      hidden_act=d.get('hidden_act', 'quick_gelu'), layer_norm_eps=d.get('layer_norm_eps', 1e-5))
+  return CLIPTextConfig(vocab_size=d.get('vocab_size', 49408), max_length=d.get('max_position_embeddings', 77),
+                        width=d.get('hidden_size', 512), depth=d.get('num_hidden_layers', 12),
+                        num_heads=d.get('num_attention_heads', 8), mlp_dim=d.get('intermediate_size', 2048),
+                        hidden_act=d.get('hidden_act', 'quick_gelu'), layer_norm_eps=d.get('layer_norm_eps', 1e-5))
 
 
 def config_from_hf_json(d):
@@ -172,17 +165,17 @@ def config_from_hf_json(d):
   if 'text_config' not in d:
     return _text_config_from_hf(d)
   v = d.get('vision_config') or {}
-  vision = CLIPVisionConfig(
-      image_size=v.get('image_size', 224), patch_size=v.get('patch_size', 32), width=v.get('hidden_size', 768),
-      depth=v.get('num_hidden_layers', 12), num_heads=v.get('num_attention_heads', 12),
-      mlp_dim=v.get('intermediate_size', 3072), hidden_act=v.get('hidden_act', 'quick_gelu'),
-      layer_norm_eps=v.get('layer_norm_eps', 1e-5))
-  return CLIPConfig(text=_text_config_from_hf(d['text_config'] or {}), vision=vision,
-                    projection_dim=d.get('projection_dim', 512),
+  vision = CLIPVisionConfig(image_size=v.get('image_size', 224), patch_size=v.get('patch_size', 32),
+                            width=v.get('hidden_size', 768), depth=v.get('num_hidden_layers', 12),
+                            num_heads=v.get('num_attention_heads', 12), mlp_dim=v.get('intermediate_size', 3072),
+                            hidden_act=v.get('hidden_act', 'quick_gelu'), layer_norm_eps=v.get('layer_norm_eps', 1e-5))
+  return CLIPConfig(text=_text_config_from_hf(d['text_config'] or
+                                              {}), vision=vision, projection_dim=d.get('projection_dim', 512),
                     logit_scale_init=d.get('logit_scale_init_value', 2.6592))
 
 
 # --- the pure converters ----------------------------------------------------------------------------------
+
 
 def convert_state_dict(state_dict, config=None):
   """Flax params of `models.clip.CLIPModel` from a `transformers.CLIPModel` state dict of numpy arrays."""
@@ -202,6 +195,7 @@ def convert_text_state_dict(state_dict, text_config=None):
 
 
 # --- files ------------------------------------------------------------------------------------------------
+
 
 def find_hf_weights(path):
   """The weights file at `path` (a file, or a folder holding model.safetensors or pytorch_model.bin)."""
@@ -254,16 +248,16 @@ def load_converted(path):
   """(config, params) from a `.msgpack` written by this module; shapes are checked against the config."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f'converted CLIP weights {path!r} not found; make them with `python -m '
-                            f'evaluation.clip_convert --hf_weights=PATH --out={path}` from {WHERE_TO_GET}')
+                            f'models.clip_convert --hf_weights=PATH --out={path}` from {WHERE_TO_GET}')
   with open(path, 'rb') as f:
     payload = flax.serialization.msgpack_restore(f.read())
   config = _config_from_dict(payload['config'])
   params = payload['params']
   expected = text_param_shapes(config) if isinstance(config, CLIPTextConfig) else clip_param_shapes(config)
-  got = {p: tuple(np.shape(v)) for p, v in flatten_dict(params).items()}
-  if got != expected:
-    bad = sorted(set(expected.items()) ^ set(got.items()))[:8]
-    raise ValueError(f'{path}: parameters do not match the stored config; first differences {bad}')
+  problems = weight_files.key_and_shape_problems({'/'.join(p): np.shape(v) for p, v in flatten_dict(params).items()},
+                                                 {'/'.join(p): shape for p, shape in expected.items()})
+  if problems:
+    raise ValueError(f'{path}: parameters do not match the stored config: ' + '; '.join(problems))
   return config, params
 
 

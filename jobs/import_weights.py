@@ -8,20 +8,22 @@ checkpoint of the workdir, parameters and EMA alike, with a fresh optimizer stat
 `--mode=sample` and `--mode=eval` use those weights, and `--mode=train` fine-tunes from them. A workdir
 that already holds checkpoints is refused and left as it is.
 """
-import importlib
 import logging
 
 import jax
 import numpy as np
 from flax.traverse_util import flatten_dict
 
-from checkpoints import model_signature
+from jobs.restore import setup, write_config
+from models import adm_convert, dit_convert
 from models.weight_files import key_and_shape_problems, read_state_dict
+from training.checkpoints import model_signature
+from training.state import count_params, state_from_params
 
 # config.model.name -> the module converting its public checkpoints. Each has WHERE_TO_GET (where the files
 # are published) and params_from_state_dict(state_dict, config) -> the model's params as numpy arrays, which
 # raises ValueError naming the keys that do not fit.
-CONVERTERS = {'dit': 'models.dit_convert', 'unet': 'models.adm_convert', 'adm_classifier': 'models.adm_convert'}
+CONVERTERS = {'dit': dit_convert, 'unet': adm_convert, 'adm_classifier': adm_convert}
 
 
 def converter_for(config):
@@ -29,7 +31,7 @@ def converter_for(config):
   if name not in CONVERTERS:
     raise ValueError(f'--mode=import has no converter for config.model.name={name!r}; it converts checkpoints of '
                      f'{sorted(CONVERTERS)}')
-  return importlib.import_module(CONVERTERS[name])
+  return CONVERTERS[name]
 
 
 def params_mismatch(params, abstract_params):
@@ -42,8 +44,6 @@ def params_mismatch(params, abstract_params):
 def write_pretrained_checkpoint(config, workdir, params):
   """Writes `params` (a numpy tree of the model's params) as the step-0 checkpoint of workdir: params and
   EMA both, optimizer state fresh. Refuses a workdir holding checkpoints, and params that do not fit."""
-  from train import setup, write_config  # pylint: disable=import-outside-toplevel
-  from train_state import count_params, state_from_params  # pylint: disable=import-outside-toplevel
   model, tx, mesh, abstract, shardings, store = setup(config, workdir)
   try:
     if store.steps():
@@ -57,8 +57,8 @@ def write_pretrained_checkpoint(config, workdir, params):
     params = jax.tree.map(place, params, shardings.params, abstract.params)  # the host copies are freed here
     # the state is built around the imported params (donated): no random initialisation to hold beside them
     rng = jax.random.split(jax.random.PRNGKey(config.seed))[1]  # as train_state.init_state's
-    state = jax.jit(lambda p: state_from_params(p, tx, rng, len(config.optim.ema_sigma_rels)),
-                    out_shardings=shardings, donate_argnums=0)(params)
+    state = jax.jit(lambda p: state_from_params(p, tx, rng, len(config.optim.ema_sigma_rels)), out_shardings=shardings,
+                    donate_argnums=0)(params)
     del params
     store.save(0, state, model_signature(config))
     if jax.process_index() == 0:
@@ -74,5 +74,6 @@ def run_import_job(config, workdir, weights):
     raise ValueError('--mode=import needs --weights=PATH, the checkpoint file to convert')
   converter = converter_for(config)
   # no name holds the file's arrays here, so they are freed once placed on the devices (XL/2: 2.7 GB)
-  write_pretrained_checkpoint(config, workdir, converter.params_from_state_dict(
-      read_state_dict(weights, f'Get it from {converter.WHERE_TO_GET}.'), config))
+  write_pretrained_checkpoint(
+      config, workdir,
+      converter.params_from_state_dict(read_state_dict(weights, f'Get it from {converter.WHERE_TO_GET}.'), config))

@@ -6,23 +6,23 @@ import jax
 import jax.numpy as jnp
 import optax
 
-import sharding as sharding_lib
-from checkpoints import abstract_with_shardings
-from models.conditioning import dummy_condition
+from training import sharding as sharding_lib
+from training.checkpoints import abstract_with_shardings
+from models.shapes import abstract_params, dummy_inputs  # abstract_params: re-exported for benchmarks
 from models.text_encoder import TEXT_ENCODER_NAME, pretrained_text_params
 
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array                 # int32 scalar: number of updates taken (or skipped)
+  step: jax.Array  # int32 scalar: number of updates taken (or skipped)
   params: Any
   ema_params: Any
   opt_state: Any
-  rng: jax.Array                  # raw uint32[2] key; step keys are fold_in(rng, step)
-  nonfinite_count: jax.Array      # updates dropped because the loss or gradient was not finite
+  rng: jax.Array  # raw uint32[2] key; step keys are fold_in(rng, step)
+  nonfinite_count: jax.Array  # updates dropped because the loss or gradient was not finite
   first_nonfinite_step: jax.Array  # -1 until one happens
-  # EDM2's power-function EMAs, one params tree per config.optim.ema_sigma_rels (ema.py); () without them. Their own
-  # checkpoint item (checkpoints.py), so the 'state' item keeps its layout and sampling never needs them.
+  # EDM2's power-function EMAs, one params tree per config.optim.ema_sigma_rels (training/ema.py); () without them. Their own
+  # checkpoint item (training/checkpoints.py), so the 'state' item keeps its layout and sampling never needs them.
   power_ema: tuple = ()
 
 
@@ -35,7 +35,7 @@ def learning_rate_schedule(optim_config):
   if not decay:
     return optax.constant_schedule(lr) if warmup == 0 else optax.linear_schedule(0.0, lr, warmup)  # holds lr after
   ramp = (lambda step: jnp.minimum(1.0, step / warmup)) if warmup else (lambda step: 1.0)
-  fraction = {  # the names are configs.common.LR_DECAYS, which validate_config checks
+  fraction = {  # the names are configs.validate.LR_DECAYS, which validate_config checks
       'linear': lambda step: jnp.clip(1 - step / decay, 0.0, 1.0),
       'cosine': lambda step: 0.5 * (1 + jnp.cos(jnp.pi * jnp.clip(step / decay, 0.0, 1.0))),
       'inverse_sqrt': lambda step: jax.lax.rsqrt(jnp.maximum(step / decay, 1.0)),
@@ -54,38 +54,27 @@ def create_optimizer(optim_config, frozen=()):
   if optim_config.grad_clip > 0:
     adamw = optax.chain(optax.clip_by_global_norm(optim_config.grad_clip), adamw)
   if frozen:
-    labels = lambda params: {k: jax.tree.map(lambda _: 'frozen' if k in frozen else 'train', v)
-                             for k, v in params.items()}
+    labels = lambda params: {
+        k: jax.tree.map(lambda _: 'frozen' if k in frozen else 'train', v) for k, v in params.items()
+    }
     return optax.multi_transform({'train': adamw, 'frozen': optax.set_to_zero()}, labels)
   return adamw
-
-
-def dummy_inputs(config, batch_size=1):
-  """(x, t, cond) of the model's input shapes."""
-  shape = (batch_size, config.data.image_size, config.data.image_size, config.data.channels)
-  return jnp.zeros(shape, jnp.float32), jnp.zeros((batch_size,), jnp.float32), dummy_condition(config, batch_size)
-
-
-def abstract_params(config, model):
-  """The model's params as shapes and dtypes (jax.ShapeDtypeStruct), nothing allocated."""
-  x, t, cond = dummy_inputs(config)
-  return jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, **cond)['params']
 
 
 def init_state(config, model, tx, seed):
   x, t, cond = dummy_inputs(config)
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
-  return state_from_params(model.init(init_rng, x, t, **cond)['params'], tx, state_rng,
-                           len(config.optim.ema_sigma_rels))
+  return state_from_params(
+      model.init(init_rng, x, t, **cond)['params'], tx, state_rng, len(config.optim.ema_sigma_rels))
 
 
 def state_from_params(params, tx, rng, num_power_emas=0):
   """Step 0 with these params (the EMAs copies of them: a power-function EMA's first update replaces it) and a fresh
   optimizer state."""
   copy = lambda: jax.tree.map(jnp.copy, params)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=copy(), opt_state=tx.init(params),
-                    rng=rng, nonfinite_count=jnp.zeros((), jnp.int32), first_nonfinite_step=jnp.full((), -1, jnp.int32),
-                    power_ema=tuple(copy() for _ in range(num_power_emas)))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=copy(), opt_state=tx.init(params), rng=rng,
+                    nonfinite_count=jnp.zeros((), jnp.int32), first_nonfinite_step=jnp.full(
+                        (), -1, jnp.int32), power_ema=tuple(copy() for _ in range(num_power_emas)))
 
 
 def state_shardings(config, model, tx, mesh):
@@ -102,9 +91,9 @@ def create_state(config, model, tx, mesh):
   state = jax.jit(lambda: init_state(config, model, tx, config.seed), out_shardings=shardings)()
   pretrained = pretrained_text_params(config)
   if pretrained is not None:
-    state = state.replace(params=with_subtree(state.params, TEXT_ENCODER_NAME, pretrained, shardings.params),
-                          ema_params=with_subtree(state.ema_params, TEXT_ENCODER_NAME, pretrained,
-                                                  shardings.ema_params))
+    state = state.replace(
+        params=with_subtree(state.params, TEXT_ENCODER_NAME, pretrained, shardings.params),
+        ema_params=with_subtree(state.ema_params, TEXT_ENCODER_NAME, pretrained, shardings.ema_params))
   return state
 
 

@@ -35,8 +35,10 @@ _SPLIT_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[
 @functools.lru_cache()
 def bytes_to_unicode():
   """Byte -> printable unicode character, the reversible byte alphabet of GPT-2 / CLIP BPE."""
-  printable = (list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1))
-               + list(range(ord('®'), ord('ÿ') + 1)))
+  printable = (list(range(ord('!'),
+                          ord('~') + 1)) + list(range(ord('¡'),
+                                                      ord('¬') + 1)) + list(range(ord('®'),
+                                                                                  ord('ÿ') + 1)))
   byte_values, code_points = printable[:], printable[:]
   for b in range(256):
     if b not in printable:
@@ -58,8 +60,7 @@ def _unicode_class_ranges():
       else:
         ranges.append([cp, cp])
   escape = lambda cp: f'\\U{cp:08x}'
-  return {k: ''.join(escape(a) if a == b else f'{escape(a)}-{escape(b)}' for a, b in v)
-          for k, v in classes.items()}
+  return {k: ''.join(escape(a) if a == b else f'{escape(a)}-{escape(b)}' for a, b in v) for k, v in classes.items()}
 
 
 def compile_split_pattern(use_regex=None):
@@ -112,7 +113,6 @@ def _pairs(word):
 
 class CLIPTokenizer:
   """encode / decode / tokenize with CLIP's byte-level BPE. Build with `from_file(path)` or from merges."""
-
   def __init__(self, merges, use_regex=None):
     vocab = build_vocab(merges)
     self.encoder = {token: i for i, token in enumerate(vocab)}

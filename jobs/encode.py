@@ -21,11 +21,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from tqdm import tqdm
+
+from input_pipeline import create_source
 from input_pipeline import latents as latents_lib
+from input_pipeline.files import atomic_write
+from jobs.vae import load_vae, vae_config_for
+from models.vae import AutoencoderKL, build_vae
+from training import sharding as sharding_lib
 
 # meta.json entries that must agree for a run to resume into an existing directory.
-RESUME_KEYS = ('format', 'count', 'latent_shape', 'dtype', 'latent_scale', 'flips', 'shard_size', 'num_shards',
-               'vae', 'pixels', 'captions')
+RESUME_KEYS = ('format', 'count', 'latent_shape', 'dtype', 'latent_scale', 'flips', 'shard_size', 'num_shards', 'vae',
+               'pixels', 'captions')
 
 
 def pixel_data_config(config):
@@ -34,14 +41,13 @@ def pixel_data_config(config):
   if not pixels.source:
     raise ValueError('config.data.pixels.source is empty: name the image dataset to encode (digits, image_folder '
                      'with config.data.pixels.path, or tfds with config.data.pixels.name)')
-  return ml_collections.ConfigDict(dict(source=pixels.source, name=pixels.name, split=pixels.split,
-                                        path=pixels.path, image_size=pixels.image_size, channels=pixels.channels,
-                                        captions=config.data.captions, tfds_data_dir=config.data.tfds_data_dir))
+  return ml_collections.ConfigDict(
+      dict(source=pixels.source, name=pixels.name, split=pixels.split, path=pixels.path, image_size=pixels.image_size,
+           channels=pixels.channels, captions=config.data.captions, tfds_data_dir=config.data.tfds_data_dir))
 
 
 def build_meta(config, count, classes=None):
-  from models.vae import build_vae
-  vae_config = latents_lib.vae_config_for(config.data.vae_config)
+  vae_config = vae_config_for(config.data.vae_config)
   factor = build_vae(vae_config).downsample_factor
   pixels = config.data.pixels
   if pixels.image_size % factor:
@@ -56,24 +62,22 @@ def build_meta(config, count, classes=None):
     raise ValueError(f'config.data.pixels.channels={pixels.channels} but the VAE takes '
                      f'{vae_config["in_channels"]} channels')
   shard_size = config.encode.shard_size
-  meta = dict(format=latents_lib.FORMAT, count=count, latent_shape=shape, dtype=config.encode.dtype,
-              latent_scale=float(config.data.latent_scale), flips=bool(config.encode.flips), shard_size=shard_size,
-              num_shards=-(-count // shard_size),
-              vae=dict(weights=os.path.basename(os.path.normpath(config.data.vae_weights)),
-                       config=config.data.vae_config),
-              pixels=dict(source=pixels.source, name=pixels.name, split=pixels.split, path=pixels.path,
-                          image_size=pixels.image_size),
-              captions=bool(config.data.captions), stores='latent_scale * posterior mean')
+  meta = dict(
+      format=latents_lib.FORMAT, count=count, latent_shape=shape, dtype=config.encode.dtype,
+      latent_scale=float(config.data.latent_scale), flips=bool(config.encode.flips), shard_size=shard_size,
+      num_shards=-(-count // shard_size), vae=dict(weights=os.path.basename(os.path.normpath(config.data.vae_weights)),
+                                                   config=config.data.vae_config),
+      pixels=dict(source=pixels.source, name=pixels.name, split=pixels.split, path=pixels.path,
+                  image_size=pixels.image_size), captions=bool(config.data.captions),
+      stores='latent_scale * posterior mean')
   if classes is not None:
     meta['classes'] = list(classes)
   return meta
 
 
 def _write_atomic(path, write):
-  tmp = f'{path}.tmp-{jax.process_index()}'
-  with open(tmp, 'wb') as f:
+  with atomic_write(path, f'-{jax.process_index()}') as tmp, open(tmp, 'wb') as f:
     write(f)
-  os.replace(tmp, path)
 
 
 def write_meta(directory, meta):
@@ -95,9 +99,7 @@ def check_resumable(directory, meta):
 
 def make_encode_fn(config, mesh):
   """jitted (vae variables, images [B, H, W, 3] in [-1, 1]) -> latents [B, V, h, w, c] in the stored dtype."""
-  from models.vae import AutoencoderKL, build_vae
-  import sharding as sharding_lib
-  model = build_vae(latents_lib.vae_config_for(config.data.vae_config), jnp.dtype(config.encode.compute_dtype))
+  model = build_vae(vae_config_for(config.data.vae_config), jnp.dtype(config.encode.compute_dtype))
   scale, flips, dtype = config.data.latent_scale, config.encode.flips, jnp.dtype(config.encode.dtype)
 
   def encode(variables, images):
@@ -114,7 +116,8 @@ def make_encode_fn(config, mesh):
 def _batches(source, shards, shard_size, count, batch_size, num_workers):
   """Yields (shard, host batch) for each batch of the given shards, loaded by a thread pool ahead of use."""
   plan = [(s, start, min(start + batch_size, (s + 1) * shard_size, count))
-          for s in shards for start in range(s * shard_size, min((s + 1) * shard_size, count), batch_size)]
+          for s in shards
+          for start in range(s * shard_size, min((s + 1) * shard_size, count), batch_size)]
   with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
     pending = collections.deque()
     for s, start, stop in plan:
@@ -129,15 +132,13 @@ def _batches(source, shards, shard_size, count, batch_size, num_workers):
 
 def encode_dataset(config, progress=True):
   """Encodes config.data.pixels into config.data.path, skipping complete shards; returns the directory."""
-  import sharding as sharding_lib
-  from input_pipeline.sources import create_source
   out_dir = config.data.path
   if not out_dir:
     raise ValueError('config.data.path is empty: it names the directory the latents are written to')
   source = create_source(pixel_data_config(config), tokenize=False)
-  meta = build_meta(config, len(source), getattr(source, 'classes', None) or getattr(
-      getattr(source, 'source', None), 'classes', None))
-  variables = latents_lib.load_vae(config.data.vae_weights, config.data.vae_config)
+  meta = build_meta(config, len(source),
+                    getattr(source, 'classes', None) or getattr(getattr(source, 'source', None), 'classes', None))
+  variables = load_vae(config.data.vae_weights, config.data.vae_config)
   os.makedirs(out_dir, exist_ok=True)
   check_resumable(out_dir, meta)
   write_meta(out_dir, meta)
@@ -151,9 +152,9 @@ def encode_dataset(config, progress=True):
   mine = [s for s in range(meta['num_shards']) if s % jax.process_count() == jax.process_index()]
   todo = [s for s in mine if not os.path.isfile(latents_lib.shard_path(out_dir, 'latents', s))]
   size = lambda s: min(shard_size, count - s * shard_size)
-  logging.info('encoding %d images into %s: %d of %d shards to do (%d complete), batch %d on %d devices',
-               count, out_dir, len(todo), len(mine), len(mine) - len(todo), batch_size, num_devices)
-  from tqdm import tqdm
+  logging.info('encoding %d images into %s: %d of %d shards to do (%d complete), batch %d on %d devices', count,
+               out_dir, len(todo), len(mine),
+               len(mine) - len(todo), batch_size, num_devices)
   bar = tqdm(total=sum(size(s) for s in mine), initial=sum(size(s) for s in mine if s not in todo), unit='img',
              desc='encoding', disable=not progress, dynamic_ncols=True)
   buffers = {}

@@ -13,7 +13,6 @@ import numpy as np
 
 
 class ConsoleWriter:
-
   def write_scalars(self, step, scalars):
     logging.info('[%d] %s', step, ', '.join(f'{k}={v:.6g}' for k, v in sorted(scalars.items())))
 
@@ -29,7 +28,6 @@ class ConsoleWriter:
 
 class JsonlWriter:
   """Scalars appended as one JSON object per line ({'step': ..., name: value}), easy to collect."""
-
   def __init__(self, path):
     self.path = path
 
@@ -48,7 +46,6 @@ class JsonlWriter:
 
 
 class TensorboardXWriter:
-
   def __init__(self, logdir):
     from tensorboardX import SummaryWriter
     self.writer = SummaryWriter(logdir)
@@ -69,7 +66,6 @@ class TensorboardXWriter:
 
 
 class MultiWriter:
-
   def __init__(self, writers):
     self.writers = writers
 
@@ -92,7 +88,6 @@ class MultiWriter:
 
 class CluWriter:
   """clu's default writer (TensorBoard through TensorFlow, plus logging)."""
-
   def __init__(self, logdir, just_logging):
     from clu import metric_writers
     self.writer = metric_writers.create_default_writer(logdir, just_logging=just_logging)
@@ -121,8 +116,9 @@ def create_writer(workdir, is_main_process=True):
   if all(importlib.util.find_spec(m) is not None for m in ('tensorflow', 'tensorboard')):
     return MultiWriter([CluWriter(logdir, just_logging=False), jsonl])
   if importlib.util.find_spec('tensorboardX') is None:  # e.g. a bare accelerator image: keep training, say so
-    logging.warning('neither tensorflow with tensorboard nor tensorboardX is installed: no TensorBoard events, '
-                    'metrics go to %s and the console (pip install tensorboardX)', jsonl.path)
+    logging.warning(
+        'neither tensorflow with tensorboard nor tensorboardX is installed: no TensorBoard events, '
+        'metrics go to %s and the console (pip install tensorboardX)', jsonl.path)
     return MultiWriter([ConsoleWriter(), jsonl])
   return MultiWriter([TensorboardXWriter(logdir), ConsoleWriter(), jsonl])
 
@@ -131,7 +127,6 @@ class ProfileWindow:
   """A jax.profiler trace of `num_steps` train steps, taken once per run after its first call (so compilation is not
   in it), into <workdir>/tensorboard/plugins/profile/<time>/<host>.xplane.pb, which TensorBoard's profile tab
   (`pip install tensorboard-plugin-profile`) and Perfetto read. Each host writes its own file."""
-
   def __init__(self, num_steps, log_dir):
     self.num_steps, self.log_dir = num_steps, log_dir
     self.first_step = None  # the step at which the trace started; None before, -1 after it ended

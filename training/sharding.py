@@ -49,7 +49,7 @@ def replicated(mesh):
   return NamedSharding(mesh, P())
 
 
-def param_partition_spec(shape, fsdp_size, min_shard_size=2 ** 14):
+def param_partition_spec(shape, fsdp_size, min_shard_size=2**14):
   if fsdp_size == 1 or int(np.prod(shape, dtype=np.int64)) < min_shard_size:
     return P()
   for axis in np.argsort(shape)[::-1]:
@@ -60,11 +60,10 @@ def param_partition_spec(shape, fsdp_size, min_shard_size=2 ** 14):
   return P()
 
 
-def tree_shardings(mesh, abstract_tree, min_shard_size=2 ** 14):
+def tree_shardings(mesh, abstract_tree, min_shard_size=2**14):
   """NamedShardings for a pytree of arrays/ShapeDtypeStructs, by `param_partition_spec`."""
   fsdp = mesh.shape['fsdp']
-  return jax.tree.map(lambda x: NamedSharding(mesh, param_partition_spec(x.shape, fsdp, min_shard_size)),
-                      abstract_tree)
+  return jax.tree.map(lambda x: NamedSharding(mesh, param_partition_spec(x.shape, fsdp, min_shard_size)), abstract_tree)
 
 
 def host_batch_to_global(batch, mesh, stacked=False):

@@ -4,9 +4,9 @@ Each checkpoint holds the whole TrainState (params, EMA, optimizer state, step, 
 update counters) and a JSON record of the model signature. The input pipeline needs no state of
 its own: its batches are a function of (seed, step). Orbax writes into a temporary directory and
 renames it when complete, so a process killed mid-save leaves the previous checkpoint intact.
-The power-function EMAs (TrainState.power_ema, ema.py) are an item of their own, 'power_ema', written only when
+The power-function EMAs (TrainState.power_ema, training/ema.py) are an item of their own, 'power_ema', written only when
 the run tracks some: the 'state' item has the layout of checkpoints written before they existed, which restore
-as they are, and sampling restores it alone.
+as they are. Sampling reads the parameters or the EMA alone (`restore_weights`).
 """
 import dataclasses
 import errno
@@ -16,12 +16,15 @@ import os
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 
 def model_signature(config):
   """What must match between a checkpoint and the config that restores it."""
-  signature = {'model': config.model.to_dict(), 'image_size': config.data.image_size,
-               'channels': config.data.channels, 'num_classes': config.data.num_classes}
+  signature = {
+      'model': config.model.to_dict(), 'image_size': config.data.image_size, 'channels': config.data.channels,
+      'num_classes': config.data.num_classes
+  }
   if config.diffusion.get('learn_sigma', False):  # twice the output channels
     signature['learn_sigma'] = True
   if config.optim.ema_sigma_rels:  # the power-function EMAs a resume restores (sampling ignores them)
@@ -81,7 +84,6 @@ def _from_items(abstract_state, restored):
 
 class CheckpointStore:
   """<workdir>/<name>: orbax steps, the newest `keep` kept (None: all), each with a JSON signature."""
-
   def __init__(self, workdir, keep=3, name='checkpoints'):
     self.directory = os.path.abspath(os.path.join(workdir, name))
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
@@ -114,10 +116,10 @@ class CheckpointStore:
       while os.path.exists(target):
         target, k = os.path.join(self.directory, f'{step}.replaced.{k}'), k + 1
       os.rename(os.path.join(self.directory, str(step)), target)
-      logging.warning('%s/%d already existed (a run stopped after writing it, or it could not be restored); '
-                      'moved it to %s to write step %d anew', self.directory, step, target, step)
+      logging.warning(
+          '%s/%d already existed (a run stopped after writing it, or it could not be restored); '
+          'moved it to %s to write step %d anew', self.directory, step, target, step)
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
       multihost_utils.sync_global_devices(f'checkpoint {self.directory} {step} moved aside')
     self.manager.reload()
 
@@ -152,11 +154,13 @@ class CheckpointStore:
     what restores into abstract_state's layout. A corrupt or partial checkpoint is reported and the one before it
     is tried; none is deleted.
     """
-    steps, layouts = self.steps(), None
-    for step in reversed(steps):
+    layouts = None
+
+    def restore(step):
+      nonlocal layouts
       try:
-        return self.restore(step, abstract_state), step
-      except Exception as e:
+        return self.restore(step, abstract_state)
+      except Exception:
         layouts = alternatives() if layouts is None else layouts
         for abstract, convert, what in layouts:
           try:
@@ -164,9 +168,33 @@ class CheckpointStore:
           except Exception:  # not that layout either
             continue
           logging.warning('checkpoint of step %d in %s restored from %s', step, self.directory, what)
-          return state, step
-        logging.warning('checkpoint of step %d in %s could not be restored (%s: %s); trying the previous one',
-                        step, self.directory, type(e).__name__, str(e).splitlines()[0] if str(e) else '')
+          return state
+        raise
+
+    return self._newest(restore)
+
+  def restore_weights(self, abstract_weights):
+    """(weights, step) from the newest checkpoint that restores, or (None, None): only the entries of
+    `abstract_weights` (a dict of TrainState fields, e.g. {'ema_params': ...}, with their target shardings) are
+    read, none of the optimizer state, so sampling holds the weights it uses and not three times as much. Needs a
+    store whose manager has not restored the full state yet (a fresh one)."""
+    args = ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=abstract_weights, restore_args=ocp.checkpoint_utils.construct_restore_args(
+            abstract_weights), partial_restore=True))
+    return self._newest(lambda step: self.manager.restore(step, args=args)['state'])
+
+  def _newest(self, restore):
+    """(restore(step), step) for the newest step that restores; a failing one is reported and the one before it
+    tried, none deleted; (None, None) without checkpoints."""
+    steps = self.steps()
+    for step in reversed(steps):
+      try:
+        return restore(step), step
+      except Exception as e:
+        logging.warning('checkpoint of step %d in %s could not be restored (%s: %s); trying the previous one', step,
+                        self.directory,
+                        type(e).__name__,
+                        str(e).splitlines()[0] if str(e) else '')
     if steps:
       raise RuntimeError(f'none of the checkpoints {steps} in {self.directory} could be restored; they were '
                          'left in place. Move them away to start fresh.')

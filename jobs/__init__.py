@@ -1,0 +1,1 @@
+"""One module per --mode of main.py, and what the modes share (restoring a model, conditions, the guided model_fn)."""

@@ -1,0 +1,1 @@
+"""Train state and optimizer, loss and train step, held-out loss, EMA, checkpoints, sharding, metric writers."""
