@@ -52,7 +52,7 @@ from jobs import train
 from jobs.restore import restore_for_inference
 from jobs.sample import generate_samples, make_generate_fn
 from models import build_model
-from training.state import dummy_inputs
+from models.shapes import dummy_inputs
 from training.writers import JsonlWriter
 
 flags.DEFINE_string('sweep', None, 'Sweep file, e.g. configs/ablations/dit_grid.py.')

@@ -20,7 +20,7 @@ from absl import app, flags
 from benchmarks.benchmark_config import benchmark_config
 from benchmarks.cuda_probe import pretend_h100_cudnn
 from models import build_model
-from training.state import abstract_params, dummy_inputs
+from models.shapes import abstract_params, dummy_inputs
 
 flags.DEFINE_enum('model', 'dit_xl', ['dit_s', 'dit_b', 'dit_l', 'dit_xl', 'unet'], 'Model config.')
 flags.DEFINE_integer('patch', 2, 'DiT patch size.')

@@ -26,7 +26,8 @@ from models import build_model
 from models.conditioning import null_condition
 from models.dit import DIT_PAPER_GMACS
 from training import sharding as sharding_lib
-from training.state import count_params, create_optimizer, create_state, dummy_inputs, state_shardings
+from models.shapes import dummy_inputs
+from training.state import count_params, create_optimizer, create_state, state_shardings
 
 flags.DEFINE_enum('model', 'dit_b', ['dit_s', 'dit_b', 'dit_l', 'dit_xl', 'unet'], 'Model config.')
 flags.DEFINE_integer('patch', 2, 'DiT patch size.')

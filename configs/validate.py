@@ -15,7 +15,7 @@ from diffusion.objectives import LOSS_WEIGHTINGS
 from diffusion.schedules import alphas_cumprod_for
 from evaluation import check_eval_config
 from models import MODELS
-from models.conditioning import is_classifier, uses_text
+from models.conditioning import is_classifier
 from text.tokenizers import tokenizer_for
 from training.ema import check_ema_config
 

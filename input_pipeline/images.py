@@ -1,7 +1,6 @@
 """Images: decoding, cropping and resizing as the sources read them, and conversion of samples to uint8 and grids."""
 import concurrent.futures
 import functools
-import io
 import math
 import os
 

@@ -168,14 +168,12 @@ def train_and_evaluate(config, workdir):
                         jax.process_count(), config.data.random_crop)
   writer = create_writer(workdir, is_main)
   profile = ProfileWindow(config.train.profile_steps, os.path.join(workdir, 'tensorboard'))
-  held_out = None if val_source is None else HeldOutLoss(
-      config, model, mesh,
-      StepBatcher(val_source, config.val.batch_size, VAL_SEED, process_index=jax.process_index(),
-                  process_count=jax.process_count()))
+  held_out = None if val_source is None else held_out_loss(config, model, mesh, val_source)
   sigma_rels, snapshot_every = ema_lib.power_ema_sigma_rels(config), config.train.ema_snapshot_every
   snapshots = ema_lib.snapshot_store(workdir) if sigma_rels else None
   num_steps = config.train.num_steps
   pending, last_log, last_log_step, last_saved = [], time.time(), start_step, start_step
+  previous_start = previous_done = start_step  # the call before the one in flight (the progress bar's)
   bar = tqdm(total=num_steps, initial=start_step, unit='step', disable=not is_main, dynamic_ncols=True)
 
   def save(step):
@@ -192,10 +190,14 @@ def train_and_evaluate(config, workdir):
     # grids, evaluations and checkpoints fall on chunk ends; a resume off that grid first runs a short chunk. Closing
     # the stream ends its prefetch thread however the loop ends.
     stream = prefetch_batches(batcher, start_step, num_steps, config.train.steps_per_call, config.data.prefetch)
+    first_call = time.time()
     with PreemptionFlag() as preemption, contextlib.closing(stream):
       for start, done, host_batches in stream:
         batches = sharding_lib.host_batch_to_global(host_batches, mesh, stacked=True)
         state, metrics = step_fn(state, batches)
+        if start == start_step:  # the first call compiles the step: say what that costs
+          jax.block_until_ready(metrics)
+          logging.info('first call (compilation and %d step(s)): %.1f s', done - start, time.time() - first_call)
         if pending:  # the bar counts steps the device finished, one call behind the dispatch: it shows throughput
           jax.block_until_ready(pending[-1])
           bar.update(previous_done - previous_start)
@@ -261,6 +263,14 @@ def validation_data_config(config):
   if config.val.path:
     data.path = config.val.path
   return data
+
+
+def held_out_loss(config, model, mesh, source=None):
+  """The HeldOutLoss of config.val over `source` (default: the held-out source of config.val)."""
+  source = held_out_source(config) if source is None else source
+  batcher = StepBatcher(source, config.val.batch_size, VAL_SEED, process_index=jax.process_index(),
+                        process_count=jax.process_count())
+  return HeldOutLoss(config, model, mesh, batcher)
 
 
 def held_out_source(config):

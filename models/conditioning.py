@@ -16,7 +16,6 @@ else from the first images of the dataset (jobs/conditions.py).
 """
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 MODEL_INPUTS = ('y', 'tokens', 'low_res')
 CLASSIFIERS = ('adm_classifier',)  # models that predict the label of a noised image instead of denoising it

@@ -208,18 +208,17 @@ def test_train_then_sample_sweeps_end_to_end(tmp_path):
                   axes="{'guidance': {'sample.guidance_scale': [1.0, 3.0]}}", x='guidance', series=None),
       ['train.num_steps=2'])
   compiled = []
-  from jobs import sample
-  make = sample.make_generate_fn
+  make = ablate.make_generate_fn
 
   def counting_make(*args):
     compiled.append(1)
     return make(*args)
 
-  sample.make_generate_fn = counting_make
+  ablate.make_generate_fn = counting_make
   try:
     assert ablate.run_sweep(sample_sweep, root) == ['guidance=1', 'guidance=3']
   finally:
-    sample.make_generate_fn = make
+    ablate.make_generate_fn = make
   assert len(compiled) == 1  # the guidance scale is traced: one sampling function for the sweep
   metrics = [
       json.load(open(os.path.join(root, 'tiny_guidance', n, 'result.json')))['metrics']

@@ -9,7 +9,7 @@ from configs.dit import dit_config
 from configs.quickstart import get_config as quickstart_config
 from configs.validate import validate_config
 from models import build_model, layers
-from training.state import dummy_inputs
+from models.shapes import dummy_inputs
 
 
 @pytest.mark.parametrize('field, value, where', [

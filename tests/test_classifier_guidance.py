@@ -266,7 +266,7 @@ def test_classifier_configs_are_checked():
   with pytest.raises(ValueError, match="objective 'flow' has no such form"):
     validate_config(c)
   from jobs import edit
-  c = validate_config(tiny_unet_config(data__num_classes=0, sample__guidance_scale=1.0,
-                                       sample__classifier_workdir='runs/x'))
+  c = validate_config(
+      tiny_unet_config(data__num_classes=0, sample__guidance_scale=1.0, sample__classifier_workdir='runs/x'))
   with pytest.raises(ValueError, match='steers each image towards a class: give it with --labels'):
     edit.edit_conditions(c, 2, classifier_classes=10)  # editing is classifier-guided as sampling is

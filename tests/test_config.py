@@ -10,13 +10,14 @@ from configs.validate import validate_config
 from configs.dit import dit_config
 from configs.quickstart import get_config as quickstart_config
 from configs.unet_cifar10 import get_config as unet_cifar10_config
+from tests.processes import env_with_devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_main(*args, without=(), **kwargs):
   """python main.py args; `without`: modules made unimportable first (as if not installed)."""
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env = env_with_devices(1)
   command = [sys.executable, 'main.py', *args]
   if without:
     command[1:2] = [

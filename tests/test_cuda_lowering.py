@@ -15,12 +15,12 @@ import jax.numpy as jnp
 import pytest
 
 from training import sharding as sharding_lib
-from jobs import train
 from training import step as training_step
 from benchmarks.cuda_probe import pretend_h100_cudnn
 from configs.validate import validate_config
 from configs.dit import dit_config
 from diffusion.guidance import classifier_free_guidance
+from jobs.conditions import null_tokens
 from models import build_model, layers
 from models.conditioning import dummy_condition, null_condition
 from tests.test_text_conditioning import tiny_text_config
@@ -56,7 +56,7 @@ def lowered_train_step(c):
   # call that XLA's partitioner expands per device, so the kernel is not visible by name before compilation
   mesh = sharding_lib.create_mesh(c.mesh, jax.devices()[:1])
   abstract_state, shardings = state_shardings(c, model, tx, mesh)
-  step = training_step.make_train_step(c, model, tx, mesh, shardings)
+  step = training_step.make_train_step(c, model, tx, mesh, shardings, null_tokens=null_tokens(c))
   b, size = c.train.batch_size, c.data.image_size
   batch = {
       'image': jax.ShapeDtypeStruct((b, size, size, c.data.channels), jnp.float16), 'label': jax.ShapeDtypeStruct(

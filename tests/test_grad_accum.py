@@ -6,7 +6,6 @@ import optax
 import pytest
 
 from training import sharding as sharding_lib
-from jobs import train
 from training import step as training_step
 from configs.validate import validate_config
 from configs.dit import dit_config
@@ -19,6 +18,7 @@ from training.state import create_optimizer, create_state, state_shardings
 def tiny_dit_config():
   c = dit_config('S', 4)  # learned variances (hybrid loss), as the paper's DiTs
   c.data.source, c.data.image_size, c.data.channels, c.data.num_classes = 'digits', 8, 1, 10
+  c.sample.guidance_channels = 0  # DiT guides 3 of its 4 latent channels; the digits have one
   c.model.depth, c.model.hidden_size, c.model.num_heads = 2, 32, 2
   c.train.update(batch_size=32, num_steps=4, log_every=2, checkpoint_every=2, sample_grid=0, compute_dtype='float32')
   c.data.prefetch, c.evals = 0, {}

@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jobs import train
 from training import step as training_step
 from configs.validate import validate_config
 from diffusion.objectives import alpha_sigma, broadcast_to, loss_weight, mse_per_example, noised_batch

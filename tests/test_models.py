@@ -8,7 +8,8 @@ from configs.dit import dit_config
 from configs.unet_cifar10 import get_config as unet_cifar10_config
 from models import build_model
 from models.dit import DIT_PAPER_GMACS, sincos_pos_embed_2d
-from training.state import count_params, dummy_inputs
+from models.shapes import dummy_inputs
+from training.state import count_params
 
 
 def abstract_param_count(config):

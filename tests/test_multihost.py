@@ -18,6 +18,7 @@ from jobs import train
 from jobs.sample import run_sample_job
 from tests.test_reliability import restore
 from tests.test_train import read_metrics
+from tests.processes import env_with_devices
 from tests.tiny import tiny_unet_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,9 +37,8 @@ def run_two_processes(*args, timeout=500):
   for process_id in range(2):
     # No persistent compilation cache: one process finding a program in it while the other compiles reaches the
     # first all-reduce too late for gloo's 30 s rendezvous (seen after an interrupted suite left half the entries).
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
-               JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo', JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
-               JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(process_id), JAX_ENABLE_COMPILATION_CACHE='false')
+    env = env_with_devices(4, JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo', JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
+                           JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(process_id), JAX_ENABLE_COMPILATION_CACHE='false')
     procs.append(
         subprocess.Popen([sys.executable, 'main.py', '--config=tests/tiny_config.py', '--jax_distributed', *args],
                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))

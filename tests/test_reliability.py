@@ -18,6 +18,7 @@ from training.checkpoints import CheckpointStore
 from models import build_model
 from jobs import sample as sample_lib
 from jobs.sample import run_sample_job
+from tests.processes import env_with_devices
 from tests.tiny import tiny_unet_config
 from training.state import create_optimizer, state_shardings
 from training import sharding as sharding_lib
@@ -70,7 +71,7 @@ def test_resume_is_bit_exact(tmp_path):
 
 
 def run_main(workdir, *overrides, wait=True):
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # one device
+  env = env_with_devices(1)
   cmd = [sys.executable, 'main.py', '--config=tests/tiny_config.py', f'--workdir={workdir}', *overrides]
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   if wait:

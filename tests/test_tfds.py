@@ -125,13 +125,12 @@ def test_the_encode_and_fid_stats_jobs_read_a_latent_models_tfds_pixels_from_tfd
   """A latent model's images (config.data.pixels, what --mode=encode encodes and --mode=fid_stats reads) come from
   TFDS in config.data.tfds_data_dir."""
   from configs.default import base_config
-  from jobs import eval
-  from jobs import encode
+  from jobs import encode, fid_stats
   c = base_config()
   c.data.update(source='latents', path='/unused', tfds_data_dir=data_dir, num_workers=2)
   c.data.pixels.update(source='tfds', name='tiny_images', split='train', image_size=8)
-  for pixels in (encode.pixel_data_config(c), jobs.pixel_data_config(c.data)):
+  for pixels in (encode.pixel_data_config(c), fid_stats.pixel_data_config(c.data)):
     source = create_source(pixels, tokenize=False)
     assert len(source) == 9 and source.get(np.arange(3))['image'].shape == (3, 8, 8, 3)
-  chunks, total, _ = jobs.dataset_image_chunks(c.data)
+  chunks, total, _ = fid_stats.dataset_image_chunks(c.data)
   assert total == 9 and np.concatenate(list(chunks)).shape == (9, 8, 8, 3)

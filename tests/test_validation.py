@@ -9,11 +9,11 @@ from PIL import Image
 
 from training import sharding as sharding_lib
 from jobs import train
+from jobs.train import held_out_loss
 from configs.validate import validate_config
 from models import build_model
 from tests.tiny import tiny_unet_config
 from training.state import create_optimizer, create_state
-from training.heldout import HeldOutLoss
 
 
 @pytest.fixture(scope='module')
@@ -60,7 +60,7 @@ def test_held_out_loss_is_a_function_of_the_params_alone(digit_folders):
     mesh = sharding_lib.create_mesh(c.mesh, devices)
     state = create_state(c, model, tx, mesh)
     state = state.replace(params=jax.tree.map(lambda p: p + 0.01, state.params))  # not the EMA any more
-    held_out = HeldOutLoss(c, model, mesh)
+    held_out = held_out_loss(c, model, mesh)
     results.append(held_out(state))
     again = held_out(state)
     assert again['val/loss'] == results[-1]['val/loss']
@@ -77,7 +77,7 @@ def test_classifier_reports_held_out_accuracy(digit_folders):
   c = validate_config(c)
   model, tx = build_model(c), create_optimizer(c.optim)
   mesh = sharding_lib.create_mesh(c.mesh)
-  result = HeldOutLoss(c, model, mesh)(create_state(c, model, tx, mesh))
+  result = held_out_loss(c, model, mesh)(create_state(c, model, tx, mesh))
   assert {'val/loss', 'val/ema_loss', 'val/accuracy', 'val/ema_accuracy'} <= set(result)
   assert result['val/accuracy'] in [k / 96 for k in range(97)]  # a count of 96 examples
   assert result['val/loss'] == pytest.approx(np.log(10), rel=0.2)  # an untrained 10-way classifier
@@ -111,4 +111,4 @@ def test_too_many_examples_are_refused(digit_folders):
   c = folder_config(digit_folders, num_examples=320, batch_size=32)
   model = build_model(c)
   with pytest.raises(ValueError, match=r'config\.val\.num_examples=320 is more than the 297 examples'):
-    HeldOutLoss(c, model, sharding_lib.create_mesh(c.mesh))
+    held_out_loss(c, model, sharding_lib.create_mesh(c.mesh))

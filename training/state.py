@@ -8,7 +8,7 @@ import optax
 
 from training import sharding as sharding_lib
 from training.checkpoints import abstract_with_shardings
-from models.shapes import abstract_params, dummy_inputs  # abstract_params: re-exported for benchmarks
+from models.shapes import dummy_inputs
 from models.text_encoder import TEXT_ENCODER_NAME, pretrained_text_params
 
 

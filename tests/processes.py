@@ -1,0 +1,23 @@
+"""The environment of test processes: XLA flags for a number of fake CPU devices."""
+import os
+import re
+
+# XLA:CPU's backend optimisation level 0 compiles the tiny test models in about half the time (the suite is mostly
+# compilation) and they run about as fast; bit-exactness tests compare runs under the same flags.
+FAST_COMPILE = '--xla_backend_optimization_level=0'
+
+
+def xla_flags(devices, base=None):
+  """XLA_FLAGS for `devices` fake CPU devices (1: the default one), the fast-compile flag and the other flags of
+  `base` (default: this process's XLA_FLAGS)."""
+  base = os.environ.get('XLA_FLAGS', '') if base is None else base
+  flags = re.sub(r'--xla_force_host_platform_device_count=\d+|' + re.escape(FAST_COMPILE), '', base).split()
+  flags.append(FAST_COMPILE)
+  if devices > 1:
+    flags.append(f'--xla_force_host_platform_device_count={devices}')
+  return ' '.join(flags)
+
+
+def env_with_devices(devices, **extra):
+  """os.environ for a subprocess with `devices` fake CPU devices, plus `extra` variables."""
+  return dict(os.environ, XLA_FLAGS=xla_flags(devices), **extra)
