@@ -22,7 +22,7 @@ from configs.quickstart import get_config as quickstart_config
 
 def get_config(arg=None):
   del arg
-  c = quickstart_config()
+  c = quickstart_config('long')
   c.data.captions = True
   c.data.tokenizer = 'words'
   c.data.vocab_path = ''  # the words of the digit caption templates

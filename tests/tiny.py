@@ -3,7 +3,7 @@ from configs.quickstart import get_config
 
 
 def tiny_unet_config(**overrides):
-  c = get_config()
+  c = get_config('long')
   c.model.base_channels = 8
   c.model.channel_mult = (1, 2)
   c.model.num_res_blocks = 1

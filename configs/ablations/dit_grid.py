@@ -24,7 +24,7 @@ SIZES = {  # depth, width, heads
 
 
 def base():
-  c = get_config()
+  c = get_config('long')
   c.data.image_size = 8
   c.model = ml_collections.ConfigDict(dict(name='dit', patch_size=4, mlp_ratio=4.0, **SIZES['B']))
   c.optim.learning_rate = 1e-3

@@ -1,7 +1,7 @@
 """Classifier-free guidance scale on one trained quickstart model (sampling only).
 
-    python main.py --config=configs/quickstart.py --workdir=runs/quickstart      # the model, once
-    python ablate.py --sweep=configs/ablations/guidance.py --root=runs/ablations --model_workdir=runs/quickstart
+    python main.py --config=configs/quickstart.py:long --workdir=runs/quickstart_long      # the model, once
+    python ablate.py --sweep=configs/ablations/guidance.py --root=runs/ablations --model_workdir=runs/quickstart_long
 
 Scale 0 is the unconditional model, 1 the plain conditional one; larger scales trade diversity
 (Fréchet distance) for class fidelity (recognised fraction). The scale is a traced argument of the
@@ -24,9 +24,9 @@ def get_sweep():
       'base':
           base(),
       'model_workdir':
-          'runs/quickstart',
+          'runs/quickstart_long',
       'model_command':
-          'python main.py --config=configs/quickstart.py',
+          'python main.py --config=configs/quickstart.py:long',
       'axes': {'guidance': {'sample.guidance_scale': [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0]}},
       'metrics': ['digits_fd', 'digits_accuracy'],
       'columns': ['digits_accuracy', 'digits_fd', 'sampling_seconds'],

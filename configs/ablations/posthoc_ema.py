@@ -30,7 +30,7 @@ def get_sweep():
       'model_workdir':
           'runs/quickstart_power_ema',
       'model_command':
-          'python main.py --config=configs/quickstart.py --config.optim.ema_sigma_rels=0.05,0.1 '
+          'python main.py --config=configs/quickstart.py:long --config.optim.ema_sigma_rels=0.05,0.1 '
           '--config.train.ema_snapshot_every=50',
       'axes': {'sigma_rel': weights},
       'metrics': ['digits_fd', 'digits_accuracy'],

@@ -1,7 +1,7 @@
 """Sampler x number of steps on one trained quickstart model (sampling only: no training per point).
 
-    python main.py --config=configs/quickstart.py --workdir=runs/quickstart      # the model, once
-    python ablate.py --sweep=configs/ablations/sampler_steps.py --root=runs/ablations --model_workdir=runs/quickstart
+    python main.py --config=configs/quickstart.py:long --workdir=runs/quickstart_long      # the model, once
+    python ablate.py --sweep=configs/ablations/sampler_steps.py --root=runs/ablations --model_workdir=runs/quickstart_long
 
 Every point draws the same 500 class-balanced samples (same noise seed) from the EMA parameters
 with the quickstart's guidance 2 and scores them with the digits classifier. `nfe` counts network
@@ -13,7 +13,7 @@ SAMPLERS = ['ddpm', 'ddim', 'dpm++2m', 'euler', 'heun']
 
 
 def base():
-  c = get_config()
+  c = get_config('long')
   c.sample.num_samples = 500
   c.sample.batch_size = 500
   c.sample.seed = 12345
@@ -28,9 +28,9 @@ def get_sweep():
       'base':
           base(),
       'model_workdir':
-          'runs/quickstart',
+          'runs/quickstart_long',
       'model_command':
-          'python main.py --config=configs/quickstart.py',
+          'python main.py --config=configs/quickstart.py:long',
       'axes': {
           'sampler': {'sample.sampler': SAMPLERS},
           'steps': {'sample.num_steps': [5, 10, 25]},

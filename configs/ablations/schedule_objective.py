@@ -13,7 +13,7 @@ from configs.quickstart import get_config
 
 
 def base():
-  c = get_config()
+  c = get_config('long')
   c.train.sample_every = 0
   c.train.sample_grid = 0
   c.evals.digits = ml_collections.ConfigDict({'every_steps': 0, 'num_samples': 500, 'seed': 12345})
