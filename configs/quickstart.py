@@ -76,6 +76,7 @@ def get_config(arg=None):
     c.train.sample_every = 0  # one grid, at the end
     c.sample.sampler, c.sample.num_steps, c.sample.spacing = 'dpm++2m', 20, 'trailing'
     c.sample.guidance_scale = 1.5
+    c.sample.batch_size = 100  # the final grid's shape too: one compiled sampler (samples do not depend on it)
   if arg == 'classifier_guided':
     c.data.num_classes = 0
     c.sample.guidance_scale = 1.0
