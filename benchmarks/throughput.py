@@ -12,7 +12,7 @@ compilation excluded, `block_until_ready` after each window, the median of --win
 MFU = achieved model FLOP/s / peak (989 TFLOP/s, H100 SXM dense bf16, unless --peak_tflops):
 a train step costs 3x the forward FLOPs; DiT forwards use the paper's Gflops (Table 4, as
 multiply-adds, x2), other models XLA's cost analysis of the forward (before compilation, as
-`tests/test_models.py` checks against the DiT paper: within 1%).
+`tests/models/test_models.py` checks against the DiT paper: within 1%).
 """
 import statistics
 import time

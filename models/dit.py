@@ -21,7 +21,7 @@ DIT_VARIANTS = {
 }
 
 # Table 4: forward Gflops, counted as multiply-adds, at 256x256 (a 32x32x4 latent), by patch size. The MFU of
-# benchmarks/throughput.py uses them; tests/test_models.py checks this model's own count against them.
+# benchmarks/throughput.py uses them; tests/models/test_models.py checks this model's own count against them.
 DIT_PAPER_GMACS = {
     'S': {2: 6.06, 4: 1.41, 8: 0.36},
     'B': {2: 23.01, 4: 5.56, 8: 1.42},

@@ -23,7 +23,7 @@ from tests.tiny import tiny_unet_config
 from training.state import create_optimizer, state_shardings
 from training import sharding as sharding_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def restore(config, workdir):

@@ -13,7 +13,7 @@ from configs.validate import validate_config
 from configs.quickstart import get_config as quickstart_config
 from input_pipeline import StepBatcher
 from input_pipeline.loader import step_chunks
-from tests.test_reliability import losses
+from tests.training.test_reliability import losses
 from tests.tiny import tiny_unet_config
 
 

@@ -3,7 +3,7 @@
 The reference below is written from the public architecture (torchvision's inception_v3 with
 pytorch-fid's FIDInceptionA/C/E_1/E_2 blocks, 1008 classes, no aux head), with torchvision's
 module names, so `load_state_dict(strict=True)` also checks the converter's key names and shapes.
-tests/test_inception_parity.py checks against torchvision itself where it is installed.
+tests/evaluation/test_inception_parity.py checks against torchvision itself where it is installed.
 """
 import jax
 import numpy as np

@@ -1,7 +1,7 @@
 """models/adm_convert.py for ADM's noisy classifiers (guided-diffusion's EncoderUNetModel -> models/adm_classifier.py).
 
 The reference: the trunk (time embedding, input blocks, middle block) through diffusers' UNet2DModel, loaded by the
-mapping tests/test_adm_convert.py checks for the U-Net, and the head (GroupNorm, SiLU, AttentionPool2d or the mean
+mapping tests/models/test_adm_convert.py checks for the U-Net, and the head (GroupNorm, SiLU, AttentionPool2d or the mean
 and a 1x1 conv) restated in torch from guided_diffusion/unet.py (AttentionPool2d, QKVAttention: the mean token
 joins the pixel tokens, a position embedding is added, and one attention layer in the [q, k, v][head][channel]
 order reads them; c_proj of the mean token's output is the logits). Random values in every tensor.
@@ -18,8 +18,8 @@ from configs.adm_classifier import get_config
 from configs.validate import validate_config
 from models import build_model
 from models.adm_convert import params_from_state_dict
-from tests.test_adm_convert import (TINY, TOLERANCE, adm_layout, diffusers_state_dict, diffusers_unet, layout_digest,
-                                    random_state_dict, zeros_state_dict)
+from tests.models.test_adm_convert import (TINY, TOLERANCE, adm_layout, diffusers_state_dict, diffusers_unet,
+                                           layout_digest, random_state_dict, zeros_state_dict)
 from jobs.restore import restore_for_inference
 from models.shapes import abstract_params
 from training.state import count_params
@@ -114,7 +114,7 @@ def reference_logits(torch, unet_state, state, pool, updown, x, t):
 def test_matches_the_reference(pool, updown):
   torch = pytest.importorskip('torch')
   pytest.importorskip('diffusers')
-  from tests.test_vae_parity import relative_error  # pylint: disable=import-outside-toplevel
+  from tests.models.test_vae_parity import relative_error  # pylint: disable=import-outside-toplevel
   state, unet_state = tiny_state(pool, updown)
   rng = np.random.default_rng(1)
   x = rng.standard_normal((6, 3, TINY['size'], TINY['size'])).astype(np.float32)
@@ -152,7 +152,7 @@ def _refusal(config, state):
 
 
 def test_a_file_that_does_not_fit_is_refused_naming_the_fix():
-  from tests.test_adm_convert import tiny_config as unet_config  # pylint: disable=import-outside-toplevel
+  from tests.models.test_adm_convert import tiny_config as unet_config  # pylint: disable=import-outside-toplevel
   state, unet_state = tiny_state('attention', True)
   assert 'a guided-diffusion UNetModel (a diffusion model), the config a classifier: use ' \
          '--config=configs/adm_imagenet.py' in _refusal(tiny_config(), unet_state)

@@ -16,8 +16,8 @@ from diffusion.samplers import ddpm_sample, schedule_pairs
 from diffusion.schedules import linear_alphas_cumprod, timestep_spacing
 from models import build_model
 from jobs.sample import generate_samples, make_generate_fn
-from tests.test_samplers import golden_model, golden_sample
-from tests.test_train import read_metrics
+from tests.diffusion.test_samplers import golden_model, golden_sample
+from tests.training.test_train import read_metrics
 from tests.tiny import tiny_unet_config
 
 AC = linear_alphas_cumprod()

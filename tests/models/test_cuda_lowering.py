@@ -23,7 +23,7 @@ from diffusion.guidance import classifier_free_guidance
 from jobs.conditions import null_tokens
 from models import build_model, layers
 from models.conditioning import dummy_condition, null_condition
-from tests.test_text_conditioning import tiny_text_config
+from tests.jobs.test_text_conditioning import tiny_text_config
 from tests.tiny import tiny_unet_config
 from training.state import create_optimizer, state_shardings
 

@@ -1,7 +1,7 @@
 """FID Inception port: sizes, weight conversion, feature extraction, IS and precision/recall.
 
 Inputs are 75x75 without the resize to 299 (the smallest size the network takes), so a forward
-is milliseconds on CPU. Parity with PyTorch lives in tests/test_inception_*parity.py.
+is milliseconds on CPU. Parity with PyTorch lives in tests/evaluation/test_inception_*parity.py.
 """
 import math
 
@@ -314,7 +314,7 @@ def test_a_reference_whose_images_are_not_uint8_nhwc_or_not_an_npz_is_refused_wh
 
 def test_evaluate_samples_against_itself(tmp_path, monkeypatch, variables, images):
   # A 2048-d FID costs two 2048x2048 eigendecompositions (seconds to tens of seconds on a busy
-  # CPU); tests/test_frechet.py covers it, so here a spy checks what it is given.
+  # CPU); tests/evaluation/test_frechet.py covers it, so here a spy checks what it is given.
   dims = []
 
   def mean_term_only(mu1, sigma1, mu2, sigma2):

@@ -12,7 +12,7 @@ from configs.quickstart import get_config as quickstart_config
 from configs.unet_cifar10 import get_config as unet_cifar10_config
 from tests.processes import env_with_devices
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run_main(*args, without=(), **kwargs):

@@ -6,7 +6,7 @@ import pytest
 
 from input_pipeline.sources import TfdsSource
 from models.weight_files import read_state_dict
-from tests.test_config import run_main
+from tests.configs.test_config import run_main
 
 TORCH_CPU = 'pip install torch --index-url https://download.pytorch.org/whl/cpu'
 TFDS = 'pip install -r requirements-tfds.txt'

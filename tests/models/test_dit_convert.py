@@ -109,7 +109,7 @@ def diffusers_state_dict(state, depth):
 def test_matches_diffusers_dit():
   torch = pytest.importorskip('torch')
   diffusers = pytest.importorskip('diffusers')
-  from tests.test_vae_parity import relative_error  # pylint: disable=import-outside-toplevel
+  from tests.models.test_vae_parity import relative_error  # pylint: disable=import-outside-toplevel
   t = TINY
   reference = diffusers.DiTTransformer2DModel(
       num_attention_heads=t['heads'], attention_head_dim=t['hidden'] // t['heads'], in_channels=t['channels'],

@@ -9,7 +9,7 @@ import pytest
 
 import ablate
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 TINY_SWEEP = '''
 import ml_collections

@@ -31,7 +31,7 @@ from input_pipeline.images import to_uint8
 from jobs.sample import run_sample_job
 from tests.tiny import tiny_unet_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_MERGES = ['h e', 'l l', 'he ll', 'hell o</w>', 'c a', 'ca t</w>', 'p h', 'ph o', 'pho t', 'phot o</w>']
 
 

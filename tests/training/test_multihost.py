@@ -16,12 +16,12 @@ import pytest
 import main
 from jobs import train
 from jobs.sample import run_sample_job
-from tests.test_reliability import restore
-from tests.test_train import read_metrics
+from tests.training.test_reliability import restore
+from tests.training.test_train import read_metrics
 from tests.processes import env_with_devices
 from tests.tiny import tiny_unet_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def free_port():

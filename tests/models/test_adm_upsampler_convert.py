@@ -2,7 +2,7 @@
 
 SuperResModel is a UNetModel with 6 input channels whose forward upsamples `low_res` bilinearly
 (F.interpolate(mode='bilinear')) to the image size and concatenates it to x. The reference here is that forward
-restated: diffusers 0.42.1's UNet2DModel with 6 input channels (the U-Net mapping tests/test_adm_convert.py checks)
+restated: diffusers 0.42.1's UNet2DModel with 6 input channels (the U-Net mapping tests/models/test_adm_convert.py checks)
 on torch's own interpolation. The released layouts are pinned by digests of guided-diffusion's own
 sr_create_model state dicts (README flags, torch 2.13, meta device).
 """
@@ -15,8 +15,8 @@ from configs.adm_upsampler import PARAMS, get_config
 from configs.validate import validate_config
 from models import build_model
 from models.adm_convert import params_from_state_dict
-from tests.test_adm_convert import (TINY, TOLERANCE, adm_layout, diffusers_state_dict, diffusers_unet, layout_digest,
-                                    random_state_dict, released_layout, zeros_state_dict)
+from tests.models.test_adm_convert import (TINY, TOLERANCE, adm_layout, diffusers_state_dict, diffusers_unet,
+                                           layout_digest, random_state_dict, released_layout, zeros_state_dict)
 from models.adm_variants import UPSAMPLERS
 from models.shapes import abstract_params
 from training.state import count_params
@@ -46,7 +46,7 @@ def tiny_config(updown):
 def test_matches_the_reference_with_the_upsampled_input(updown):
   torch = pytest.importorskip('torch')
   diffusers = pytest.importorskip('diffusers')
-  from tests.test_vae_parity import relative_error  # pylint: disable=import-outside-toplevel
+  from tests.models.test_vae_parity import relative_error  # pylint: disable=import-outside-toplevel
   t = TINY
   state = random_state_dict(
       adm_layout(t['size'], t['channels'], t['mult'], t['blocks'], t['attention'], t['classes'], updown=updown,

@@ -245,7 +245,7 @@ def diffusers_unet(diffusers, updown, classes, in_channels=3):
 def test_matches_diffusers_unet2d(qkv_order, updown, classes):
   torch = pytest.importorskip('torch')
   diffusers = pytest.importorskip('diffusers')
-  from tests.test_vae_parity import relative_error  # pylint: disable=import-outside-toplevel
+  from tests.models.test_vae_parity import relative_error  # pylint: disable=import-outside-toplevel
   state = random_state_dict(tiny_layout(updown, classes), seed=0)
   reference = diffusers_unet(diffusers, updown, classes)
   reference.load_state_dict(

@@ -11,7 +11,7 @@ from jobs import edit
 from jobs import train
 from tests.tiny import tiny_unet_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope='module')

@@ -16,7 +16,7 @@ from jobs import train
 from jobs import restore as restore_job
 from training.checkpoints import CheckpointStore
 from configs.validate import validate_config
-from tests.test_reliability import restore
+from tests.training.test_reliability import restore
 from tests.tiny import tiny_unet_config
 
 
