@@ -174,15 +174,15 @@ def validate_config(config):
     raise ValueError(f"config.sample.spacing='karras' applies to config.sample.sampler='dpm++2m' (DPM++ 2M Karras), "
                      f"not {config.sample.sampler!r}: euler and heun always use Karras noise levels, ddpm and ddim "
                      "need integer timesteps; choose spacing leading, trailing or linspace")
-  if config.sample.get('s_churn', 0.0) and (flow or config.sample.sampler not in flow_samplers):
+  if config.sample.s_churn and (flow or config.sample.sampler not in flow_samplers):
     raise ValueError(f'config.sample.s_churn={config.sample.s_churn} (EDM stochastic sampling) applies to samplers '
                      f"'heun' and 'euler' on VP objectives (eps, x0, v), not {config.sample.sampler!r} with objective "
                      f"{config.diffusion.objective!r}; set it to 0 or choose sampler heun")
-  if not config.sample.get('s_tmin', 0.0) < config.sample.get('s_tmax', float('inf')):
+  if not config.sample.s_tmin < config.sample.s_tmax:
     raise ValueError(f'config.sample.s_tmin={config.sample.s_tmin} must be below config.sample.s_tmax='
                      f'{config.sample.s_tmax} (the noise levels where S_churn applies)')
   uses_karras = config.sample.sampler in flow_samplers or config.sample.spacing == 'karras'
-  if config.sample.get('karras_sigma_max', 0.0) and not flow and uses_karras:
+  if config.sample.karras_sigma_max and not flow and uses_karras:
     schedule_karras_sigmas(alphas_cumprod_for(config), 2, sigma_max=config.sample.karras_sigma_max)  # in range?
   if config.diffusion.learn_sigma and (flow or config.diffusion.preconditioning != 'none'):
     raise ValueError('config.diffusion.learn_sigma=True learns the variances of discrete VP steps: it needs '

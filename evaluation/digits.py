@@ -75,7 +75,7 @@ class DigitsEvaluator:
     if config.data.source != 'digits':
       raise ValueError("evaluator 'digits' scores samples of the embedded digits dataset; "
                        f"config.data.source is {config.data.source!r}")
-    if config.data.num_classes != 10 and not config.sample.get('classifier_workdir', ''):
+    if config.data.num_classes != 10 and not config.sample.classifier_workdir:
       raise ValueError(
           "evaluator 'digits' needs the 10 digit labels: a class-conditional model "
           '(config.data.num_classes=10) or a digit classifier guiding it (config.sample.classifier_workdir)')

@@ -40,11 +40,11 @@ def model_condition(cond, config):
 def class_prompt(label, config):
   """config.text.prompt_template filled with the class name (config.text.class_names; the digit names
   for data.source='digits'; else the label number)."""
-  names = tuple(config.text.get('class_names', ()))
+  names = tuple(config.text.class_names)
   if not names and config.data.source == 'digits':
     names = DIGIT_NAMES
   name = names[label] if names else str(label)
-  return config.text.get('prompt_template', '{}').format(name)
+  return config.text.prompt_template.format(name)
 
 
 def low_res_conditions(num_samples, config):
@@ -53,7 +53,7 @@ def low_res_conditions(num_samples, config):
   (arr_0 uint8 [N, s, s, C], arr_1 labels: what --mode=sample writes; guided-diffusion's super_res_sample.py reads
   the same), or else from the dataset's first images (cycled), area-downsampled."""
   size, channels = low_res_size(config), config.data.channels
-  path = config.sample.get('low_res_samples', '')
+  path = config.sample.low_res_samples
   if not path:
     source = create_source(config.data)
     batch = source.get(np.arange(num_samples) % len(source))
@@ -88,7 +88,7 @@ def default_conditions(num_samples, config):
   if config.data.num_classes > 0:
     labels = (np.arange(num_samples) % config.data.num_classes).astype(np.int32)
   if uses_text(config):
-    prompts = tuple(config.text.get('eval_prompts', ()))
+    prompts = tuple(config.text.eval_prompts)
     if prompts:
       prompts = [prompts[i % len(prompts)] for i in range(num_samples)]
     else:

@@ -4,7 +4,7 @@ Sampling (`--mode=sample`, grids, evaluators, sweeps) and editing (`--mode=edit`
 into one `model_fn(x, t)`: classifier-free guidance (scale traced, interval, guided channels, learned-variance
 channels kept conditional), EDM preconditioning (the network's F turned into the denoiser D, objective 'x0'),
 and the gradient of a noisy classifier (config.sample.classifier_workdir, `load_classifier`) for classifier
-guidance. A copy of this logic once let editing read an EDM network's raw output as x0; there is no copy now.
+guidance.
 """
 import logging
 import os
@@ -68,7 +68,7 @@ class SamplingClassifier(NamedTuple):
 def load_classifier(config):
   """The classifier of config.sample.classifier_workdir (its config.json and newest checkpoint's EMA params), or
   None when that field is empty. Refuses one that does not read this model's images and timesteps."""
-  workdir = config.sample.get('classifier_workdir', '')
+  workdir = config.sample.classifier_workdir
   if not workdir:
     return None
   path = os.path.join(workdir, 'config.json')

@@ -39,7 +39,7 @@ def build_model(config):
   if text is not None:
     kwargs['text'] = text
   if 'learn_sigma' in cls.__dataclass_fields__:  # the denoisers, not the classifier
-    kwargs['learn_sigma'] = config.diffusion.get('learn_sigma', False)
+    kwargs['learn_sigma'] = config.diffusion.learn_sigma
   return cls(image_size=config.data.image_size, channels=config.data.channels, num_classes=model_num_classes(config),
              dtype=jnp.dtype(config.train.compute_dtype), remat=config.train.remat,
              remat_policy=config.train.remat_policy, **kwargs)

@@ -46,7 +46,7 @@ def area_downsample(images, size):
 def uses_labels(config):
   """Whether the model itself takes class labels 'y' (a classifier predicts them instead)."""
   return (config.data.num_classes > 0 and not is_classifier(config) and
-          (not uses_text(config) or config.text.get('use_labels', False)))
+          (not uses_text(config) or config.text.use_labels))
 
 
 def model_num_classes(config):

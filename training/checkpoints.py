@@ -25,7 +25,7 @@ def model_signature(config):
       'model': config.model.to_dict(), 'image_size': config.data.image_size, 'channels': config.data.channels,
       'num_classes': config.data.num_classes
   }
-  if config.diffusion.get('learn_sigma', False):  # twice the output channels
+  if config.diffusion.learn_sigma:  # twice the output channels
     signature['learn_sigma'] = True
   if config.optim.ema_sigma_rels:  # the power-function EMAs a resume restores (sampling ignores them)
     signature['ema_sigma_rels'] = [float(s) for s in config.optim.ema_sigma_rels]

@@ -31,7 +31,7 @@ def learning_rate_schedule(optim_config):
   'linear' down to 0 at step decay_steps (guided-diffusion's --anneal_lr: lr * (1 - step / iterations)), 'cosine'
   down to 0 there (lr * (1 + cos(pi step / decay_steps)) / 2), or 'inverse_sqrt' (EDM2: lr / sqrt(max(step /
   decay_steps, 1)), flat until decay_steps). The warmup ramp multiplies the decay."""
-  lr, warmup, decay = optim_config.learning_rate, optim_config.warmup_steps, optim_config.get('decay_steps', 0)
+  lr, warmup, decay = optim_config.learning_rate, optim_config.warmup_steps, optim_config.decay_steps
   if not decay:
     return optax.constant_schedule(lr) if warmup == 0 else optax.linear_schedule(0.0, lr, warmup)  # holds lr after
   ramp = (lambda step: jnp.minimum(1.0, step / warmup)) if warmup else (lambda step: 1.0)
@@ -39,7 +39,7 @@ def learning_rate_schedule(optim_config):
       'linear': lambda step: jnp.clip(1 - step / decay, 0.0, 1.0),
       'cosine': lambda step: 0.5 * (1 + jnp.cos(jnp.pi * jnp.clip(step / decay, 0.0, 1.0))),
       'inverse_sqrt': lambda step: jax.lax.rsqrt(jnp.maximum(step / decay, 1.0)),
-  }[optim_config.get('decay', 'linear')]
+  }[optim_config.decay]
   return lambda step: lr * ramp(step) * fraction(jnp.asarray(step, jnp.float32))
 
 

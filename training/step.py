@@ -30,9 +30,8 @@ def loss_inputs(batch, cond, noise_rng, alphas_cumprod, config):
     inputs['label'] = batch['label']
   else:
     inputs.update(
-        target=target, x0=x0, weight=loss_weight(config.diffusion.get('loss_weighting', 'uniform'),
-                                                 config.diffusion.objective, alphas_cumprod, t.astype(jnp.int32),
-                                                 config.diffusion.get('min_snr_gamma', 5.0)))
+        target=target, x0=x0, weight=loss_weight(config.diffusion.loss_weighting, config.diffusion.objective,
+                                                 alphas_cumprod, t.astype(jnp.int32), config.diffusion.min_snr_gamma))
   return inputs
 
 
@@ -44,7 +43,7 @@ def batch_loss(params, inputs, dropout_rng, *, model, alphas_cumprod, config, tr
   if is_classifier(config):  # ADM's noisy classifier (classifier_train.py): uniform timesteps, cross-entropy
     loss, correct = classifier_loss(out, inputs['label'])
     return loss.mean(), {'accuracy': correct.mean()}
-  if config.diffusion.get('learn_sigma', False):  # Improved DDPM's hybrid loss (diffusion/learned_variance.py)
+  if config.diffusion.learn_sigma:  # Improved DDPM's hybrid loss (diffusion/learned_variance.py)
     loss, vlb = hybrid_loss_per_example(config.diffusion.objective, out, inputs['target'], inputs['x0'], inputs['x_t'],
                                         inputs['t'].astype(jnp.int32), alphas_cumprod, inputs['weight'])
     return loss.mean(), {'vlb': vlb.mean()}
@@ -109,9 +108,9 @@ def train_step(state, batch, *, model, tx, alphas_cumprod, config, micro_shardin
   null = null_condition(cond, config.data.num_classes, null_tokens)
   cond = drop_condition(label_rng, cond, config.diffusion.label_dropout, null)
   inputs = loss_inputs(batch, cond, noise_rng, alphas_cumprod, config)  # no params: outside the gradient
-  (loss, extra), grads = accumulated_loss_and_grads(state.params, inputs, dropout_rng,
-                                                    config.train.get('grad_accum_steps', 1), micro_sharding,
-                                                    model=model, alphas_cumprod=alphas_cumprod, config=config)
+  (loss, extra), grads = accumulated_loss_and_grads(state.params, inputs, dropout_rng, config.train.grad_accum_steps,
+                                                    micro_sharding, model=model, alphas_cumprod=alphas_cumprod,
+                                                    config=config)
   grad_norm = optax.tree_utils.tree_norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -162,7 +161,7 @@ def make_train_step(config, model, tx, mesh, shardings, stacked=False, null_toke
 def check_batch_sizes(config, mesh):
   """The train (and held-out) batches split evenly over the mesh's devices, and each device's share of the train batch
   into grad_accum_steps equal microbatches."""
-  k, batch, devices = config.train.get('grad_accum_steps', 1), config.train.batch_size, mesh.size
+  k, batch, devices = config.train.grad_accum_steps, config.train.batch_size, mesh.size
   sizes = {'train.batch_size': batch}
   if config.get('val') and config.val.every_steps:
     sizes['val.batch_size'] = config.val.batch_size
