@@ -22,10 +22,6 @@ from training.writers import create_writer
 EVAL_DIR = 'eval'
 
 
-def is_main_process():
-  return jax.process_index() == 0
-
-
 def create_evaluators(config):
   """{name: evaluator} for every entry of config.evals; missing weight or reference files fail here."""
   if not config.evals:
@@ -103,7 +99,7 @@ def run_eval_job(config, workdir, samples=None, name=None, overwrite=False):
       'image_shape': list(images.shape[1:]), 'evals': config.evals.to_dict(),
       'written': datetime.datetime.now().isoformat(timespec='seconds'), **origin
   }
-  if is_main_process():
+  if jax.process_index() == 0:
     path = eval_result_path(workdir, name)
     write_json(path, record)
     write_eval_scalars(workdir, step, metrics, seconds)

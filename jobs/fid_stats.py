@@ -34,10 +34,6 @@ def subset_indices(total, num_images):
   return np.sort(np.random.default_rng(SUBSET_SEED).choice(total, num_images, replace=False))
 
 
-def is_main_process():
-  return jax.process_index() == 0
-
-
 # --- fid_stats: where the reference images come from ---------------------------------------------------------
 
 
@@ -125,7 +121,7 @@ def reference_statistics(variables, chunks, total, batch_size, keep_images=False
   (sFID) features of every chunk of uint8 images."""
   pool3, spatial, kept = RunningFeatureStatistics(), RunningFeatureStatistics(), []
   variables = replicate(variables, local_mesh())  # once, not per chunk
-  with tqdm(total=total, desc='FID features', unit='img', disable=not is_main_process()) as bar:
+  with tqdm(total=total, desc='FID features', unit='img', disable=jax.process_index() != 0) as bar:
     for chunk in chunks:
       features = extract_features(variables, chunk, batch_size, model)
       pool3.add(features.pool3)
@@ -168,7 +164,7 @@ def run_fid_stats_job(config, workdir, output=None, images=None, inception_weigh
   start = time.time()
   model = inception.FIDInceptionV3(preprocessing=preprocessing)
   statistics, kept = reference_statistics(variables, chunks, total, min(batch_size, total), keep_images, model)
-  if is_main_process():
+  if jax.process_index() == 0:
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with atomic_write(output, '.npz') as tmp:
       inception_metrics.save_reference_npz(tmp, images=kept, preprocessing=preprocessing, **statistics)
