@@ -16,6 +16,10 @@ A sweep file (configs/ablations/*.py) has `get_sweep()` returning a dict:
   columns:  result fields shown in results.md after the axes (default: metrics);
   plots:    [{'x': field or axis, 'y': field or [fields], 'series': axis, 'annotate': axis, 'logx': bool,
              'logy': bool}];
+  curves:   'train' sweeps: [{'y': eval metric, 'series': axis, 'over': axis to average (the seed), 'reference':
+            a label of series, 'lower_is_better': bool, 'logy': bool}]: the metric against the training step
+            (curves_<y>.png) and a table of it with the step each series first reaches the reference's final
+            value (curves_<y>.md);
   exclude:  [{axis: label, ...}] settings to leave out of the product (optional);
   model_workdir, model_command: 'sample' sweeps: the trained model, and the command that trains it;
   model_sweep: 'sample' sweeps of every model of a 'train' sweep file instead: that sweep's axes come
@@ -28,14 +32,9 @@ from its checkpoints. Then <root>/<sweep>/results.csv, results.md and *.png are 
 finished run. Gflops are forward multiply-adds per image (the DiT paper's convention): counted
 analytically for DiT, XLA's cost analysis of the forward (flops / 2) otherwise (`xla_gflops`).
 """
-import csv
-import dataclasses
-import importlib.util
-import itertools
 import json
 import logging
 import os
-import re
 import shlex
 import statistics
 import time
@@ -44,13 +43,14 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from configs.validate import validate_config
 from evaluation import create_evaluator
 from input_pipeline.files import write_png
 from input_pipeline.images import image_grid
 from jobs import train
 from jobs.restore import restore_for_inference
 from jobs.sample import generate_samples, make_generate_fn
+from jobs.sweep_report import collect_and_report
+from jobs.sweeps import RESULT_FILE, expand, is_finished, load_sweep, run_dir, write_json_atomic
 from models import build_model
 from models.shapes import dummy_inputs
 from training.writers import JsonlWriter
@@ -69,181 +69,6 @@ flags.DEFINE_string(
 flags.DEFINE_bool('print_commands', False, 'Print one launch command per run instead of running.')
 flags.DEFINE_bool('collect_only', False, 'Only collect results.csv, results.md and plots of finished runs.')
 flags.DEFINE_string('copy_to', None, 'Also copy results.md and the plots to this folder as <sweep>_<file>.')
-
-RESULT_FILE = 'result.json'
-_SAFE = re.compile(r'[^A-Za-z0-9._+-]')
-
-
-@dataclasses.dataclass
-class Run:
-  name: str  # 'size=S,patch=4': the workdir's name
-  settings: dict  # axis -> label (str)
-  values: dict  # axis -> the raw value of a scalar axis, the label of a named one
-  overrides: dict  # config field -> value
-  config: object  # the run's ConfigDict
-  model_run: str = ''  # sweeps with a model_sweep: the name of the run that trained this run's model
-
-
-@dataclasses.dataclass
-class Sweep:
-  name: str
-  path: str
-  kind: str
-  base: object
-  axes: list  # [(axis, [(label, value, overrides), ...]), ...]
-  metrics: list
-  columns: list
-  plots: list
-  exclude: list
-  model_workdir: str = ''
-  model_command: str = ''
-  model_sweep: object = None  # the 'train' Sweep whose models a 'sample' sweep samples
-
-
-# ---------------------------------------------------------------- sweep files and their expansion
-
-
-def label_of(value):
-  """A value as it appears in a run name: 4 -> '4', 1.5 -> '1.5', True -> 'true', 'dpm++2m' as is."""
-  if isinstance(value, bool):
-    text = 'true' if value else 'false'
-  elif isinstance(value, float):
-    text = f'{value:g}'
-  else:
-    text = str(value)
-  return _SAFE.sub('_', text)
-
-
-def _normalize_axis(axis, spec):
-  """[(label, value, overrides)] of one axis; see the module docstring for the two spellings."""
-  if isinstance(spec, dict):
-    if len(spec) != 1:
-      raise ValueError(f"axis {axis!r}: a dict axis names exactly one field, e.g. {{'model.patch_size': [2, 4]}}")
-    (field, values), = spec.items()
-    return [(label_of(v), v, {field: v}) for v in values]
-  points = []
-  for point in spec:
-    if not isinstance(point, dict) or 'name' not in point:
-      raise ValueError(f"axis {axis!r}: each value is {{'name': ..., 'field.path': value, ...}}; got {point!r}")
-    overrides = {k: v for k, v in point.items() if k != 'name'}
-    points.append((label_of(point['name']), point['name'], overrides))
-  labels = [p[0] for p in points]
-  if len(set(labels)) != len(labels):
-    raise ValueError(f'axis {axis!r} has repeated names: {labels}')
-  return points
-
-
-def load_sweep(path, set_overrides=()):
-  """The Sweep of a sweep file, with the FIELD=VALUE strings of --set applied to its base config."""
-  name = os.path.splitext(os.path.basename(path))[0]
-  spec = importlib.util.spec_from_file_location(f'sweep_{name}', path)
-  if spec is None:
-    raise FileNotFoundError(f'no sweep file {path}')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  d = dict(module.get_sweep())
-  kind = d.get('kind', 'train')
-  if kind not in ('train', 'sample'):
-    raise ValueError(f"{path}: kind must be 'train' or 'sample', got {kind!r}")
-  base = d['base']
-  for item in set_overrides:
-    field, sep, text = item.partition('=')
-    if not sep:
-      raise ValueError(f'--set={item!r}: expected FIELD=VALUE')
-    set_field(base, field, parse_value(get_field(base, field), text))
-  metrics = list(d.get('metrics', []))
-  axes = [(axis, _normalize_axis(axis, s)) for axis, s in d['axes'].items()]
-  model_sweep = None
-  if d.get('model_sweep'):
-    if kind != 'sample':
-      raise ValueError(f"{path}: model_sweep is for kind='sample' sweeps")
-    model_path = d['model_sweep']
-    if not os.path.exists(model_path):  # relative to the repository rather than the working directory
-      model_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), model_path)
-    model_sweep = load_sweep(model_path, set_overrides)
-    model_sweep.path = d['model_sweep']
-    axes = model_sweep.axes + axes
-  exclude = list(d.get('exclude', [])) + (model_sweep.exclude if model_sweep else [])  # no model, no samples
-  return Sweep(name=d.get('name', name), path=path, kind=kind, base=base, axes=axes, metrics=metrics,
-               columns=list(d.get('columns', metrics)), plots=list(d.get('plots', [])), exclude=exclude,
-               model_workdir=d.get('model_workdir', ''), model_command=d.get('model_command',
-                                                                             ''), model_sweep=model_sweep)
-
-
-def get_field(config, field):
-  node = config
-  for key in field.split('.'):
-    if key not in node:
-      raise KeyError(f'config has no field {field!r} ({key!r} is missing)')
-    node = node[key]
-  return node
-
-
-def set_field(config, field, value):
-  *parents, last = field.split('.')
-  node = get_field(config, '.'.join(parents)) if parents else config
-  if last not in node:
-    raise KeyError(f'config has no field {field!r}; a sweep changes existing fields only')
-  node[last] = value
-
-
-def parse_value(current, text):
-  """--set text -> a value of the type of the field it replaces."""
-  import ast
-  if isinstance(current, bool):
-    if text.lower() not in ('true', 'false', '1', '0'):
-      raise ValueError(f'expected true or false, got {text!r}')
-    return text.lower() in ('true', '1')
-  if isinstance(current, (int, float)):
-    return type(current)(ast.literal_eval(text)) if isinstance(current, float) else int(text)
-  if isinstance(current, str):
-    return text
-  return ast.literal_eval(text)
-
-
-def expand(sweep):
-  """Every run of the sweep, in product order (the first axis varies slowest), configs validated."""
-  runs = []
-  for combo in itertools.product(*[points for _, points in sweep.axes]):
-    settings = {axis: label for (axis, _), (label, _, _) in zip(sweep.axes, combo)}
-    if any(all(settings.get(k) == label_of(v) for k, v in ex.items()) for ex in sweep.exclude):
-      continue
-    config = sweep.base.copy_and_resolve_references()
-    overrides = {}
-    for _, _, point_overrides in combo:
-      overrides.update(point_overrides)
-    for field, value in overrides.items():
-      set_field(config, field, value)
-    name = ','.join(f'{axis}={label}' for axis, label in settings.items())
-    try:
-      validate_config(config)
-    except ValueError as e:
-      raise ValueError(f'{sweep.path}: run {name}: {e}') from e
-    model_axes = [axis for axis, _ in sweep.model_sweep.axes] if sweep.model_sweep else []
-    runs.append(
-        Run(name=name, settings=settings, overrides=overrides, config=config,
-            values={axis: value for (axis, _), (_, value, _) in zip(sweep.axes, combo)},
-            model_run=','.join(f'{axis}={settings[axis]}' for axis in model_axes)))
-  names = [r.name for r in runs]
-  if len(set(names)) != len(names):
-    raise ValueError(f'{sweep.path}: two runs have the same name')
-  return runs
-
-
-def run_dir(root, sweep, run):
-  return os.path.join(root, sweep.name, run.name)
-
-
-def is_finished(root, sweep, run):
-  return os.path.exists(os.path.join(run_dir(root, sweep, run), RESULT_FILE))
-
-
-def write_json_atomic(path, obj):
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=str)
-  os.replace(tmp, path)
-
 
 # ---------------------------------------------------------------- cost of a model
 
@@ -442,127 +267,6 @@ def launch_commands(sweep, root, set_overrides=(), model_workdir=None):
     lines.append(' '.join(shlex.quote(a) for a in base + [f'--only={run.name}']))
   lines.append('# then: ' + ' '.join(shlex.quote(a) for a in base + ['--collect_only']))
   return lines
-
-
-# ---------------------------------------------------------------- tables and plots
-
-
-def collect(sweep, root):
-  """(rows, finished count): one row per run in expansion order; runs without result.json have only
-  their settings."""
-  rows, done = [], 0
-  for run in expand(sweep):
-    row = {'run': run.name, **run.settings}
-    path = os.path.join(run_dir(root, sweep, run), RESULT_FILE)
-    if os.path.exists(path):
-      with open(path) as f:
-        row.update(json.load(f)['metrics'])
-      done += 1
-    row['_values'] = run.values
-    rows.append(row)
-  return rows, done
-
-
-def format_cell(value):
-  if isinstance(value, float):
-    if value == 0 or 1e-3 <= abs(value) < 1e5:
-      return f'{value:.4g}'
-    return f'{value:.3e}'
-  return '' if value is None else str(value)
-
-
-def write_tables(sweep, rows, done, out_dir):
-  axes = [axis for axis, _ in sweep.axes]
-  fields = []
-  for row in rows:
-    for key in row:
-      if key not in fields and key not in axes and key not in ('run', '_values'):
-        fields.append(key)
-  csv_path = os.path.join(out_dir, 'results.csv')
-  with open(csv_path + '.tmp', 'w', newline='') as f:
-    writer = csv.DictWriter(f, ['run'] + axes + fields)
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: v for k, v in row.items() if k != '_values'})
-  os.replace(csv_path + '.tmp', csv_path)
-  columns = axes + [c for c in sweep.columns if c not in axes]
-  lines = [
-      f'Sweep `{sweep.name}` ({sweep.path}): {done} of {len(rows)} runs finished.', '',
-      '| ' + ' | '.join(columns) + ' |', '|' + '|'.join('---' if c in axes else '---:' for c in columns) + '|'
-  ]
-  for row in rows:
-    lines.append('| ' + ' | '.join(format_cell(row.get(c)) for c in columns) + ' |')
-  md_path = os.path.join(out_dir, 'results.md')
-  with open(md_path + '.tmp', 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  os.replace(md_path + '.tmp', md_path)
-  return csv_path, md_path
-
-
-def _plot_value(row, key):
-  value = row['_values'].get(key, row.get(key))
-  return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def write_plots(sweep, rows, out_dir):
-  """One PNG per plot spec, one panel per y field, one line per value of the series axis."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  paths = []
-  for spec in sweep.plots:
-    ys = [spec['y']] if isinstance(spec['y'], str) else list(spec['y'])
-    x, series, annotate = spec['x'], spec.get('series'), spec.get('annotate')
-    fig, panels = plt.subplots(1, len(ys), figsize=(4.8 * len(ys), 3.8), squeeze=False)
-    plotted = False
-    for ax, y in zip(panels[0], ys):
-      groups = {}
-      for row in rows:
-        if _plot_value(row, x) is not None and _plot_value(row, y) is not None:
-          groups.setdefault(row.get(series, '') if series else '', []).append(row)
-      for label, group in groups.items():
-        group = sorted(group, key=lambda r: _plot_value(r, x))
-        xs, vals = [_plot_value(r, x) for r in group], [_plot_value(r, y) for r in group]
-        ax.plot(xs, vals, 'o-', label=f'{series}={label}' if series else None)
-        plotted = True
-        for r, xv, yv in zip(group, xs, vals):
-          if annotate:
-            ax.annotate(f'{annotate}={r[annotate]}', (xv, yv), textcoords='offset points', xytext=(4, 4), fontsize=7)
-      ax.set_xlabel(spec.get('xlabel', x))
-      ax.set_ylabel(y)
-      if spec.get('logx'):
-        ax.set_xscale('log')
-        ticks = sorted({_plot_value(r, x) for g in groups.values() for r in g})
-        if len(ticks) <= 8 and all(float(t).is_integer() for t in ticks):  # step counts: label the values
-          ax.set_xticks(ticks, [f'{t:g}' for t in ticks])
-          ax.minorticks_off()
-      if spec.get('logy'):
-        ax.set_yscale('log')
-      ax.grid(alpha=0.3)
-      if series and groups:
-        ax.legend(fontsize=8)
-    fig.suptitle(spec.get('title', f'{sweep.name}: {", ".join(ys)} vs {x}'), fontsize=10)
-    fig.tight_layout()
-    path = os.path.join(out_dir, spec.get('file', f'{"_".join(ys)}_vs_{x}.png'))
-    if plotted:
-      fig.savefig(path, dpi=90)
-      paths.append(path)
-    plt.close(fig)
-  return paths
-
-
-def collect_and_report(sweep, root, copy_to=None):
-  out_dir = os.path.join(root, sweep.name)
-  os.makedirs(out_dir, exist_ok=True)
-  rows, done = collect(sweep, root)
-  paths = list(write_tables(sweep, rows, done, out_dir)) + write_plots(sweep, rows, out_dir)
-  if copy_to:
-    import shutil
-    os.makedirs(copy_to, exist_ok=True)
-    for path in paths[1:]:  # results.md and the plots
-      shutil.copyfile(path, os.path.join(copy_to, f'{sweep.name}_{os.path.basename(path)}'))
-  logging.info('%d of %d runs finished; wrote %s', done, len(rows), ', '.join(paths))
-  return paths
 
 
 def main(argv):

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import ablate
+from jobs import sweep_report, sweeps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -58,7 +59,7 @@ def test_expansion_names_and_overrides(tmp_path):
                                                                           'width=narrow,lr=0.002')
   excluded = ablate.expand(ablate.load_sweep(write_sweep(tmp_path, exclude="[{'width': 'wide', 'lr': 0.002}]")))
   assert [r.name for r in excluded] == [r.name for r in runs[:3]]
-  assert [ablate.label_of(v) for v in (4, 1.5, 0.0, True, 'dpm++2m', 'a b/c')
+  assert [sweeps.label_of(v) for v in (4, 1.5, 0.0, True, 'dpm++2m', 'a b/c')
          ] == ['4', '1.5', '0', 'true', 'dpm++2m', 'a_b_c']
 
 
@@ -122,7 +123,7 @@ def test_resume_skips_finished_runs_and_collects(tmp_path):
   finished = os.path.join(root, 'tiny', 'width=narrow,lr=0.002', 'result.json')
   os.utime(finished, (1_000_000, 1_000_000))
   os.makedirs(os.path.join(root, 'tiny', 'width=wide,lr=0.002'))  # interrupted: a workdir without result.json
-  rows, done = ablate.collect(sweep, root)
+  rows, done = sweep_report.collect(sweep, root)
   assert done == 2 and 'digits_fd' not in rows[0] and rows[1]['digits_fd'] == pytest.approx(2.0)
 
   calls.clear()
@@ -155,7 +156,7 @@ def test_failed_run_is_not_marked_finished(tmp_path):
   root = str(tmp_path / 'runs')
   with pytest.raises(RuntimeError, match='without'):
     ablate.run_sweep(sweep, root, runner=lambda run, workdir, cache: {'loss': 1.0}, cost=fake_cost)
-  assert ablate.collect(sweep, root)[1] == 0
+  assert sweep_report.collect(sweep, root)[1] == 0
 
 
 def run_ablate(*args):
