@@ -185,14 +185,15 @@ def sample_run(run, workdir, cache):
     cache[weights] = restore_for_inference(config, model_workdir, use_ema=config.sample.use_ema)
     cache['last_model'] = weights
   model, params, step, mesh = cache[weights]
-  # The guidance scale and the weights are arguments: runs that differ only in them share one compilation.
-  traced = ('guidance_scale', 'use_ema', 'ema_sigma_rel', 'ema_step')
+  # The guidance scales and the weights are arguments: runs that differ only in them share one compilation.
+  traced = ('guidance_scale', 'autoguidance_scale', 'use_ema', 'ema_sigma_rel', 'ema_step')
   key = model_workdir + json.dumps({k: v for k, v in config.sample.to_dict().items() if k not in traced},
                                    sort_keys=True, default=str)
   if key not in cache:
     cache[key] = make_generate_fn(config, model, mesh)
   t0 = time.time()
-  images, cond = generate_samples(config, cache[key], params, mesh, config.sample.num_samples, config.sample.seed)
+  images, cond = generate_samples(config, cache[key], params, mesh, config.sample.num_samples, config.sample.seed,
+                                  autoguidance_scale=config.sample.autoguidance_scale)
   metrics = {
       'model_step': step, 'sampling_seconds': time.time() - t0, 'num_samples': len(images),
       'nfe': network_evaluations(config.sample, config.diffusion.objective)

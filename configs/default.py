@@ -53,7 +53,7 @@ def base_config():
   c.model.name = 'unet'  # key of models.MODELS
 
   c.diffusion = ml_collections.ConfigDict()
-  c.diffusion.objective = 'eps'  # what the network predicts; 'flow' = rectified flow velocity
+  c.diffusion.objective = 'eps'  # what the network predicts; 'flow' = rectified flow velocity; 'transport' = SiT
   c.diffusion.schedule = 'linear'
   c.diffusion.num_timesteps = 1000
   c.diffusion.beta_start = 1e-4
@@ -67,6 +67,14 @@ def base_config():
   # 2023: min(SNR, gamma) in x0 space, for objectives eps, x0 and v; the paper's gamma is 5).
   c.diffusion.loss_weighting = 'uniform'
   c.diffusion.min_snr_gamma = 5.0
+  # SiT's transports (objective 'transport', docs/transports.md): x_t = alpha_t data + sigma_t noise, data at SiT time
+  # t = 1; the network sees t * 1000, times drawn per diffusion.flow_time_sampling.
+  c.diffusion.path = 'linear'  # 'linear' (t, 1 - t), 'gvp' (sin, cos), 'vp' (beta 0.1 to 20)
+  c.diffusion.prediction = 'velocity'  # what a transport network predicts: 'velocity', 'score' or 'noise'
+  c.diffusion.transport_loss_weight = 'none'  # score/noise predictions' loss weight: 'none', 'velocity', 'likelihood'
+  c.diffusion.train_eps = 0.0  # training times in [eps, 1 - eps] as SiT's check_interval; 0 = SiT's default
+  c.diffusion.sample_eps = 0.0  # the same margin for sampling; 0 = SiT's default (vp, score, noise: 1e-3)
+  c.diffusion.cosine_loss_weight = 0.0  # LightningDiT's 1 - cos(output, velocity) over channels; 0 = off (it uses 1)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-4
@@ -125,7 +133,17 @@ def base_config():
   c.sample.s_tmin = 0.0
   c.sample.s_tmax = float('inf')
   c.sample.s_noise = 1.0
-  c.sample.flow_shift = 1.0  # flow samplers: t -> shift t / (1 + (shift - 1) t); 1 = uniform
+  c.sample.flow_shift = 1.0  # flow, ode_euler/ode_heun: times moved to the noise, shift t / (1 + (shift - 1) t) on
+  # flow time (noise at 1); 1 = uniform; LightningDiT's timestep_shift s is 1 / s here
+  # Objective 'transport' samplers: 'ode_euler', 'ode_heun', 'ode_dopri5', 'sde_euler', 'sde_heun' (SiT: sde_euler,
+  # 250 steps; ODE dopri5). Fixed-step ones take num_steps - 1 steps over SiT's grid of num_steps times.
+  c.sample.diffusion_form = 'sigma'  # SDE w_t: constant, sbdm, sigma, linear, decreasing, increasing-decreasing
+  c.sample.diffusion_norm = 1.0  # the scale of w_t
+  c.sample.last_step = 'mean'  # SDE last step: 'none', 'mean' (with w_t s), 'tweedie' (E[data | x]), 'euler' (ODE)
+  c.sample.last_step_size = 0.04  # its size: the SDE stops at 1 - last_step_size
+  c.sample.atol = 1e-6  # ode_dopri5 absolute tolerance
+  c.sample.rtol = 1e-3  # ode_dopri5 relative tolerance
+  c.sample.max_adaptive_steps = 1000  # ode_dopri5 tries at most this many steps; a solve that needs more gives NaN
   c.sample.num_samples = 1000
   c.sample.batch_size = 250
   c.sample.seed = 1
@@ -136,6 +154,13 @@ def base_config():
   # 'adm_classifier', trained or imported there) whose gradient scale * d log p(y | x_t) / d x_t steers sampling.
   c.sample.classifier_workdir = ''  # '' = none
   c.sample.classifier_scale = 1.0
+  # Autoguidance (Karras et al., 2024; jobs/guided.py): a weaker model of the same data, parameterisation and
+  # conditions (smaller, or less trained) guides this one: D = D_weak(c) + w (D(c) - D_weak(c)). With classifier-free
+  # guidance too (scale s): D = D(c) + (s - 1) (D(c) - D(null)) + (w - 1) (D(c) - D_weak(c)), both in the interval.
+  c.sample.guide_workdir = ''  # the guiding model's workdir (its config.json and checkpoints); '' = no autoguidance
+  c.sample.guide_step = 0  # its checkpoint of this step; 0 = the newest
+  c.sample.guide_use_ema = True  # its EMA parameters; False: its raw params
+  c.sample.autoguidance_scale = 2.0  # w; 1 = this model alone (the guide still runs)
   # Super-resolution models (model.low_res_size > 0): the .npz of a base model's samples to upsample (arr_0 uint8
   # images of low_res_size pixels, arr_1 labels); '' = the dataset's first images, area-downsampled.
   c.sample.low_res_samples = ''
@@ -169,6 +194,18 @@ def base_config():
   c.text.prompt_template = '{}'  # evaluation prompt of class y: template.format(class name)
   c.text.class_names = ()  # () = digit names for data.source='digits', else the label number
   c.text.eval_prompts = ()  # explicit prompts for grids and evaluators (cycled), instead of class prompts
+
+  # REPA (Yu et al. 2025; training/repa.py, docs/repa.md): the DiT's token states after block repa.depth, through a
+  # projector, are aligned with a frozen encoder's patch tokens of the clean image (pixel datasets).
+  c.repa = ml_collections.ConfigDict()
+  c.repa.encoder = ''  # '' off; 'dinov2_vit{s,b,l,g}14' (+ '_reg'), or 'digits' (configs/digits_encoder.py)
+  c.repa.encoder_weights = ''  # DINOv2: its converted .msgpack (models/dinov2.py); 'digits': the encoder's workdir
+  c.repa.encoder_resolution = 224  # DINOv2's input side: its patch-14 token grid must be the DiT's token grid
+  c.repa.encoder_dim = 0  # the encoder's token width (the projector's output); 0 = filled in by configs/validate.py
+  c.repa.depth = 8  # the DiT block (1-based) whose output is projected; REPA: 8 of SiT-XL's 28
+  c.repa.projector_dim = 2048  # hidden width of the projector, a 3-layer SiLU MLP
+  c.repa.weight = 0.5  # weight of the REPA loss added to the diffusion loss (REPA's proj_coeff)
+  c.repa.stop_step = 0  # from this train step on the weight is 0; 0 = never
 
   c.weights = ml_collections.ConfigDict()  # how --mode=import reads a public checkpoint (jobs/import_weights.py)
   # guided-diffusion U-Nets (models/adm_convert.py): the channel order of the fused qkv projection. 'legacy':

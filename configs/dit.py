@@ -49,6 +49,8 @@ def dit_config(variant, patch_size=None):
   for key, value in DIT_VARIANTS[variant].items():
     c.model[key] = value
   c.model.mlp_ratio = 4.0
+  c.model.mlp, c.model.norm = 'gelu', 'layer'  # LightningDiT's blocks (docs/models.md): 'swiglu', 'rms'
+  c.model.rope, c.model.qk_norm = False, False
   c.model.attention_impl = 'cudnn'
 
   c.diffusion.learn_sigma = True  # the paper's models: learned variances, Improved DDPM's hybrid loss

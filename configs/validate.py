@@ -6,6 +6,7 @@ tokenizer). `config_from_json` reads a run's stored config.json back over today'
 """
 import json
 import logging
+import os
 
 import ml_collections
 
@@ -13,18 +14,22 @@ from configs.default import base_config
 from diffusion.karras import schedule_karras_sigmas
 from diffusion.objectives import LOSS_WEIGHTINGS
 from diffusion.schedules import alphas_cumprod_for
+from diffusion.transport import PATHS, PREDICTIONS, TRANSPORT_LOSS_WEIGHTS
+from diffusion.transport_samplers import DIFFUSION_FORMS, LAST_STEPS, TRANSPORT_SAMPLERS
 from evaluation import check_eval_config
 from models import MODELS
 from models.conditioning import is_classifier
+from models.dit import MLPS, NORMS
+from models.dinov2 import DINOV2_VARIANTS, PATCH_SIZE
 from text.tokenizers import tokenizer_for
 from training.ema import check_ema_config
 
 MODEL_NAMES = ('dit', 'unet')
 DATA_SOURCES = ('digits', 'image_folder', 'tfds', 'latents')
 SCHEDULES = ('linear', 'cosine')
-OBJECTIVES = ('eps', 'x0', 'v', 'flow')
+OBJECTIVES = ('eps', 'x0', 'v', 'flow', 'transport')
 FLOW_TIME_SAMPLING = ('uniform', 'logit_normal')
-SAMPLERS = ('ddpm', 'ddim', 'dpm++2m', 'heun', 'euler')
+SAMPLERS = ('ddpm', 'ddim', 'dpm++2m', 'heun', 'euler') + TRANSPORT_SAMPLERS
 PRECONDITIONINGS = ('none', 'edm')
 LR_DECAYS = ('linear', 'cosine', 'inverse_sqrt')  # training/state.learning_rate_schedule
 SPACINGS = ('leading', 'trailing', 'linspace', 'karras')  # karras: dpm++2m only
@@ -37,6 +42,11 @@ LATENT_DTYPES = ('float16', 'float32')
 NONFINITE_POLICIES = ('stop', 'skip')
 REMAT_POLICIES = ('full', 'dots')  # models/layers.remat_block
 QKV_ORDERS = ('legacy', 'new')  # models/adm_convert.py
+REPA_ENCODERS = ('digits',) + tuple(DINOV2_VARIANTS)
+REPA_WEIGHTS_HINT = {
+    False: 'the .msgpack converted from the DINOv2 checkpoint (models/dinov2.py)',
+    True: 'the workdir of python main.py --config=configs/digits_encoder.py --workdir=runs/digits_encoder'
+}
 
 
 def _choice(config, path, choices):
@@ -123,6 +133,7 @@ def validate_config(config):
   _choice(config, 'diffusion.objective', OBJECTIVES)
   _choice(config, 'diffusion.flow_time_sampling', FLOW_TIME_SAMPLING)
   _choice(config, 'sample.sampler', SAMPLERS)
+  _validate_transport(config)
   _choice(config, 'diffusion.preconditioning', PRECONDITIONINGS)
   _choice(config, 'diffusion.loss_weighting', LOSS_WEIGHTINGS)
   _choice(config, 'optim.decay', LR_DECAYS)
@@ -140,7 +151,8 @@ def validate_config(config):
     _positive(config, path)
   for path in ('data.num_classes', 'optim.warmup_steps', 'optim.decay_steps', 'optim.weight_decay', 'optim.grad_clip',
                'train.sample_every', 'train.sample_grid', 'train.profile_steps', 'mesh.min_shard_size', 'sample.eta',
-               'data.prefetch', 'sample.karras_sigma_max', 'val.every_steps', 'sample.s_churn', 'sample.s_tmin'):
+               'data.prefetch', 'sample.karras_sigma_max', 'val.every_steps', 'sample.s_churn', 'sample.s_tmin',
+               'sample.guide_step'):
     _positive(config, path, allow_zero=True)
   if config.train.batch_size % config.train.grad_accum_steps:
     raise ValueError(f'config.train.grad_accum_steps={config.train.grad_accum_steps} must divide '
@@ -212,8 +224,10 @@ def validate_config(config):
                      '(config.text.encoder)')
   _validate_text_and_latents(config)
   _validate_model_shape(config)
+  _validate_dit_blocks(config)
   _validate_classifier(config)
   _validate_super_res(config)
+  _validate_repa(config)
   for axis in ('data', 'fsdp'):
     if config.mesh[axis] == 0 or config.mesh[axis] < -1:
       raise ValueError(f'config.mesh.{axis}={config.mesh[axis]} must be a positive size or -1')
@@ -223,6 +237,75 @@ def validate_config(config):
   check_ema_config(config)
   _validate_steps_per_call(config)
   return config
+
+
+def _validate_transport(config):
+  """Objective 'transport' (diffusion/transport.py) goes with its own samplers and loss; its fields in range."""
+  d, sample = config.diffusion, config.sample
+  if d.objective != 'transport':
+    if sample.sampler in TRANSPORT_SAMPLERS:
+      raise ValueError(f'config.sample.sampler={sample.sampler!r} samples SiT transports: it needs '
+                       f"config.diffusion.objective='transport' (got {d.objective!r})")
+    if d.cosine_loss_weight:
+      raise ValueError(f'config.diffusion.cosine_loss_weight={d.cosine_loss_weight} compares velocities: it needs '
+                       "config.diffusion.objective='transport' with prediction 'velocity'; set it to 0")
+    return
+  if sample.sampler not in TRANSPORT_SAMPLERS:
+    raise ValueError(f"config.sample.sampler={sample.sampler!r} does not apply to config.diffusion.objective="
+                     f"'transport'; choose one of {', '.join(TRANSPORT_SAMPLERS)}")
+  for path, choices in (('diffusion.path', PATHS), ('diffusion.prediction', PREDICTIONS),
+                        ('diffusion.transport_loss_weight', TRANSPORT_LOSS_WEIGHTS),
+                        ('sample.diffusion_form', DIFFUSION_FORMS), ('sample.last_step', LAST_STEPS)):
+    _choice(config, path, choices)
+  for path in ('diffusion.train_eps', 'diffusion.sample_eps', 'sample.last_step_size'):
+    value = config[path.split('.')[0]][path.split('.')[1]]
+    if not 0 <= value < 0.5:
+      raise ValueError(f'config.{path}={value} must be in [0, 0.5): a margin at the ends of SiT time [0, 1]')
+  for path in ('sample.atol', 'sample.rtol', 'sample.max_adaptive_steps'):
+    _positive(config, path)
+  _positive(config, 'sample.diffusion_norm', allow_zero=True)
+  _positive(config, 'diffusion.cosine_loss_weight', allow_zero=True)
+  if d.learn_sigma or d.loss_weighting != 'uniform' or d.preconditioning != 'none':
+    raise ValueError("config.diffusion.objective='transport' weights its own loss (diffusion.transport_loss_weight): "
+                     "set learn_sigma=False, loss_weighting='uniform' and preconditioning='none'")
+  if d.transport_loss_weight != 'none' and d.prediction == 'velocity':
+    raise ValueError(f'config.diffusion.transport_loss_weight={d.transport_loss_weight!r} weights score and noise '
+                     "predictions (SiT leaves velocity unweighted): set it to 'none' or change diffusion.prediction")
+  if d.cosine_loss_weight and d.prediction != 'velocity':
+    raise ValueError(f'config.diffusion.cosine_loss_weight={d.cosine_loss_weight} compares velocities: it needs '
+                     f"diffusion.prediction='velocity' (got {d.prediction!r})")
+  if sample.sampler != 'ode_dopri5' and sample.num_steps < 2:
+    raise ValueError(f'config.sample.num_steps={sample.num_steps}: {sample.sampler!r} runs num_steps - 1 steps over '
+                     "SiT's grid of num_steps times; use at least 2")
+  if sample.flow_shift != 1 and sample.sampler not in ('ode_euler', 'ode_heun'):
+    raise ValueError(f'config.sample.flow_shift={sample.flow_shift} shifts the fixed time grid of ode_euler and '
+                     f'ode_heun; {sample.sampler!r} does not use it: set it to 1 or choose one of those')
+  if sample.sampler in ('sde_euler', 'sde_heun') and sample.diffusion_form == 'sbdm' and d.path != 'vp' and \
+      d.prediction == 'velocity' and not d.sample_eps:
+    raise ValueError(f"config.sample.diffusion_form='sbdm' is infinite at t = 0 on path {d.path!r}, where a velocity "
+                     'model samples from with config.diffusion.sample_eps=0: set --config.diffusion.sample_eps=1e-3')
+  if sample.classifier_workdir:
+    raise ValueError('config.sample.classifier_workdir: classifier guidance adds d log p(y | x_t) / d x_t to the '
+                     "noise prediction of discrete VP diffusion; objective 'transport' has no such form")
+
+
+def _validate_dit_blocks(config):
+  """DiT's block options (LightningDiT's): known names, heads that split the hidden size, and for 2-D RoPE a head dim
+  of whole row and column halves of channel pairs."""
+  if config.model.name != 'dit':
+    return
+  field = lambda key: config.model.get(key, getattr(MODELS['dit'], key))
+  for key, choices in (('mlp', MLPS), ('norm', NORMS)):
+    if field(key) not in choices:
+      raise ValueError(f'config.model.{key}={field(key)!r} is not valid; choose one of {", ".join(map(repr, choices))}')
+  hidden, heads = field('hidden_size'), field('num_heads')
+  if hidden % heads:
+    raise ValueError(f'config.model.hidden_size={hidden} is not a multiple of config.model.num_heads={heads}: '
+                     'each head takes an equal share of the hidden size')
+  if field('rope') and (hidden // heads) % 4:
+    raise ValueError(f'config.model.rope=True needs a head dim (config.model.hidden_size / num_heads = {hidden} / '
+                     f'{heads} = {hidden // heads}) divisible by 4: 2-D RoPE turns channel pairs, half of them by the '
+                     'row and half by the column; change hidden_size or num_heads, or set --config.model.rope=False')
 
 
 def _validate_model_shape(config):
@@ -255,9 +338,10 @@ def _validate_classifier(config):
   if config.text.encoder or config.data.captions:
     raise ValueError(f'config.model.name={config.model.name!r} is a class classifier; it takes no text '
                      '(set config.text.encoder=\'\' and config.data.captions=False)')
-  if config.diffusion.objective == 'flow' or config.diffusion.preconditioning != 'none':
+  if config.diffusion.objective in ('flow', 'transport') or config.diffusion.preconditioning != 'none':
     raise ValueError(f'config.model.name={config.model.name!r} reads images noised by the discrete VP schedule as '
-                     "they are: set config.diffusion.objective='eps' (not 'flow') and preconditioning='none'")
+                     "they are: set config.diffusion.objective='eps' (not 'flow' or 'transport') and "
+                     "preconditioning='none'")
   if config.train.sample_grid or config.evals:
     raise ValueError(f'config.model.name={config.model.name!r} is a classifier and draws no samples: set '
                      '--config.train.sample_grid=0 and leave config.evals empty (its training logs loss and accuracy)')
@@ -281,6 +365,75 @@ def _validate_super_res(config):
   if config.data.source == 'latents' or config.text.encoder:
     raise ValueError(f'config.model.low_res_size={size}: super-resolution models here work on pixels and class '
                      "labels: set config.data.source to 'digits', 'image_folder' or 'tfds' and config.text.encoder=''")
+
+
+def _validate_repa(config):
+  """REPA (training/repa.py): a known encoder of the data's images (on latents: of data.pixels, the images stored
+  beside them) whose token grid is the DiT's; fills in repa.encoder_dim."""
+  repa = config.repa
+  if not repa.encoder:
+    return
+  _choice(config, 'repa.encoder', REPA_ENCODERS)
+  if config.model.name != 'dit':
+    raise ValueError(f"config.repa.encoder={repa.encoder!r} aligns a DiT's token states; config.model.name="
+                     f"{config.model.name!r} has none: set --config.model.name=dit or --config.repa.encoder=''")
+  if not repa.encoder_weights:
+    raise ValueError(f'config.repa.encoder={repa.encoder!r} needs config.repa.encoder_weights: ' +
+                     REPA_WEIGHTS_HINT[repa.encoder == 'digits'])
+  depth = config.model.get('depth', MODELS['dit'].depth)
+  if not 1 <= repa.depth <= depth:
+    raise ValueError(f'config.repa.depth={repa.depth} must name a block of the DiT, 1 to config.model.depth={depth}')
+  _positive(config, 'repa.projector_dim')
+  _positive(config, 'repa.weight', allow_zero=True)
+  _positive(config, 'repa.stop_step', allow_zero=True)
+  patch = config.model.get('patch_size', MODELS['dit'].patch_size)
+  grid = config.data.image_size // patch
+  width, encoder_grid, where = _repa_encoder_shape(config)
+  if width is None:
+    return
+  if encoder_grid != grid:
+    fix = ('train the encoder on images of data.image_size with a matching channel_mult'
+           if repa.encoder == 'digits' else f'set --config.repa.encoder_resolution={PATCH_SIZE * grid}')
+    raise ValueError(f'config.repa.encoder={repa.encoder!r} gives a {encoder_grid}x{encoder_grid} token grid ({where}) '
+                     f'but the DiT has {grid}x{grid} tokens (data.image_size={config.data.image_size} / patch_size='
+                     f'{patch}); REPA aligns them token by token: {fix}')
+  if repa.encoder_dim and repa.encoder_dim != width:
+    raise ValueError(f'config.repa.encoder_dim={repa.encoder_dim} but encoder {repa.encoder!r} has {width}-wide '
+                     'tokens; leave it 0 to take the encoder\'s')
+  repa.encoder_dim = width
+
+
+def _repa_encoder_shape(config):
+  """(token width, token grid side, where that comes from) of config.repa's encoder; (None, None, None) for a
+  'digits' encoder whose workdir is gone once repa.encoder_dim is known (a stored run's config, read to sample)."""
+  repa = config.repa
+  images = config.data.pixels if config.data.source == 'latents' else config.data
+  what = 'config.data.pixels' if config.data.source == 'latents' else 'config.data'
+  if repa.encoder == 'digits':
+    path = os.path.join(repa.encoder_weights, 'config.json')
+    if not os.path.exists(path):
+      if repa.encoder_dim:
+        return None, None, None
+      raise FileNotFoundError(f'config.repa.encoder_weights={repa.encoder_weights}: no config.json there; ' +
+                              REPA_WEIGHTS_HINT[True])
+    encoder = config_from_json(path)
+    if encoder.model.name != 'adm_classifier' or encoder.data.image_size != images.image_size or \
+        encoder.data.channels != images.channels:
+      raise ValueError(f'config.repa.encoder_weights={repa.encoder_weights} holds a {encoder.model.name!r} of '
+                       f'{encoder.data.image_size}-pixel, {encoder.data.channels}-channel images; the digits encoder '
+                       f"is an 'adm_classifier' of {what}'s {images.image_size}-pixel, "
+                       f'{images.channels}-channel images ({REPA_WEIGHTS_HINT[True]})')
+    mult = tuple(encoder.model.channel_mult)
+    return (int(encoder.model.base_channels * mult[-1]), encoder.data.image_size // 2**(len(mult) - 1),
+            f'{path}: image_size {encoder.data.image_size}, channel_mult {mult}')
+  if images.channels != 3:
+    raise ValueError(f'config.repa.encoder={repa.encoder!r} reads RGB images; {what}.channels='
+                     f"{images.channels}: use 3-channel data, or --config.repa.encoder='digits' for the digits")
+  side = repa.encoder_resolution
+  if side <= 0 or side % PATCH_SIZE:
+    raise ValueError(f'config.repa.encoder_resolution={side} must be a positive multiple of the DINOv2 patch, '
+                     f'{PATCH_SIZE} (REPA: 224 for a 16x16 token grid)')
+  return DINOV2_VARIANTS[repa.encoder]['width'], side // PATCH_SIZE, f'encoder_resolution={side} / patch {PATCH_SIZE}'
 
 
 def _validate_steps_per_call(config):

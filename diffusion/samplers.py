@@ -3,7 +3,8 @@
 A sampler sees only `model_fn(x, t) -> network output` (t a [B] float array of network times,
 guidance already folded in), the schedule and the objective that says how to read the output.
 Each is one `jax.lax` loop: DDPM and DDIM here, DPM-Solver++(2M) in dpm_solver.py, Euler/Heun on
-Karras noise levels in karras.py, Euler/Heun for flow matching in flow_samplers.py.
+Karras noise levels in karras.py, Euler/Heun for flow matching in flow_samplers.py, SiT's ODE and SDE samplers
+for transports in transport_samplers.py.
 """
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ from diffusion.karras import karras_sample
 from diffusion.learned_variance import interpolated_log_variance, split_output, step_log_variance_bounds
 from diffusion.objectives import denoise, read_output
 from diffusion.schedules import timestep_spacing
+from diffusion.transport_samplers import transport_sample
 
 
 def _read_output(objective, model_fn, x, t, a_t, clip_denoised):
@@ -100,14 +102,15 @@ def ddpm_sample(model_fn, x, alphas_cumprod, timesteps, objective='eps', rng=Non
 
 
 def run_sampler(sample_config, objective, alphas_cumprod, model_fn, noise, rng, learn_sigma=False,
-                classifier_gradient=None):
+                classifier_gradient=None, transport=None):
   """Runs the sampler `sample_config.sampler` from initial noise; returns x_0 estimates.
 
   VP objectives (eps, x0, v): 'ddpm', 'ddim', 'dpm++2m' on `sample_config.spacing` timesteps ('dpm++2m' also
   on Karras noise levels, spacing 'karras'); 'heun' and 'euler' on Karras noise levels (rho =
   sample_config.karras_rho, from karras_sigma_max or the schedule's largest sigma), stochastic (EDM Algorithm 2)
   with sample_config.s_churn > 0. Objective 'flow':
-  'euler' and 'heun' on uniform flow times, shifted by sample_config.flow_shift.
+  'euler' and 'heun' on uniform flow times, shifted by sample_config.flow_shift. Objective 'transport' (`transport`,
+  a diffusion.transport.Transport): 'ode_euler', 'ode_heun', 'ode_dopri5', 'sde_euler', 'sde_heun'.
   An EDM-preconditioned network is handed in as its denoiser (objectives.edm_denoiser) with objective 'x0'.
   learn_sigma: model_fn outputs prediction and variance values (learned_variance.py); 'ddpm' samples with
   the learned variance, the other samplers read the prediction only.
@@ -122,6 +125,10 @@ def run_sampler(sample_config, objective, alphas_cumprod, model_fn, noise, rng, 
   if learn_sigma:
     model_fn = prediction_only(model_fn)
   clip = sample_config.clip_denoised
+  if objective == 'transport':
+    if classifier_gradient is not None:
+      raise ValueError("classifier guidance needs a VP objective (eps, x0, v), not 'transport'")
+    return transport_sample(transport, sample_config, model_fn, noise, rng)
   if objective == 'flow':
     if name not in ('euler', 'heun'):
       raise ValueError(f"sampler {name!r} does not apply to objective 'flow'; choose 'euler' or 'heun'")

@@ -4,14 +4,22 @@ Layout of a latent directory (written by `python main.py --mode=encode`, jobs/en
 
     meta.json              format, count (images), latent_shape [h, w, c], dtype, latent_scale, flips,
                            shard_size, num_shards, vae (weights file name and config), pixels (the
-                           dataset encoded), captions (bool), classes (class names, if known)
+                           dataset encoded), captions (bool), classes (class names, if known),
+                           pixel_shape [H, W, C] (only when the images are stored too)
     labels_00000.npy       int32 [n]               (n = shard_size, fewer in the last shard)
     captions_00000.json    [n] caption strings     (only with captions)
+    pixels_00000.npy       uint8 [n, H, W, C]      (only with pixel_shape: the images as encoded, once each)
     latents_00000.npy      float16/32 [n, V, h, w, c], V = 2 with flips (the image, then its mirror), else 1
 
 Every file is written under a temporary name and renamed; the latents file is written last, so a
-shard is complete exactly when its latents file exists. `.npy` shards are memory-mapped, so an
-ImageNet-sized set (1.28M x 2 x 32x32x4 float16, 21 GB) is read by index without loading it.
+shard is complete exactly when its latents file exists (and, with pixel_shape, its pixels file).
+`.npy` shards are memory-mapped, so an ImageNet-sized set (1.28M x 2 x 32x32x4 float16, 21 GB) is
+read by index without loading it.
+
+Pixels are stored for REPA (docs/repa.md), whose frozen encoder reads the clean image: the encode job
+writes them when config.repa.encoder is set (or the directory already has them), and the source returns
+them as 'pixels' only when asked, so training without REPA reads the latents alone. A mirror entry's
+pixels are the stored image flipped at read time (256 px ImageNet: 196,608 bytes per image, 252 GB).
 
 Stored values are `latent_scale * posterior mean` of the VAE (the mean, not a posterior sample: the
 SD-VAE's posterior is narrow, and a stored sample would freeze one draw anyway). The scale is checked
@@ -54,15 +62,17 @@ def read_meta(path):
     return json.load(f)
 
 
-def missing_shards(path, meta):
-  return [s for s in range(meta['num_shards']) if not os.path.isfile(shard_path(path, 'latents', s))]
+def missing_shards(path, meta, kind='latents'):
+  return [s for s in range(meta['num_shards']) if not os.path.isfile(shard_path(path, kind, s))]
 
 
 class LatentSource:
   """Latents by index from a directory written by the encode job; `get` returns the 'image' latents in their
   stored dtype (float16 by default): the train step casts them to float32 on the device, which halves the
-  host-to-device bytes and skips numpy's slow float16 conversion, the bulk of the host work per batch."""
-  def __init__(self, path, image_size, channels, latent_scale=None, captions=False):
+  host-to-device bytes and skips numpy's slow float16 conversion, the bulk of the host work per batch.
+  With `pixel_shape` (H, W, C) it also returns the stored images, 'pixels' uint8 [B, H, W, C], a mirror
+  entry's flipped (REPA's encoder input)."""
+  def __init__(self, path, image_size, channels, latent_scale=None, captions=False, pixel_shape=None):
     meta = read_meta(path) if os.path.isdir(path) else None
     if meta is None:
       raise FileNotFoundError(f'config.data.path={path!r} holds no encoded latents ({META_FILE} not found). '
@@ -84,7 +94,9 @@ class LatentSource:
     if captions and not meta.get('captions'):
       raise ValueError(f'config.data.captions=True but the latents in {path} were encoded without captions; '
                        're-encode with --config.data.captions=True')
-    self.path, self.meta, self.with_captions = path, meta, captions
+    if pixel_shape is not None:
+      check_pixels(path, meta, tuple(pixel_shape))
+    self.path, self.meta, self.with_captions, self.with_pixels = path, meta, captions, pixel_shape is not None
     self.count, self.shard_size = meta['count'], meta['shard_size']
     self.views = 2 if meta['flips'] else 1
     self.labels = np.concatenate([np.load(shard_path(path, 'labels', s)) for s in range(meta['num_shards'])])
@@ -106,6 +118,10 @@ class LatentSource:
       raise ValueError(f'{shard_path(self.path, "latents", shard)} has shape {array.shape}, expected {expected}')
     return array
 
+  @functools.lru_cache(maxsize=None)
+  def _pixels(self, shard):
+    return np.load(shard_path(self.path, 'pixels', shard), mmap_mode='r')
+
   @functools.lru_cache(maxsize=64)
   def _captions(self, shard):
     with open(shard_path(self.path, 'captions', shard), encoding='utf-8') as f:
@@ -120,6 +136,31 @@ class LatentSource:
       sel = shard == s
       out[sel] = self._latents(int(s))[within[sel], view[sel]]
     batch = {'image': out, 'label': self.labels[image]}
+    if self.with_pixels:
+      batch['pixels'] = np.empty((len(indices),) + tuple(self.meta['pixel_shape']), np.uint8)
+      for s in np.unique(shard):
+        sel = shard == s
+        pixels = self._pixels(int(s))[within[sel]]
+        batch['pixels'][sel] = np.where(view[sel, None, None, None] == 1, pixels[:, :, ::-1], pixels)
     if self.with_captions:
       batch['caption'] = np.asarray([self._captions(int(s))[int(j)] for s, j in zip(shard, within)])
     return batch
+
+
+def check_pixels(path, meta, pixel_shape):
+  """The latent directory `path` holds every shard's images, of `pixel_shape`; else an error that says how to add
+  them."""
+  add = ('add them with the encode command, which keeps the latents and writes the images of config.data.pixels '
+         f'beside them: python main.py --mode=encode --config=<the REPA config you train with> --workdir=runs/encode '
+         f'--config.data.path={path}')
+  if not meta.get('pixel_shape'):
+    raise ValueError(f'config.repa.encoder reads the clean images, but config.data.path={path} holds latents only '
+                     f'(encoded without REPA); {add}')
+  if tuple(meta['pixel_shape']) != pixel_shape:
+    raise ValueError(f'the images stored beside the latents in {path} are {meta["pixel_shape"]} (H, W, C) but '
+                     f'config.data.pixels asks for {list(pixel_shape)}: set config.data.pixels.image_size and '
+                     'channels to the encoded dataset\'s')
+  missing = missing_shards(path, meta, 'pixels')
+  if missing:
+    raise FileNotFoundError(f'{len(missing)} of {meta["num_shards"]} shards in {path} lack their images (first '
+                            f'{missing[0]}): the encode run that adds them was interrupted; {add}')

@@ -134,11 +134,13 @@ class TfdsSource:
     return {'image': to_unit_range(self.images(records, crop_draws)), 'label': np.asarray(labels, np.int32)}
 
 
-def create_source(data_config, tokenize=True):
+def create_source(data_config, tokenize=True, pixels=False):
   """The source `config.data.source` names. With data.captions, examples also carry their caption:
   as 'tokens' (int32 [max_tokens], text/tokenizers.py), or as the 'caption' string when
-  tokenize=False (the encode job stores raw captions)."""
-  source = _base_source(data_config)
+  tokenize=False (the encode job stores raw captions). With `pixels` a latent source also returns the
+  images stored beside the latents, 'pixels' uint8 of data.pixels' size (REPA's encoder input); a pixel
+  source's 'image' already is that."""
+  source = _base_source(data_config, pixels)
   if data_config.get('captions', False):
     source = with_captions(source, data_config)
     if tokenize:
@@ -156,7 +158,7 @@ def tfds_source(data_config):
                     data_config.get('num_workers', 1), data_config.get('tfds_data_dir', ''))
 
 
-def _base_source(data_config):
+def _base_source(data_config, pixels=False):
   kind = data_config.source
   if kind == 'digits':
     check_class_count(10, data_config, 'the digits dataset')
@@ -173,8 +175,10 @@ def _base_source(data_config):
     check_class_count(source.num_classes, data_config, f'TFDS dataset {data_config.name!r}', source.has_labels)
     return source
   if kind == 'latents':
+    size = data_config.pixels.image_size
     source = LatentSource(data_config.path, data_config.image_size, data_config.channels,
-                          latent_scale=data_config.get('latent_scale'), captions=data_config.get('captions', False))
+                          latent_scale=data_config.get('latent_scale'), captions=data_config.get('captions', False),
+                          pixel_shape=(size, size, data_config.pixels.channels) if pixels else None)
     check_class_count(source.num_classes, data_config, f'the latent dataset {data_config.path!r}')
     return source
   raise ValueError(f'config.data.source={kind!r} is not one of digits, image_folder, tfds, latents')

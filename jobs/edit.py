@@ -37,7 +37,7 @@ from diffusion import editing
 from diffusion.schedules import alphas_cumprod_for
 from input_pipeline.files import atomic_write, load_samples_npz, refuse_existing, write_png
 from input_pipeline.images import center_crop_resize, image_files, image_grid, resize_images, to_uint8
-from jobs.guided import guided_model, load_classifier
+from jobs.guided import guided_model, load_classifier, load_guide
 from jobs.restore import restore_for_inference
 from jobs.sample import gather_to_host, latent_decoder
 from jobs.vae import load_vae, vae_config_for
@@ -141,31 +141,35 @@ def edit_conditions(config, count, labels=None, prompt=None, classifier_classes=
 
 
 def check_edit_settings(config, strength, inpainting):
+  if config.diffusion.objective in ('flow', 'transport'):
+    raise ValueError('editing runs the DDIM/DDPM updates of VP models; '
+                     f'config.diffusion.objective={config.diffusion.objective!r} has none: use eps, x0 or v')
   editing.check_edit_sampler(config.sample.sampler, inpainting, config.sample.spacing)
   if not 0 <= strength <= 1:
     raise ValueError(f'--strength={strength} must be in [0, 1] (the fraction of the sampler steps that run)')
-  if config.diffusion.objective == 'flow':
-    raise ValueError("editing runs the DDIM/DDPM updates of VP models; config.diffusion.objective='flow' has none")
 
 
-def make_edit_fn(config, model, classifier=None):
+def make_edit_fn(config, model, classifier=None, guide=None):
   """jitted edit(params, cond, x0, rng, guidance_scale, strength=1.0, mask=None) for a trained model: cond holds
   the model's inputs ({'y'}, {'tokens'}, or {}; with a guiding classifier, its labels 'y'), guided as sampling
-  guides it (jobs.guided.guided_model: CFG, EDM preconditioning, learned variances, classifier guidance from
-  config.sample.classifier_workdir; `classifier` when the caller loaded it already); strength is static (one
-  compilation per value)."""
+  guides it (jobs.guided.guided_model: CFG, autoguidance by config.sample.guide_workdir's model, EDM
+  preconditioning, learned variances, classifier guidance from config.sample.classifier_workdir; `classifier`
+  and `guide` when the caller loaded them already); strength is static (one compilation per value)."""
   alphas_cumprod = alphas_cumprod_for(config)
   classifier = load_classifier(config) if classifier is None else classifier
   classifier_inputs = None if classifier is None else (classifier.params, np.float32(config.sample.classifier_scale))
+  guide = load_guide(config) if guide is None else guide
+  guide_inputs = None if guide is None else (guide.params, np.float32(config.sample.autoguidance_scale))
 
   @functools.partial(jax.jit, static_argnames=('strength',))
-  def edit_fn(params, classifier_inputs, cond, x0, rng, guidance_scale, strength=1.0, mask=None):
-    guided = guided_model(config, model, params, cond, guidance_scale, classifier, classifier_inputs)
+  def edit_fn(params, classifier_inputs, guide_inputs, cond, x0, rng, guidance_scale, strength=1.0, mask=None):
+    guided = guided_model(config, model, params, cond, guidance_scale, classifier, classifier_inputs, guide,
+                          guide_inputs)
     return editing.edit(config.sample, guided.objective, alphas_cumprod, guided.model_fn, x0, rng, strength, mask,
                         guided.learn_sigma, guided.classifier_gradient)
 
   def run(params, cond, x0, rng, guidance_scale, strength=1.0, mask=None):
-    return edit_fn(params, classifier_inputs, cond, x0, rng, guidance_scale, strength=strength, mask=mask)
+    return edit_fn(params, classifier_inputs, guide_inputs, cond, x0, rng, guidance_scale, strength=strength, mask=mask)
 
   return run
 
@@ -179,7 +183,7 @@ def run_edit_job(config, workdir, images, mask=None, strength=None, labels=None,
   size, channels = pixel_shape(config)
   inputs = read_images(images, size, channels)
   keep = read_keep_mask(mask, size) if inpainting else None
-  classifier = load_classifier(config)
+  classifier, guide = load_classifier(config), load_guide(config)  # before the model: a bad workdir fails first
   cond, y = edit_conditions(config, len(inputs), labels, prompt, 0 if classifier is None else classifier.num_classes)
   name = name or os.path.splitext(os.path.basename(
       os.path.normpath(images)))[0] + ('_inpaint' if inpainting else '_img2img')
@@ -190,7 +194,7 @@ def run_edit_job(config, workdir, images, mask=None, strength=None, labels=None,
 
   model, params, step, mesh = restore_for_inference(config, workdir, use_ema=config.sample.use_ema)
   x, model_keep, decode = to_model_space(config, inputs, keep)
-  edit_fn = make_edit_fn(config, model, classifier)
+  edit_fn = make_edit_fn(config, model, classifier, guide)
   logging.info('%s of %d images with %s, %d steps at strength %.2f, guidance %.2f, from step %d',
                'inpainting' if inpainting else 'img2img', len(inputs), config.sample.sampler, config.sample.num_steps,
                strength, config.sample.guidance_scale, step)

@@ -9,6 +9,11 @@ images, if encode.flips) is encoded by one jitted step with the batch split over
 Shards of `encode.shard_size` images are written one at a time (temporary name, then rename; the
 latents file last), so an interrupted run resumes where it stopped: complete shards are skipped.
 With several hosts, host p encodes the shards s with s % num_hosts == p.
+
+With config.repa.encoder set (REPA, docs/repa.md), or when the directory already holds them, each shard
+also stores its images as uint8 at pixels.image_size (`pixels_00000.npy`, once per image: a mirror
+entry's are flipped at read). Run with a REPA config on a directory encoded without them, it adds the
+images to the complete shards without encoding their latents again.
 """
 import concurrent.futures
 import collections
@@ -70,6 +75,8 @@ def build_meta(config, count, classes=None):
       pixels=dict(source=pixels.source, name=pixels.name, split=pixels.split, path=pixels.path,
                   image_size=pixels.image_size), captions=bool(config.data.captions),
       stores='latent_scale * posterior mean')
+  if config.repa.encoder:
+    meta['pixel_shape'] = [pixels.image_size, pixels.image_size, pixels.channels]
   if classes is not None:
     meta['classes'] = list(classes)
   return meta
@@ -141,6 +148,9 @@ def encode_dataset(config, progress=True):
   variables = load_vae(config.data.vae_weights, config.data.vae_config)
   os.makedirs(out_dir, exist_ok=True)
   check_resumable(out_dir, meta)
+  existing = latents_lib.read_meta(out_dir)
+  if existing and existing.get('pixel_shape'):  # keep every shard's images once some are stored
+    meta['pixel_shape'] = existing['pixel_shape']
   write_meta(out_dir, meta)
 
   mesh = sharding_lib.create_mesh(ml_collections.ConfigDict({'data': -1, 'fsdp': 1}), jax.local_devices())
@@ -150,7 +160,9 @@ def encode_dataset(config, progress=True):
   batch_size = -(-config.encode.batch_size // num_devices) * num_devices
   count, shard_size = meta['count'], meta['shard_size']
   mine = [s for s in range(meta['num_shards']) if s % jax.process_count() == jax.process_index()]
-  todo = [s for s in mine if not os.path.isfile(latents_lib.shard_path(out_dir, 'latents', s))]
+  no_latents = set(latents_lib.missing_shards(out_dir, meta))
+  no_pixels = set(latents_lib.missing_shards(out_dir, meta, 'pixels')) if 'pixel_shape' in meta else set()
+  todo = [s for s in mine if s in no_latents | no_pixels]
   size = lambda s: min(shard_size, count - s * shard_size)
   logging.info('encoding %d images into %s: %d of %d shards to do (%d complete), batch %d on %d devices', count,
                out_dir, len(todo), len(mine),
@@ -162,11 +174,14 @@ def encode_dataset(config, progress=True):
     for shard, batch in _batches(source, todo, shard_size, count, batch_size, config.encode.num_workers):
       n = len(batch['label'])
       images = np.asarray(batch['image'], np.float32)
-      if n < batch_size:
-        images = np.concatenate([images, np.zeros((batch_size - n,) + images.shape[1:], np.float32)])
-      latents = np.asarray(encode_fn(variables, jax.device_put(images, sharding_lib.batch_sharding(mesh))))[:n]
-      parts = buffers.setdefault(shard, {'latents': [], 'labels': [], 'captions': []})
-      parts['latents'].append(latents)
+      parts = buffers.setdefault(shard, {'latents': [], 'labels': [], 'captions': [], 'pixels': []})
+      if 'pixel_shape' in meta:  # the source's images are uint8 / 127.5 - 1: this rounds back to them exactly
+        parts['pixels'].append(np.clip(np.round((images + 1) * 127.5), 0, 255).astype(np.uint8))
+      if shard in no_latents:
+        if n < batch_size:
+          images = np.concatenate([images, np.zeros((batch_size - n,) + images.shape[1:], np.float32)])
+        latents = np.asarray(encode_fn(variables, jax.device_put(images, sharding_lib.batch_sharding(mesh))))[:n]
+        parts['latents'].append(latents)
       parts['labels'].append(np.asarray(batch['label'], np.int32))
       if meta['captions']:
         parts['captions'].extend(str(c) for c in batch['caption'])
@@ -179,7 +194,13 @@ def encode_dataset(config, progress=True):
 
 
 def write_shard(directory, shard, parts, captions):
-  """labels, captions, then latents (last: its presence marks the shard complete)."""
+  """Pixels (if stored), labels, captions, then latents (last: its presence marks the shard complete); a shard whose
+  latents exist gets only its pixels."""
+  if parts['pixels']:
+    _write_atomic(latents_lib.shard_path(directory, 'pixels', shard),
+                  lambda f: np.save(f, np.concatenate(parts['pixels'])))
+  if not parts['latents']:
+    return
   _write_atomic(latents_lib.shard_path(directory, 'labels', shard),
                 lambda f: np.save(f, np.concatenate(parts['labels'])))
   if captions:

@@ -51,10 +51,10 @@ def write_config(config, workdir):
     f.write(config.to_json_best_effort(indent=2))
 
 
-def restore_for_inference(config, workdir, use_ema=True):
-  """(model, params, step, mesh) from the newest checkpoint in workdir, for sampling and evaluation: its EMA, or
-  with use_ema=False its params; with config.sample.ema_sigma_rel > 0 the power-function EMA of that width rebuilt
-  from the run's snapshots (training/ema.py), and step is the snapshot step."""
+def restore_for_inference(config, workdir, use_ema=True, step=0):
+  """(model, params, step, mesh) from the newest checkpoint in workdir (step > 0: that step's), for sampling and
+  evaluation: its EMA, or with use_ema=False its params; with config.sample.ema_sigma_rel > 0 the power-function
+  EMA of that width rebuilt from the run's snapshots (training/ema.py), and step is the snapshot step."""
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise FileNotFoundError(f'no checkpoints in {workdir}/checkpoints; train first with --mode=train '
                             f'--workdir={workdir}')
@@ -64,7 +64,7 @@ def restore_for_inference(config, workdir, use_ema=True):
       params, step = ema_lib.reconstruct(config, workdir, abstract.params, mesh)
       return model, params, step, mesh
     field = 'ema_params' if use_ema else 'params'  # read alone: not the optimizer state, nor the other copy
-    weights, step = store.restore_weights({field: getattr(abstract, field)})
+    weights, step = store.restore_weights({field: getattr(abstract, field)}, step or None)
   finally:
     store.close()
   if weights is None:

@@ -11,10 +11,11 @@ from tqdm import tqdm
 
 from diffusion.samplers import run_sampler
 from diffusion.schedules import alphas_cumprod_for
+from diffusion.transport import transport_from_config
 from input_pipeline.files import refuse_existing, write_npz, write_png
 from input_pipeline.images import image_grid, to_uint8
 from jobs.conditions import default_conditions, model_condition
-from jobs.guided import guided_model, load_classifier
+from jobs.guided import guided_model, load_classifier, load_guide
 from jobs.restore import restore_for_inference
 from jobs.vae import make_latent_decoder
 from training import sharding as sharding_lib
@@ -27,36 +28,45 @@ def initial_noise(seed, start_index, count, shape):
   return jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(keys)
 
 
-def make_generate_fn(config, model, mesh, classifier=None):
-  """jitted generate(params, cond, noise, rng, guidance_scale) -> samples in the data space.
+def make_generate_fn(config, model, mesh, classifier=None, guide=None):
+  """jitted generate(params, cond, noise, rng, guidance_scale, autoguidance_scale=None) -> samples in the data space.
 
   The model is guided as `jobs.guided.guided_model` builds it (CFG when the model is conditional, with the scale
   traced so sweeping it reuses one compilation; EDM preconditioning; learned variances). The noisy classifier of
   config.sample.classifier_workdir guides it towards cond['y'] at config.sample.classifier_scale, for unconditional
   models too: `classifier` is that classifier when the caller loaded it already (load_classifier), else it is
-  loaded here; the returned function then has `classifier_classes`, for generate_samples.
+  loaded here; the returned function then has `classifier_classes`, for generate_samples. The weaker model of
+  config.sample.guide_workdir autoguides it (`guide` when the caller loaded it already, else load_guide) at
+  autoguidance_scale (None: config.sample.autoguidance_scale), traced as the guidance scale is.
   """
   classifier = load_classifier(config) if classifier is None else classifier
+  guide = load_guide(config) if guide is None else guide
   alphas_cumprod = alphas_cumprod_for(config)
   batch_sharding = sharding_lib.batch_sharding(mesh)
 
-  def generate(params, classifier_inputs, cond, noise, rng, guidance_scale):
-    guided = guided_model(config, model, params, cond, guidance_scale, classifier, classifier_inputs)
+  def generate(params, classifier_inputs, guide_inputs, cond, noise, rng, guidance_scale):
+    guided = guided_model(config, model, params, cond, guidance_scale, classifier, classifier_inputs, guide,
+                          guide_inputs)
     return run_sampler(config.sample, guided.objective, alphas_cumprod, guided.model_fn, noise, rng, guided.learn_sigma,
-                       guided.classifier_gradient)
+                       guided.classifier_gradient, transport_from_config(config.diffusion))
 
   replicated = NamedSharding(mesh, P())
-  jitted = jax.jit(generate, in_shardings=(None, None, batch_sharding, batch_sharding, replicated, replicated),
+  jitted = jax.jit(generate, in_shardings=(None, None, None, batch_sharding, batch_sharding, replicated, replicated),
                    out_shardings=batch_sharding)
   classifier_inputs = None if classifier is None else (classifier.params, np.float32(config.sample.classifier_scale))
 
-  def generate_fn(params, cond, noise, rng, guidance_scale):
-    return jitted(params, classifier_inputs, cond, noise, rng, guidance_scale)
+  def guide_inputs(autoguidance_scale=None):
+    scale = config.sample.autoguidance_scale if autoguidance_scale is None else autoguidance_scale
+    return None if guide is None else (guide.params, np.float32(scale))
+
+  def generate_fn(params, cond, noise, rng, guidance_scale, autoguidance_scale=None):
+    return jitted(params, classifier_inputs, guide_inputs(autoguidance_scale), cond, noise, rng, guidance_scale)
 
   def compile_for(params, cond, noise, rng, guidance_scale):
     """generate_fn compiled ahead of time for these shapes (to time compilation apart from sampling)."""
-    compiled = jitted.lower(params, classifier_inputs, cond, noise, rng, guidance_scale).compile()
-    return lambda params, cond, noise, rng, scale: compiled(params, classifier_inputs, cond, noise, rng, scale)
+    compiled = jitted.lower(params, classifier_inputs, guide_inputs(), cond, noise, rng, guidance_scale).compile()
+    return lambda params, cond, noise, rng, scale: compiled(params, classifier_inputs, guide_inputs(), cond, noise, rng,
+                                                            scale)
 
   generate_fn.compile_for = compile_for
   generate_fn.classifier_classes = 0 if classifier is None else classifier.num_classes
@@ -64,12 +74,13 @@ def make_generate_fn(config, model, mesh, classifier=None):
 
 
 def generate_samples(config, generate_fn, params, mesh, num_samples, seed, cond=None, batch_size=None,
-                     guidance_scale=None, progress=False):
+                     guidance_scale=None, progress=False, autoguidance_scale=None):
   """num_samples images (uint8 NHWC) and their conditions (numpy dict), in batches of at most batch_size.
 
   cond defaults to every class equally often (jobs.conditions.default_conditions; with a guiding classifier,
   its classes for unconditional models). Only the model's inputs (jobs.conditions.model_condition) and a
   guiding classifier's labels go to generate_fn; the returned dict is the whole cond, prompt strings included.
+  guidance_scale and autoguidance_scale default to config.sample's.
   """
   num_devices = mesh.devices.size
   batch_size = min(batch_size or config.sample.batch_size, num_samples)
@@ -81,6 +92,7 @@ def generate_samples(config, generate_fn, params, mesh, num_samples, seed, cond=
     cond = {**cond, 'y': cond.get('y', np.arange(num_samples, dtype=np.int32) % classes)}
     model_cond['y'] = np.asarray(cond['y'])
   scale = config.sample.guidance_scale if guidance_scale is None else guidance_scale
+  autoguidance = {} if autoguidance_scale is None else {'autoguidance_scale': autoguidance_scale}
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
   decode = latent_decoder(config)
   out = []
@@ -94,7 +106,7 @@ def generate_samples(config, generate_fn, params, mesh, num_samples, seed, cond=
     noise = np.asarray(initial_noise(seed, start, batch_size, shape))
     batch_cond, noise = sharding_lib.shared_batch_to_global((batch_cond, noise), mesh)  # same on every host
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1_000_000_007 + start)
-    x = generate_fn(params, batch_cond, noise, rng, jnp.float32(scale))
+    x = generate_fn(params, batch_cond, noise, rng, jnp.float32(scale), **autoguidance)
     out.append(decode(gather_to_host(x)[:count]))
   return np.concatenate(out), {k: v[:num_samples] for k, v in cond.items()}
 

@@ -21,6 +21,7 @@ from input_pipeline.files import write_png
 from input_pipeline.images import image_grid
 from jobs.conditions import null_tokens
 from jobs.guided import load_classifier
+from jobs.repa import load_repa_encoder
 from jobs.restore import setup, toggled_clip_layout, write_config
 from jobs.sample import generate_samples, make_generate_fn
 from training import ema as ema_lib
@@ -135,7 +136,8 @@ def write_sample_grid(config, generate_fn, params, mesh, writer, workdir, step):
 
 def train_and_evaluate(config, workdir):
   """Trains until config.train.num_steps, resuming from the newest checkpoint in workdir."""
-  source = create_source(config.data)  # bad paths, datasets and weight files fail before anything is written
+  # Bad paths, datasets and weight files fail before anything is written. REPA reads the images beside latents.
+  source = create_source(config.data, pixels=bool(config.repa.encoder))
   val_source = held_out_source(config) if config.val.every_steps else None
   evaluators = {name: (create_evaluator(name, config, ev), ev) for name, ev in config.evals.items()}
   classifier = load_classifier(config)  # guides the grids and evaluators' samples, if config.sample names one
@@ -162,7 +164,10 @@ def train_and_evaluate(config, workdir):
   if is_main:
     write_config(config, workdir)
 
-  step_fn = make_train_step(config, model, tx, mesh, shardings, stacked=True, null_tokens=null_tokens(config))
+  repa_encoder = load_repa_encoder(config, mesh)  # REPA's frozen encoder: an input of each step, never trained
+  step_fn = make_train_step(config, model, tx, mesh, shardings, stacked=True, null_tokens=null_tokens(config),
+                            repa_tokens=repa_encoder and repa_encoder.tokens)
+  frozen_inputs = () if repa_encoder is None else (repa_encoder.params,)
   generate_fn = make_generate_fn(config, model, mesh, classifier)
   batcher = StepBatcher(source, config.train.batch_size, config.seed, config.data.random_flip, jax.process_index(),
                         jax.process_count(), config.data.random_crop)
@@ -194,7 +199,7 @@ def train_and_evaluate(config, workdir):
     with PreemptionFlag() as preemption, contextlib.closing(stream):
       for start, done, host_batches in stream:
         batches = sharding_lib.host_batch_to_global(host_batches, mesh, stacked=True)
-        state, metrics = step_fn(state, batches)
+        state, metrics = step_fn(state, batches, *frozen_inputs)
         if start == start_step:  # the first call compiles the step: say what that costs
           jax.block_until_ready(metrics)
           logging.info('first call (compilation and %d step(s)): %.1f s', done - start, time.time() - first_call)

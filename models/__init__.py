@@ -12,7 +12,9 @@ MODELS = {'dit': DiT, 'unet': UNet, 'adm_classifier': ADMClassifier}
 SET_ELSEWHERE = {
     'image_size': 'config.data.image_size', 'channels': 'config.data.channels',
     'num_classes': 'config.data.num_classes', 'dtype': 'config.train.compute_dtype', 'remat': 'config.train.remat',
-    'remat_policy': 'config.train.remat_policy', 'learn_sigma': 'config.diffusion.learn_sigma', 'text': 'config.text'
+    'remat_policy': 'config.train.remat_policy', 'learn_sigma': 'config.diffusion.learn_sigma', 'text': 'config.text',
+    'repa_depth': 'config.repa.depth', 'repa_projector_dim': 'config.repa.projector_dim',
+    'repa_out_dim': 'config.repa.encoder_dim'
 }
 
 
@@ -38,8 +40,18 @@ def build_model(config):
   text = text_encoder_spec(config)  # None unless config.text.encoder (text-to-image)
   if text is not None:
     kwargs['text'] = text
+  if 'repa_depth' in cls.__dataclass_fields__:
+    kwargs.update(repa_fields(config))
   if 'learn_sigma' in cls.__dataclass_fields__:  # the denoisers, not the classifier
     kwargs['learn_sigma'] = config.diffusion.learn_sigma
   return cls(image_size=config.data.image_size, channels=config.data.channels, num_classes=model_num_classes(config),
              dtype=jnp.dtype(config.train.compute_dtype), remat=config.train.remat,
              remat_policy=config.train.remat_policy, **kwargs)
+
+
+def repa_fields(config):
+  """The DiT's REPA projector fields from config.repa; none while config.repa.encoder is ''."""
+  repa = config.get('repa')
+  if repa is None or not repa.encoder:
+    return {}
+  return dict(repa_depth=repa.depth, repa_projector_dim=repa.projector_dim, repa_out_dim=repa.encoder_dim)

@@ -10,6 +10,9 @@ class logits for a noised image x_t at timestep t. Its gradient d log p(y | x_t)
   reads them with the mean token as the query; a dense layer maps its output to the logits.
 - `adaptive`: the spatial mean through a zero-initialised dense layer.
 
+Its spatial features before the head are sown as 'intermediates'/'features' (the tokens of the small REPA encoder,
+docs/repa.md).
+
 configs/adm_classifier.py builds the released 64, 128 and 256 pixel classifiers; models/adm_convert.py converts
 their weights.
 """
@@ -79,6 +82,7 @@ class ADMClassifier(nn.Module):
     block, attn_block = block_factories(self)
     h, _ = encoder(self, x, emb, train, block, lambda name: attn_block(name))
     h = nn.silu(nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-5, dtype=self.dtype, name='norm_out')(h))
+    self.sow('intermediates', 'features', h)  # [B, H', W', C] before pooling: the digits REPA encoder's tokens
     if self.pool == 'attention':
       channels = h.shape[-1]
       heads = channels // self.num_head_channels if self.num_head_channels > 0 else self.num_heads

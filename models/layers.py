@@ -6,6 +6,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def timestep_embedding(t, dim, max_period=10_000):
@@ -157,19 +158,75 @@ def _warn_cudnn_fallback(reason, level=logging.WARNING):
   logging.log(level, 'attention_impl=cudnn is not available here (%s); using XLA attention instead', reason)
 
 
-class MultiHeadSelfAttention(nn.Module):
-  """Fused qkv projection, attention, output projection, on [B, L, C] tokens."""
-  num_heads: int
+def rope_2d(head_dim, grid_h, grid_w, theta=10_000):
+  """2-D axial rotary embedding of a grid_h x grid_w token grid (row-major tokens), as LightningDiT's
+  VisionRotaryEmbeddingFast (EVA-02) builds it with pt_seq_len = ft_seq_len = the grid side, so positions are the
+  integer row and column: the first half of each head turns with the token's row, the second half with its column,
+  each by head_dim / 4 frequencies theta^(-4i / head_dim), every frequency on one interleaved channel pair
+  (2j, 2j + 1). Returns (cos, sin), float32 numpy [grid_h * grid_w, head_dim], for `apply_rope`."""
+  if head_dim % 4:
+    raise ValueError(f'2-D RoPE needs a head dim divisible by 4 (row and column halves of channel pairs), '
+                     f'got {head_dim}')
+  freqs = 1.0 / theta**(np.arange(0, head_dim // 2, 2, dtype=np.float32) / np.float32(head_dim // 2))
+  axis = lambda n: np.repeat(np.arange(n, dtype=np.float32)[:, None] * freqs, 2, axis=1)  # [n, head_dim / 2]
+  rows = np.broadcast_to(axis(grid_h)[:, None], (grid_h, grid_w, head_dim // 2))
+  cols = np.broadcast_to(axis(grid_w)[None], (grid_h, grid_w, head_dim // 2))
+  angles = np.concatenate([rows, cols], axis=-1).reshape(grid_h * grid_w, head_dim)
+  return np.cos(angles), np.sin(angles)
+
+
+def apply_rope(x, cos, sin):
+  """x [B, L, H, D] with each channel pair (2j, 2j + 1) turned by the angle whose cos and sin ([L, D], each value
+  twice, from `rope_2d`) are given; in float32, returned in x's dtype."""
+  x32 = x.astype(jnp.float32)
+  pairs = x32.reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
+  turned = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
+  return (x32 * cos[:, None] + turned * sin[:, None]).astype(x.dtype)
+
+
+class SwiGLU(nn.Module):
+  """LightningDiT's SwiGLUFFN: w3(silu(a) * b) where [a | b] = w12(x), hidden_features wide each."""
+  hidden_features: int
   dtype: jnp.dtype = jnp.float32
-  attention_impl: str | None = None
   kernel_init: nn.initializers.Initializer = nn.initializers.xavier_uniform()
 
   @nn.compact
   def __call__(self, x):
+    dense = lambda width, name: nn.Dense(width, kernel_init=self.kernel_init, dtype=self.dtype, name=name)
+    gate, value = jnp.split(dense(2 * self.hidden_features, 'w12')(x), 2, axis=-1)
+    return dense(x.shape[-1], 'w3')(nn.silu(gate) * value)
+
+
+def head_norm(kind, dtype, name):
+  """qk-norm over each head's channels, one scale (and bias) shared by the heads, as LightningDiT's Attention
+  builds it: torch's LayerNorm (eps 1e-5, scale and bias) for 'layer', RMSNorm (eps 1e-6, scale) for 'rms'."""
+  if kind == 'rms':
+    return nn.RMSNorm(epsilon=1e-6, dtype=dtype, name=name)
+  return nn.LayerNorm(epsilon=1e-5, dtype=dtype, name=name)
+
+
+class MultiHeadSelfAttention(nn.Module):
+  """Fused qkv projection, attention, output projection, on [B, L, C] tokens.
+
+  qk_norm: None, or 'layer' / 'rms' (`head_norm`) applied to q and k per head. rope: optional (cos, sin) of
+  `rope_2d`, which turns q and k after the qk-norm, before `attention` (so the cuDNN kernel still applies).
+  """
+  num_heads: int
+  dtype: jnp.dtype = jnp.float32
+  attention_impl: str | None = None
+  kernel_init: nn.initializers.Initializer = nn.initializers.xavier_uniform()
+  qk_norm: str | None = None
+
+  @nn.compact
+  def __call__(self, x, rope=None):
     b, l, c = x.shape
     qkv = nn.Dense(3 * c, kernel_init=self.kernel_init, dtype=self.dtype, name='qkv')(x)
-    q, k, v = jnp.split(qkv.reshape(b, l, 3, self.num_heads, c // self.num_heads), 3, axis=2)
-    out = attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], self.attention_impl)
+    q, k, v = [y[:, :, 0] for y in jnp.split(qkv.reshape(b, l, 3, self.num_heads, c // self.num_heads), 3, axis=2)]
+    if self.qk_norm:
+      q, k = head_norm(self.qk_norm, self.dtype, 'q_norm')(q), head_norm(self.qk_norm, self.dtype, 'k_norm')(k)
+    if rope is not None:
+      q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    out = attention(q, k, v, self.attention_impl)
     return nn.Dense(c, kernel_init=self.kernel_init, dtype=self.dtype, name='proj')(out.reshape(b, l, c))
 
 

@@ -29,6 +29,9 @@ def model_signature(config):
     signature['learn_sigma'] = True
   if config.optim.ema_sigma_rels:  # the power-function EMAs a resume restores (sampling ignores them)
     signature['ema_sigma_rels'] = [float(s) for s in config.optim.ema_sigma_rels]
+  repa = config.get('repa')
+  if repa is not None and repa.get('encoder', ''):  # REPA's projector: parameters of the DiT
+    signature['repa'] = {k: repa[k] for k in ('depth', 'projector_dim', 'encoder_dim')}
   text = config.get('text')
   if text is not None and text.get('encoder', ''):  # text models: the tower, the tokenizer and their use of labels
     signature['text'] = {k: text[k] for k in ('encoder', 'width', 'depth', 'num_heads', 'mlp_ratio', 'use_labels')}
@@ -173,15 +176,21 @@ class CheckpointStore:
 
     return self._newest(restore)
 
-  def restore_weights(self, abstract_weights):
-    """(weights, step) from the newest checkpoint that restores, or (None, None): only the entries of
-    `abstract_weights` (a dict of TrainState fields, e.g. {'ema_params': ...}, with their target shardings) are
-    read, none of the optimizer state, so sampling holds the weights it uses and not three times as much. Needs a
-    store whose manager has not restored the full state yet (a fresh one)."""
+  def restore_weights(self, abstract_weights, step=None):
+    """(weights, step) from the newest checkpoint that restores, or (None, None); with `step`, that step's (a
+    FileNotFoundError listing the steps there if it has none). Only the entries of `abstract_weights` (a dict of
+    TrainState fields, e.g. {'ema_params': ...}, with their target shardings) are read, none of the optimizer
+    state, so sampling holds the weights it uses and not three times as much. Needs a store whose manager has not
+    restored the full state yet (a fresh one)."""
     args = ocp.args.Composite(
         state=ocp.args.PyTreeRestore(item=abstract_weights, restore_args=ocp.checkpoint_utils.construct_restore_args(
             abstract_weights), partial_restore=True))
-    return self._newest(lambda step: self.manager.restore(step, args=args)['state'])
+    restore = lambda s: self.manager.restore(s, args=args)['state']
+    if step is None:
+      return self._newest(restore)
+    if step not in self.steps():
+      raise FileNotFoundError(f'{self.directory} holds no checkpoint of step {step}; its steps: {self.steps()}')
+    return restore(step), step
 
   def _newest(self, restore):
     """(restore(step), step) for the newest step that restores; a failing one is reported and the one before it

@@ -14,9 +14,11 @@ from diffusion.classifier_guidance import classifier_loss
 from diffusion.learned_variance import hybrid_loss_per_example
 from diffusion.objectives import loss_weight, mse_per_example, noised_batch
 from diffusion.schedules import alphas_cumprod_for
+from diffusion.transport import cosine_loss, transport_batch
 from models.conditioning import condition_from_batch, drop_condition, is_classifier, null_condition
 from training import ema as ema_lib
 from training import sharding as sharding_lib
+from training.repa import encoder_images, repa_inputs, repa_loss_per_example
 from training.state import learning_rate_schedule
 
 
@@ -24,22 +26,38 @@ def loss_inputs(batch, cond, noise_rng, alphas_cumprod, config):
   """What the loss of a batch needs besides the params: the noised images, times, condition, and the targets and
   weights (a classifier: the labels), drawn from noise_rng."""
   x0 = batch['image'].astype(jnp.float32)  # latents arrive in their stored float16
-  x_t, t, target = noised_batch(noise_rng, x0, alphas_cumprod, config.diffusion)
+  if config.diffusion.objective == 'transport':  # SiT's interpolants, targets and weights (diffusion/transport.py)
+    x_t, t, target, weight = transport_batch(noise_rng, x0, config.diffusion)
+  else:
+    x_t, t, target = noised_batch(noise_rng, x0, alphas_cumprod, config.diffusion)
+    weight = loss_weight(config.diffusion.loss_weighting, config.diffusion.objective, alphas_cumprod,
+                         t.astype(jnp.int32), config.diffusion.min_snr_gamma)
   inputs = {'x_t': x_t, 't': t, 'cond': cond}
   if is_classifier(config):
     inputs['label'] = batch['label']
   else:
-    inputs.update(
-        target=target, x0=x0, weight=loss_weight(config.diffusion.loss_weighting, config.diffusion.objective,
-                                                 alphas_cumprod, t.astype(jnp.int32), config.diffusion.min_snr_gamma))
+    inputs.update(target=target, x0=x0, weight=weight)
   return inputs
 
 
 def batch_loss(params, inputs, dropout_rng, *, model, alphas_cumprod, config, train=True):
   """(mean loss, extra metrics) of a (micro)batch of noised examples: `inputs` from `loss_inputs`; with
-  train=False the model's dropout is off (dropout_rng unused)."""
+  train=False the model's dropout is off (dropout_rng unused). With REPA's inputs (training/repa.repa_inputs) the
+  weighted REPA loss is added, and both parts are logged ('diffusion_loss', 'repa_loss')."""
+  repa = 'repa_target' in inputs
   out = model.apply({'params': params}, inputs['x_t'], inputs['t'], **inputs['cond'], train=train,
-                    rngs={'dropout': dropout_rng} if train else {})
+                    rngs={'dropout': dropout_rng} if train else {}, mutable=['intermediates'] if repa else False)
+  if not repa:
+    return output_loss(out, inputs, alphas_cumprod, config)
+  out, projected = out[0], out[1]['intermediates']['repa'][0]
+  loss, extra = output_loss(out, inputs, alphas_cumprod, config)
+  per_example = repa_loss_per_example(projected, inputs['repa_target'])
+  extra = {**extra, 'diffusion_loss': loss, 'repa_loss': per_example.mean()}
+  return loss + (inputs['repa_weight'] * per_example).mean(), extra
+
+
+def output_loss(out, inputs, alphas_cumprod, config):
+  """(mean loss, extra metrics) of the model's output `out` for `inputs`."""
   if is_classifier(config):  # ADM's noisy classifier (classifier_train.py): uniform timesteps, cross-entropy
     loss, correct = classifier_loss(out, inputs['label'])
     return loss.mean(), {'accuracy': correct.mean()}
@@ -47,7 +65,11 @@ def batch_loss(params, inputs, dropout_rng, *, model, alphas_cumprod, config, tr
     loss, vlb = hybrid_loss_per_example(config.diffusion.objective, out, inputs['target'], inputs['x0'], inputs['x_t'],
                                         inputs['t'].astype(jnp.int32), alphas_cumprod, inputs['weight'])
     return loss.mean(), {'vlb': vlb.mean()}
-  return (inputs['weight'] * mse_per_example(out, inputs['target'])).mean(), {}
+  loss = (inputs['weight'] * mse_per_example(out, inputs['target'])).mean()
+  if config.diffusion.cosine_loss_weight:  # LightningDiT's velocity-direction term (objective 'transport')
+    cosine = cosine_loss(out, inputs['target']).mean()
+    return loss + config.diffusion.cosine_loss_weight * cosine, {'mse_loss': loss, 'cosine_loss': cosine}
+  return loss, {}
 
 
 def microbatches(x, k, sharding=None):
@@ -94,9 +116,12 @@ def accumulated_loss_and_grads(params, inputs, dropout_rng, k, micro_sharding, *
                        check_vma=False)(params, inputs, dropout_rng)
 
 
-def train_step(state, batch, *, model, tx, alphas_cumprod, config, micro_sharding=None, null_tokens=None):
+def train_step(state, batch, encoder_params=None, *, model, tx, alphas_cumprod, config, micro_sharding=None,
+               null_tokens=None, repa_tokens=None):
   """One update: noise the batch, regress the target (a classifier: predict the label of the noised image), AdamW,
   EMA (and the power-function EMAs of training/ema.py); a non-finite loss or gradient leaves params, EMA and optimizer state unchanged and is counted.
+  With REPA, repa_tokens(encoder_params, pixels) are the frozen encoder's tokens of the batch's images: its 'pixels'
+  on a latent dataset, else its 'image' (training/repa.encoder_images).
 
   With config.train.grad_accum_steps = k > 1 the gradient is the mean over k microbatches of the batch, taken one
   after the other: the times, noise and label dropout are drawn for the whole batch as with k = 1, so the update is
@@ -108,6 +133,8 @@ def train_step(state, batch, *, model, tx, alphas_cumprod, config, micro_shardin
   null = null_condition(cond, config.data.num_classes, null_tokens)
   cond = drop_condition(label_rng, cond, config.diffusion.label_dropout, null)
   inputs = loss_inputs(batch, cond, noise_rng, alphas_cumprod, config)  # no params: outside the gradient
+  if repa_tokens is not None:
+    inputs.update(repa_inputs(repa_tokens, encoder_params, encoder_images(batch), state.step, config.repa))
   (loss, extra), grads = accumulated_loss_and_grads(state.params, inputs, dropout_rng, config.train.grad_accum_steps,
                                                     micro_sharding, model=model, alphas_cumprod=alphas_cumprod,
                                                     config=config)
@@ -136,26 +163,32 @@ def train_step(state, batch, *, model, tx, alphas_cumprod, config, micro_shardin
   return new_state, metrics
 
 
-def train_steps(state, batches, **kwargs):
+def train_steps(state, batches, encoder_params=None, **kwargs):
   """`train_step` once per step of batches stacked [k, B, ...] in one program; the metrics come stacked [k].
 
   k > 1 is a `lax.scan`. k = 1 (the default, and a short chunk) calls the step directly: on XLA:CPU a U-Net
   step inside a scan ran 25x slower (0.13 vs 3.2 steps/s for the quickstart), even for one trip."""
   if jax.tree.leaves(batches)[0].shape[0] == 1:
-    state, metrics = train_step(state, jax.tree.map(lambda x: x[0], batches), **kwargs)
+    state, metrics = train_step(state, jax.tree.map(lambda x: x[0], batches), encoder_params, **kwargs)
     return state, jax.tree.map(lambda x: jnp.asarray(x)[None], metrics)  # a constant learning rate is a float
-  return jax.lax.scan(functools.partial(train_step, **kwargs), state, batches)
+  return jax.lax.scan(lambda s, b: train_step(s, b, encoder_params, **kwargs), state, batches)
 
 
-def make_train_step(config, model, tx, mesh, shardings, stacked=False, null_tokens=None):
+def make_train_step(config, model, tx, mesh, shardings, stacked=False, null_tokens=None, repa_tokens=None):
   """The jitted `train_step`, or with `stacked` `train_steps` (any k; each new k compiles once). null_tokens: the
-  empty prompt's tokens, a text model's null condition (jobs/conditions.null_tokens)."""
+  empty prompt's tokens, a text model's null condition (jobs/conditions.null_tokens). With repa_tokens (REPA's
+  frozen encoder, training/repa.RepaEncoder.tokens) it is called (state, batch, encoder_params), the params
+  replicated."""
   check_batch_sizes(config, mesh)
   step_fn = functools.partial(train_steps if stacked else train_step, model=model, tx=tx,
                               alphas_cumprod=jnp.asarray(alphas_cumprod_for(config)), config=config,
-                              micro_sharding=sharding_lib.batch_sharding(mesh, stacked=True), null_tokens=null_tokens)
-  return jax.jit(step_fn, in_shardings=(shardings, sharding_lib.batch_sharding(mesh, stacked)),
-                 out_shardings=(shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
+                              micro_sharding=sharding_lib.batch_sharding(mesh, stacked=True), null_tokens=null_tokens,
+                              repa_tokens=repa_tokens)
+  in_shardings = (shardings, sharding_lib.batch_sharding(mesh, stacked))
+  if repa_tokens is not None:
+    in_shardings += (sharding_lib.replicated(mesh),)
+  return jax.jit(step_fn, in_shardings=in_shardings, out_shardings=(shardings, sharding_lib.replicated(mesh)),
+                 donate_argnums=0)
 
 
 def check_batch_sizes(config, mesh):

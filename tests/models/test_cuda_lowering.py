@@ -74,6 +74,12 @@ def test_dit_train_step_runs_cudnn_flash_attention_forward_and_backward(remat, p
   assert calls[FORWARD] == (6 if remat else 3) and calls[BACKWARD] == 3, calls
 
 
+def test_lightningdit_blocks_keep_cudnn_flash_attention():
+  """RoPE and qk-norm act on q and k before the kernel (models/layers.MultiHeadSelfAttention)."""
+  calls = lowered_train_step(tiny_dit(remat=True, mlp='swiglu', norm='rms', rope=True, qk_norm=True))
+  assert calls[FORWARD] == 6 and calls[BACKWARD] == 3, calls
+
+
 def test_guided_forward_runs_cudnn_flash_attention():
   c = tiny_dit()
   model = build_model(c)
