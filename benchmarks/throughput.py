@@ -6,30 +6,35 @@
   python -m benchmarks.throughput --model=dit_xl --batch=256 --grad_accum=2  # two microbatches of 128 per update
   python -m benchmarks.throughput --model=dit_b --batch=256 --mode=guided # forward with guidance (2x batch)
   python -m benchmarks.throughput --model=unet --batch=128
+  python -m benchmarks.throughput --model=sit_xl_repa --batch=256    # SiT-XL/2 + REPA, DINOv2-B/14 in the step
+  python -m benchmarks.throughput --model=lightningdit_xl --batch=256  # SwiGLU, RMSNorm, 2-D RoPE blocks
 
 Synthetic on-device batches (the input pipeline is measured separately), steady state only:
 compilation excluded, `block_until_ready` after each window, the median of --windows windows.
 MFU = achieved model FLOP/s / peak (989 TFLOP/s, H100 SXM dense bf16, unless --peak_tflops):
 a train step costs 3x the forward FLOPs; DiT forwards use the paper's Gflops (Table 4, as
-multiply-adds, x2), other models XLA's cost analysis of the forward (before compilation, as
-`tests/models/test_models.py` checks against the DiT paper: within 1%).
+multiply-adds, x2; SiT and LightningDiT-XL/2 too: SwiGLU keeps the MLP's multiply-adds), other models XLA's cost
+analysis of the forward (before compilation, as `tests/models/test_models.py` checks against the DiT paper: within
+1%). REPA's train step adds the frozen DINOv2's forward (XLA's count) to the 3 DiT forwards; its weights are random.
 """
 import statistics
 import time
 
 from absl import app, flags
 
-from benchmarks.benchmark_config import benchmark_config
+from benchmarks.benchmark_config import RECIPES, benchmark_config
 from diffusion.guidance import classifier_free_guidance
 from training.step import make_train_step
 from models import build_model
 from models.conditioning import null_condition
+from models.dinov2 import REPA_POSITIONS, dinov2_from_name
 from models.dit import DIT_PAPER_GMACS
 from training import sharding as sharding_lib
 from models.shapes import dummy_inputs
+from training.repa import dinov2_tokens_fn
 from training.state import count_params, create_optimizer, create_state, state_shardings
 
-flags.DEFINE_enum('model', 'dit_b', ['dit_s', 'dit_b', 'dit_l', 'dit_xl', 'unet'], 'Model config.')
+flags.DEFINE_enum('model', 'dit_b', ['dit_s', 'dit_b', 'dit_l', 'dit_xl', 'unet'] + list(RECIPES), 'Model config.')
 flags.DEFINE_integer('patch', 2, 'DiT patch size.')
 flags.DEFINE_integer('batch', 256, 'Global batch size (images per step; guided mode runs 2x through the network).')
 flags.DEFINE_enum('mode', 'train', ['train', 'guided'], 'Train step, or one guided denoiser forward.')
@@ -49,6 +54,8 @@ FLAGS = flags.FLAGS
 
 def forward_flops_per_image(config, model, params):
   import jax
+  if FLAGS.model in RECIPES:
+    return 2e9 * DIT_PAPER_GMACS['XL'][2]
   if FLAGS.model != 'unet' and config.data.image_size == 32:
     return 2e9 * DIT_PAPER_GMACS[FLAGS.model.split('_')[1].upper()][FLAGS.patch]
   x, t, cond = dummy_inputs(config, 1)
@@ -64,6 +71,22 @@ def fused_attention_kernels(jitted, *args):
   if jax.device_count() > 1:
     return 'n/a on a mesh'
   return jitted.lower(*args).as_text().count('custom_call @__cudnn$fmha')
+
+
+def repa_encoder(config, mesh, pixels):
+  """(tokens fn, replicated random params, forward FLOPs per image) of config.repa's DINOv2, or Nones."""
+  import jax
+  import jax.numpy as jnp
+  if not config.repa.encoder:
+    return None, (), 0.0
+  module = dinov2_from_name(config.repa.encoder, dtype=jnp.dtype(config.train.compute_dtype), **REPA_POSITIONS)
+  size = config.repa.encoder_resolution
+  params = jax.jit(module.init, out_shardings=sharding_lib.replicated(mesh))(jax.random.PRNGKey(1),
+                                                                             jnp.zeros((1, size, size, 3)))['params']
+  tokens = dinov2_tokens_fn(module, size)
+  analysis = jax.jit(tokens).lower(params, jnp.zeros((1,) + pixels.shape[1:], jnp.float32)).cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  return tokens, (params,), float(analysis['flops'])
 
 
 def time_windows(run, steps, windows):
@@ -99,28 +122,32 @@ def main(_):
   state = create_state(config, model, tx, mesh)
   size, ch, b = config.data.image_size, config.data.channels, FLAGS.batch
   rng = np.random.default_rng(0)
-  batch = sharding_lib.host_batch_to_global(
-      {
-          'image': rng.standard_normal(
-              (b, size, size, ch), np.float32), 'label': rng.integers(0, config.data.num_classes, b).astype(np.int32)
-      }, mesh)
+  host_batch = {
+      'image': rng.standard_normal((b, size, size, ch), np.float32),
+      'label': rng.integers(0, config.data.num_classes, b).astype(np.int32)
+  }
+  if config.repa.encoder:  # the images REPA's encoder reads, stored beside the latents
+    side = config.data.pixels.image_size
+    host_batch['pixels'] = rng.integers(0, 256, (b, side, side, 3)).astype(np.uint8)
+  batch = sharding_lib.host_batch_to_global(host_batch, mesh)
   flops = forward_flops_per_image(config, model, state.params)
+  repa_tokens, frozen, encoder_flops = repa_encoder(config, mesh, host_batch.get('pixels', host_batch['image']))
 
   if FLAGS.mode == 'train':
     k = FLAGS.steps_per_call
-    step_fn = make_train_step(config, model, tx, mesh, shardings, stacked=k > 1)
+    step_fn = make_train_step(config, model, tx, mesh, shardings, stacked=k > 1, repa_tokens=repa_tokens)
     if k > 1:
       batch = sharding_lib.host_batch_to_global(jax.tree.map(lambda x: np.stack([np.asarray(x)] * k), batch), mesh,
                                                 stacked=True)
       b *= k  # images per call
-    kernels = fused_attention_kernels(step_fn, state, batch)
+    kernels = fused_attention_kernels(step_fn, state, batch, *frozen)
     holder = {'state': state}
 
     def run():
-      holder['state'], metrics = step_fn(holder['state'], batch)
+      holder['state'], metrics = step_fn(holder['state'], batch, *frozen)
       return metrics['loss']
 
-    flops_per_image = 3 * flops
+    flops_per_image = 3 * flops + encoder_flops
   else:
     x, t = batch['image'], jnp.full((b,), 500.0)
     cond = {'y': batch['label']}
