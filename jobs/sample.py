@@ -20,6 +20,11 @@ from jobs.restore import restore_for_inference
 from jobs.vae import make_latent_decoder
 from training import sharding as sharding_lib
 
+# A sampler is one long lax loop whose run time, not its compile time, dominates: it compiles at XLA's full backend
+# optimisation (the default) even where XLA_FLAGS lower it for fast compiles of train steps, as the test suite does
+# (at level 0 XLA:CPU ran the loops ~10x slower).
+SAMPLER_COMPILER_OPTIONS = {'xla_backend_optimization_level': 3}
+
 
 def initial_noise(seed, start_index, count, shape):
   """Noise of sample i depends only on (seed, i): the same samples whatever the batch or device count."""
@@ -52,7 +57,7 @@ def make_generate_fn(config, model, mesh, classifier=None, guide=None):
 
   replicated = NamedSharding(mesh, P())
   jitted = jax.jit(generate, in_shardings=(None, None, None, batch_sharding, batch_sharding, replicated, replicated),
-                   out_shardings=batch_sharding)
+                   out_shardings=batch_sharding, compiler_options=SAMPLER_COMPILER_OPTIONS)
   classifier_inputs = None if classifier is None else (classifier.params, np.float32(config.sample.classifier_scale))
 
   def guide_inputs(autoguidance_scale=None):

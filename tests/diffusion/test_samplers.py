@@ -19,6 +19,7 @@ from diffusion.samplers import ddim_sample, run_sampler
 from diffusion.schedules import (cosine_alphas_cumprod, linear_alphas_cumprod, sigma_at_timestep,
                                  sigmas_from_alphas_cumprod, timestep_at_sigma, timestep_spacing)
 from jobs.sample import make_generate_fn
+from tests.processes import FULL_OPTIMISATION
 
 SCHEDULES = {'linear': linear_alphas_cumprod(), 'cosine': cosine_alphas_cumprod()}
 
@@ -175,7 +176,8 @@ def test_edm_stochastic_heun_reaches_the_data_distribution(num_steps, churn, sch
   the steps, so 250 steps at S_churn 80 are 1.1% off on the cosine schedule."""
   ac = SCHEDULES[schedule]
   c = sample_config(sampler='heun', num_steps=num_steps, **churn)
-  run = jax.jit(lambda z: run_sampler(c, 'eps', ac, exact_vp_model('eps', ac), z, jax.random.PRNGKey(1)))
+  run = jax.jit(lambda z: run_sampler(c, 'eps', ac, exact_vp_model('eps', ac), z, jax.random.PRNGKey(1)),
+                compiler_options=FULL_OPTIMISATION)
   assert_matches_data(run(standard_noise(200_000)), tol=0.01)
 
 
@@ -279,7 +281,8 @@ def test_ddpm_ancestral_reaches_the_data_distribution(variance, schedule):
   ac = SCHEDULES[schedule]
   c = sample_config(sampler='ddpm', num_steps=1000, spacing='trailing', ddpm_variance=variance)
   noise = jax.random.normal(jax.random.PRNGKey(1), (20_000, len(MU)))
-  x = jax.jit(lambda z: run_sampler(c, 'eps', ac, exact_vp_model('eps', ac), z, jax.random.PRNGKey(2)))(noise)
+  x = jax.jit(lambda z: run_sampler(c, 'eps', ac, exact_vp_model('eps', ac), z, jax.random.PRNGKey(2)),
+              compiler_options=FULL_OPTIMISATION)(noise)
   assert_matches_data(x, tol=0.04)  # Monte Carlo error of 20k draws: ~0.7% of std on the mean
 
 
