@@ -16,6 +16,7 @@ from diffusion.karras import churned_levels, karras_sigmas, schedule_karras_sigm
 from diffusion.objectives import (FLOW_TIME_SCALE, edm_denoiser, edm_network_input_and_target, edm_scalings,
                                   noised_batch, regression_target)
 from diffusion.samplers import ddim_sample, run_sampler
+from diffusion.transport import Transport, default_eps
 from diffusion.schedules import (cosine_alphas_cumprod, linear_alphas_cumprod, sigma_at_timestep,
                                  sigmas_from_alphas_cumprod, timestep_at_sigma, timestep_spacing)
 from jobs.sample import make_generate_fn
@@ -331,17 +332,24 @@ def test_flow_times():
 @pytest.mark.parametrize('sampler,objective,extra', [('ddpm', 'eps', {}), ('ddim', 'eps', {}), ('dpm++2m', 'v', {}),
                                                      ('dpm++2m', 'eps', dict(spacing='karras')), ('heun', 'eps', {}),
                                                      ('heun', 'eps', dict(s_churn=10.0)), ('euler', 'x0', {}),
-                                                     ('heun', 'flow', {}), ('euler', 'flow', {})])
+                                                     ('heun', 'flow', {}), ('euler', 'flow', {}),
+                                                     ('ode_heun', 'transport', dict(flow_shift=3.0)),
+                                                     ('ode_dopri5', 'transport', {}), ('sde_euler', 'transport', {}),
+                                                     ('sde_heun', 'transport', dict(last_step='tweedie'))])
 def test_sampler_traces_once(sampler, objective, extra):
   ac = SCHEDULES['linear']
   c = sample_config(sampler=sampler, num_steps=8, eta=0.5, **extra)
   model_fn = exact_flow_model if objective == 'flow' else exact_vp_model(objective, ac)
+  transport = None
+  if objective == 'transport':  # SiT's linear path, velocity: the exact flow model read in SiT time
+    model_fn = lambda x, t: -exact_flow_model(x, FLOW_TIME_SCALE - t)
+    transport = Transport('linear', 'velocity', *default_eps('linear', 'velocity'))
   chex.clear_trace_counter()
 
   @jax.jit
   @chex.assert_max_traces(n=1)
   def generate(noise, rng):
-    return run_sampler(c, objective, ac, model_fn, noise, rng)
+    return run_sampler(c, objective, ac, model_fn, noise, rng, transport=transport)
 
   first = generate(jnp.ones((16, 4)), jax.random.PRNGKey(0))
   second = generate(jnp.zeros((16, 4)), jax.random.PRNGKey(1))  # new values, same shapes: no retrace
