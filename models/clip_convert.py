@@ -44,26 +44,8 @@ def hf_name(flax_path):
   return '.'.join(parts)
 
 
-def hf_shape(flax_path, flax_shape):
-  """Shape of the Hugging Face tensor that becomes the Flax parameter at `flax_path`."""
-  if flax_path[-1] == 'kernel' and len(flax_shape) == 2:
-    return tuple(flax_shape[::-1])
-  if flax_path[-1] == 'kernel' and len(flax_shape) == 4:  # HWIO <- OIHW
-    kh, kw, cin, cout = flax_shape
-    return (cout, cin, kh, kw)
-  return tuple(flax_shape)
-
-
-def to_flax_layout(flax_path, tensor):
-  if flax_path[-1] == 'kernel' and tensor.ndim == 2:
-    return tensor.T
-  if flax_path[-1] == 'kernel' and tensor.ndim == 4:
-    return tensor.transpose(2, 3, 1, 0)
-  return tensor
-
-
 def to_hf_layout(flax_path, param):
-  """Inverse of `to_flax_layout` (for tests and export)."""
+  """Inverse of `weight_files.torch_to_flax` (for tests and export)."""
   if flax_path[-1] == 'kernel' and param.ndim == 2:
     return param.T
   if flax_path[-1] == 'kernel' and param.ndim == 4:
@@ -93,12 +75,13 @@ def convert_with_shapes(state_dict, param_shapes, prefix=''):
   expected = {prefix + hf_name(path): path for path in param_shapes}
   given = {k: v for k, v in state_dict.items() if k not in IGNORED_KEYS}
   problems = weight_files.key_and_shape_problems(
-      weight_files.array_shapes(given), {name: hf_shape(path, param_shapes[path]) for name, path in expected.items()})
+      weight_files.array_shapes(given),
+      {name: weight_files.torch_shape(path, param_shapes[path]) for name, path in expected.items()})
   if problems:
     raise ValueError(f'the CLIP state dict does not fit the config (Hugging Face key layout, {len(expected)} '
                      'tensors): ' + '; '.join(problems))
   return unflatten_dict({
-      path: np.array(to_flax_layout(path, np.asarray(given[name])), dtype=np.float32, order='C')
+      path: np.array(weight_files.torch_to_flax(path, np.asarray(given[name])), dtype=np.float32, order='C')
       for name, path in expected.items()
   })
 

@@ -74,24 +74,6 @@ def hub_name(flax_path):
   return '.'.join(parts)
 
 
-def hub_shape(flax_path, flax_shape):
-  """Shape of the torch tensor that becomes the Flax parameter at `flax_path` (Linear: [out, in]; conv OIHW)."""
-  if flax_path[-1] == 'kernel' and len(flax_shape) == 2:
-    return tuple(flax_shape[::-1])
-  if flax_path[-1] == 'kernel' and len(flax_shape) == 4:
-    kh, kw, cin, cout = flax_shape
-    return (cout, cin, kh, kw)
-  return tuple(flax_shape)
-
-
-def to_flax_layout(flax_path, tensor):
-  if flax_path[-1] == 'kernel' and tensor.ndim == 2:
-    return tensor.T
-  if flax_path[-1] == 'kernel' and tensor.ndim == 4:
-    return tensor.transpose(2, 3, 1, 0)
-  return tensor
-
-
 def _rename_hf(key):
   for pattern, replacement in HF_RENAMES:
     key = re.sub(pattern, replacement, key)
@@ -169,13 +151,14 @@ def convert_state_dict(state_dict, num_heads=None):
   param_shapes = {path: leaf.shape for path, leaf in flatten_dict(abstract_params(module)).items()}
   expected = {hub_name(path): path for path in param_shapes}
   problems = weight_files.key_and_shape_problems(
-      weight_files.array_shapes(weights), {name: hub_shape(path, param_shapes[path]) for name, path in expected.items()})
+      weight_files.array_shapes(weights),
+      {name: weight_files.torch_shape(path, param_shapes[path]) for name, path in expected.items()})
   if problems:
     layout = 'Hugging Face layout, named after renaming to torch-hub keys' if hf_layout else 'torch-hub layout'
     raise ValueError(f'the DINOv2 state dict does not fit a {module.width}-wide, {module.depth}-block ViT/14 '
                      f'({layout}): ' + '; '.join(problems))
   params = unflatten_dict({
-      path: np.array(to_flax_layout(path, np.asarray(weights[name])), dtype=np.float32, order='C')
+      path: np.array(weight_files.torch_to_flax(path, np.asarray(weights[name])), dtype=np.float32, order='C')
       for name, path in expected.items()
   })
   return module, params

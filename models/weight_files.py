@@ -85,3 +85,23 @@ def key_and_shape_problems(got, expected):
   if misshaped:
     problems.append(f'misshaped keys: {_listed(misshaped)}')
   return problems
+
+
+def torch_shape(flax_path, flax_shape):
+  """Shape of the PyTorch tensor that becomes the Flax parameter at `flax_path`: a Dense kernel [in, out] is a Linear
+  weight [out, in], a Conv kernel HWIO an OIHW weight; anything else keeps its shape."""
+  if flax_path[-1] == 'kernel' and len(flax_shape) == 2:
+    return tuple(flax_shape[::-1])
+  if flax_path[-1] == 'kernel' and len(flax_shape) == 4:
+    kh, kw, cin, cout = flax_shape
+    return (cout, cin, kh, kw)
+  return tuple(flax_shape)
+
+
+def torch_to_flax(flax_path, tensor):
+  """A PyTorch tensor (numpy) in the layout of the Flax parameter at `flax_path` (the inverse of `torch_shape`)."""
+  if flax_path[-1] == 'kernel' and tensor.ndim == 2:
+    return tensor.T
+  if flax_path[-1] == 'kernel' and tensor.ndim == 4:
+    return tensor.transpose(2, 3, 1, 0)
+  return tensor

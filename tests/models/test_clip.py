@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from evaluation import clip_score
-from models import clip_convert
+from models import clip_convert, weight_files
 from evaluation.clip_score import (CLIP_MEAN, CLIP_STD, CLIPScorer, aggregate_clip_score, center_crop,
                                    clip_score_from_embeddings, clip_score_per_pair, image_embeddings, preprocess_image,
                                    resized_shape)
@@ -179,7 +179,7 @@ def test_config_inference_and_hf_json():
   l14 = CLIP_CONFIGS['vit_l14']
   fake_l14 = {
       k:
-          np.broadcast_to(np.float32(0), clip_convert.hf_shape(p, s))  # shapes only, no memory
+          np.broadcast_to(np.float32(0), weight_files.torch_shape(p, s))  # shapes only, no memory
       for p, s in clip_convert.clip_param_shapes(l14).items() for k in [clip_convert.hf_name(p)]
   }
   assert clip_convert.infer_clip_config(fake_l14) == l14
@@ -304,6 +304,7 @@ def test_scorer_compiles_once_per_shape(tokenizer, monkeypatch):
   rng = np.random.default_rng(0)
   images = [rng.integers(0, 256, size=(40 + 3 * i, 36, 3), dtype=np.uint8) for i in range(6)]
   texts = ['hello', 'a cat', 'a photo', 'hello cat', 'photo', 'a']
+  image_embeddings.clear_cache()  # another test in this process may have compiled the same shapes
   before = image_embeddings._cache_size()
   per_pair = scorer.per_pair(images + images[:4], texts + texts[:4])[:6]
   assert preprocessed == [8, 2]

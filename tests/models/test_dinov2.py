@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
-from models import dinov2_convert
+from models import dinov2_convert, weight_files
 from models.dinov2 import (DINOV2_VARIANTS, DINOv2, abstract_params, dinov2_from_name, dinov2_inputs, load_dinov2,
                            position_embeddings, save_dinov2)
 
@@ -48,7 +48,7 @@ def hub_state_dict(module):
   rng = np.random.default_rng(0)
   shapes = flatten_dict(abstract_params(module, 56))
   state = {
-      dinov2_convert.hub_name(path): rng.normal(size=dinov2_convert.hub_shape(path, leaf.shape)).astype(np.float32)
+      dinov2_convert.hub_name(path): rng.normal(size=weight_files.torch_shape(path, leaf.shape)).astype(np.float32)
       for path, leaf in shapes.items()
   }
   return {**state, 'mask_token': np.zeros((1, module.width), np.float32)}
