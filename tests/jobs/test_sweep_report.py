@@ -47,8 +47,8 @@ def test_write_curves_from_metrics_files(tmp_path):
     os.makedirs(sweeps.run_dir(root, sweep, run))
     with open(os.path.join(sweeps.run_dir(root, sweep, run), 'metrics.jsonl'), 'w') as f:
       for step, value in HISTORIES[run.settings['variant']][run.values['seed']].items():
-        f.write(json.dumps({'step': step, 'loss': 0.1}) + '\n' + json.dumps({'step': step, 'eval/digits_fd': value}) +
-                '\n')
+        f.write(
+            json.dumps({'step': step, 'loss': 0.1}) + '\n' + json.dumps({'step': step, 'eval/digits_fd': value}) + '\n')
   rows, done = sweep_report.collect(sweep, root)
   assert done == 0 and len(rows) == 4
   md, png = sweep_report.write_curves(sweep, root, rows, str(tmp_path))
