@@ -15,7 +15,6 @@ every OpenAI CLIP) or named with `--config=vit_l14`. `--text_only` converts a `C
 (e.g. Stable Diffusion's `text_encoder/model.safetensors`, keys `text_model.*`).
 """
 import dataclasses
-import json
 import os
 import re
 
@@ -29,7 +28,6 @@ from models import weight_files
 from models.clip import (CLIP_CONFIGS, CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextTransformer, CLIPVisionConfig)
 
 IGNORED_KEYS = ('text_model.embeddings.position_ids', 'vision_model.embeddings.position_ids')
-HF_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
 WHERE_TO_GET = ('the Hugging Face checkpoint, e.g. https://huggingface.co/openai/clip-vit-large-patch14 '
                 '(files model.safetensors and config.json)')
 
@@ -184,11 +182,11 @@ def find_hf_weights(path):
   """The weights file at `path` (a file, or a folder holding model.safetensors or pytorch_model.bin)."""
   if os.path.isfile(path):
     return path
-  if os.path.isdir(path):
-    for name in HF_WEIGHT_FILES:
-      if os.path.isfile(os.path.join(path, name)):
-        return os.path.join(path, name)
-  raise FileNotFoundError(f'CLIP weights not found at {path!r}: expected a file named {" or ".join(HF_WEIGHT_FILES)}'
+  found = weight_files.hf_weights_in(path) if os.path.isdir(path) else None
+  if found:
+    return found
+  raise FileNotFoundError(f'CLIP weights not found at {path!r}: expected a file named '
+                          f'{" or ".join(weight_files.HF_WEIGHT_FILES)}'
                           f' (or a folder holding one) from {WHERE_TO_GET}')
 
 
@@ -199,12 +197,8 @@ def load_hf_state_dict(path):
 
 def read_hf_config(weights_path):
   """The config.json beside the weights as a config object, or None when there is none."""
-  folder = weights_path if os.path.isdir(weights_path) else os.path.dirname(weights_path)
-  config_path = os.path.join(folder, 'config.json')
-  if not os.path.isfile(config_path):
-    return None
-  with open(config_path) as f:
-    return config_from_hf_json(json.load(f))
+  config = weight_files.hf_config_beside(weights_path)
+  return None if config is None else config_from_hf_json(config)
 
 
 def _config_to_dict(config):

@@ -19,7 +19,6 @@ files (see `models/dinov2.py`).
 
     python -m models.dinov2_convert --weights=dinov2_vitb14_pretrain.pth --out=dinov2_vitb14.msgpack
 """
-import json
 import os
 import re
 
@@ -33,7 +32,6 @@ from models.dinov2 import DINOv2, abstract_params, load_dinov2, save_dinov2
 HEAD_DIM = 64
 HUB_INTERPOLATE_OFFSET = 0.1  # facebookresearch/dinov2 hub models without registers
 IGNORED_KEYS = ('mask_token',)
-HF_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
 WHERE_TO_GET = ('https://huggingface.co/facebook/dinov2-base (model.safetensors) or the torch-hub file '
                 'https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth')
 
@@ -170,21 +168,16 @@ def convert_state_dict(state_dict, num_heads=None):
 def find_weights(path):
   """The weights file at `path` (a file, or a folder holding model.safetensors or pytorch_model.bin)."""
   if os.path.isdir(path):
-    for name in HF_WEIGHT_FILES:
-      if os.path.isfile(os.path.join(path, name)):
-        return os.path.join(path, name)
-    raise FileNotFoundError(f'no {" or ".join(HF_WEIGHT_FILES)} in {path!r}; get one from {WHERE_TO_GET}')
+    found = weight_files.hf_weights_in(path)
+    if found:
+      return found
+    raise FileNotFoundError(f'no {" or ".join(weight_files.HF_WEIGHT_FILES)} in {path!r}; get one from {WHERE_TO_GET}')
   return path
 
 
 def config_num_heads(weights_path):
   """num_attention_heads of a Hugging Face config.json beside the weights, or None."""
-  folder = weights_path if os.path.isdir(weights_path) else os.path.dirname(weights_path)
-  config_path = os.path.join(folder, 'config.json')
-  if not os.path.isfile(config_path):
-    return None
-  with open(config_path) as f:
-    return json.load(f).get('num_attention_heads')
+  return (weight_files.hf_config_beside(weights_path) or {}).get('num_attention_heads')
 
 
 def convert_file(weights, out, num_heads=None):

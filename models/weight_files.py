@@ -4,6 +4,7 @@
 and nowhere else: training, sampling and evaluation never need it.
 """
 import argparse
+import json
 import os
 
 import numpy as np
@@ -105,3 +106,24 @@ def torch_to_flax(flax_path, tensor):
   if flax_path[-1] == 'kernel' and tensor.ndim == 4:
     return tensor.transpose(2, 3, 1, 0)
   return tensor
+
+
+HF_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')  # a Hugging Face checkpoint folder's weights
+
+
+def hf_weights_in(folder):
+  """The first of HF_WEIGHT_FILES in `folder`, or None."""
+  for name in HF_WEIGHT_FILES:
+    if os.path.isfile(os.path.join(folder, name)):
+      return os.path.join(folder, name)
+  return None
+
+
+def hf_config_beside(weights_path):
+  """The Hugging Face config.json in the folder `weights_path` is or is in, as a dict; None when there is none."""
+  folder = weights_path if os.path.isdir(weights_path) else os.path.dirname(weights_path)
+  config_path = os.path.join(folder, 'config.json')
+  if not os.path.isfile(config_path):
+    return None
+  with open(config_path) as f:
+    return json.load(f)
