@@ -228,7 +228,7 @@ def validate_config(config):
   _validate_classifier(config)
   _validate_super_res(config)
   _validate_repa(config)
-  for axis in ('data', 'fsdp'):
+  for axis in ('num_devices', 'data', 'fsdp'):
     if config.mesh[axis] == 0 or config.mesh[axis] < -1:
       raise ValueError(f'config.mesh.{axis}={config.mesh[axis]} must be a positive size or -1')
   for name, ev in config.evals.items():

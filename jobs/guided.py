@@ -102,6 +102,7 @@ def load_classifier(config):
   if uses_labels(config) and classes != config.data.num_classes:
     raise ValueError(f'{where} holds a classifier of {classes} classes, this model is conditioned on '
                      f'{config.data.num_classes}: the labels must be the same')
+  cls_config.mesh = config.mesh  # placed on this run's mesh
   model, params, step, _ = restore_for_inference(cls_config, workdir, use_ema=cls_config.sample.use_ema)
   logging.info('classifier guidance: scale %g, %s of %d classes from step %d of %s', config.sample.classifier_scale,
                cls_config.model.name, classes, step, workdir)

@@ -18,19 +18,37 @@ def mesh_shape(mesh_config, num_devices):
   sizes = [mesh_config.data, mesh_config.fsdp]
   if sizes.count(-1) > 1:
     raise ValueError('only one of config.mesh.data and config.mesh.fsdp may be -1')
+  chosen = getattr(mesh_config, 'num_devices', -1)
+  devices = f'{num_devices} devices' + (f' (config.mesh.num_devices={chosen} of {jax.device_count()})'
+                                        if chosen != -1 else '')
   known = int(np.prod([s for s in sizes if s != -1]))
   if -1 in sizes:
     if num_devices % known:
-      raise ValueError(f'{num_devices} devices cannot be split into a mesh with config.mesh sizes {sizes}')
+      raise ValueError(f'the mesh\'s {devices} cannot be split into config.mesh sizes data={sizes[0]} x '
+                       f'fsdp={sizes[1]}')
     sizes[sizes.index(-1)] = num_devices // known
   if int(np.prod(sizes)) != num_devices:
-    raise ValueError(f'config.mesh data={sizes[0]} x fsdp={sizes[1]} needs {int(np.prod(sizes))} devices, '
-                     f'but {num_devices} are present; use -1 for one axis to take the rest')
+    raise ValueError(f'config.mesh data={sizes[0]} x fsdp={sizes[1]} needs {int(np.prod(sizes))} devices, but the mesh '
+                     f'has {devices}; use -1 for one axis to take the rest')
   return tuple(sizes)
 
 
+def mesh_devices(mesh_config):
+  """The devices a mesh of `mesh_config` spans: all of them, or with num_devices = N the first N of this process's."""
+  count = getattr(mesh_config, 'num_devices', -1)
+  if count == -1:
+    return jax.devices()
+  if jax.process_count() > 1:
+    raise ValueError(f'config.mesh.num_devices={count} picks devices of one process, but this job runs '
+                     f'{jax.process_count()} processes: use -1 (every device)')
+  if count > jax.device_count():
+    raise ValueError(f'config.mesh.num_devices={count}, but {jax.device_count()} devices are present: use at most '
+                     f'{jax.device_count()}, or -1 for all')
+  return jax.devices()[:count]
+
+
 def create_mesh(mesh_config, devices=None):
-  devices = jax.devices() if devices is None else devices
+  devices = mesh_devices(mesh_config) if devices is None else devices
   shape = mesh_shape(mesh_config, len(devices))
   try:
     grid = mesh_utils.create_device_mesh(shape, devices=devices)
