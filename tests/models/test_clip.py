@@ -203,7 +203,8 @@ def test_text_only_conversion():
   ids = jnp.array([[5, 7, 98, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]])
   hidden, pooled = jax.jit(CLIPTextTransformer(TINY.text).apply)({'params': params}, ids)
   assert hidden.shape == (1, 16, 32) and pooled.shape == (1, 32)
-  np.testing.assert_array_equal(pooled[0], hidden[0, 2])
+  # the hidden state at the end token (id 98, the argmax), up to the rounding of a LayerNorm XLA may recompute there
+  np.testing.assert_array_max_ulp(pooled[0], hidden[0, 2], maxulp=4)
 
 
 def test_files_end_to_end(tmp_path):
