@@ -4,4 +4,4 @@ from tests.tiny import tiny_unet_config
 
 def get_config(arg=None):
   del arg
-  return tiny_unet_config()
+  return tiny_unet_config(mesh__num_devices=-1)  # the devices the process was given

@@ -171,9 +171,10 @@ def test_linear_decay_of_the_learning_rate():
 
 def classifier_config():
   c = digits_classifier_config()
-  c.train.update(num_steps=150, log_every=50, checkpoint_every=150)
+  c.train.update(num_steps=150, batch_size=64, log_every=50, checkpoint_every=150)  # 94% / 39% accurate below
   c.optim.update(decay_steps=150, warmup_steps=20)
   c.data.prefetch = 0
+  c.mesh.num_devices = 1  # one of the 8 fake devices: sharding is not the point (tests/tiny.py)
   return validate_config(c)
 
 

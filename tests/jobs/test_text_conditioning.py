@@ -113,6 +113,7 @@ def test_default_conditions_name_the_digit_and_survive_partial_batches():
   assert cond['tokens'].shape == (12, 77) and cond['tokens'].dtype == np.int32
   model, params = init_params(c)
   assert 'label_emb' not in params  # labels are for the evaluators, not the model
+  c.mesh.num_devices = -1  # 10 samples in batches of 8 over 8 devices
   mesh = sharding_lib.create_mesh(c.mesh)
   images, out = generate_samples(c, make_generate_fn(c, model, mesh), params, mesh, 10, seed=0, batch_size=8)
   assert images.shape == (10, 8, 8, 1) and images.dtype == np.uint8

@@ -98,7 +98,7 @@ def test_data_parallel_accumulation_all_reduces_once_per_update():
   after each of the 4 microbatches (XLA's placement when the scan runs on the global batch)."""
   import re
   c = tiny_dit_config()
-  c.train.grad_accum_steps, c.mesh.data, c.mesh.fsdp = 4, 8, 1
+  c.train.grad_accum_steps, c.mesh.data, c.mesh.fsdp, c.mesh.num_devices = 4, 8, 1, -1
   c = validate_config(c)
   mesh = sharding_lib.create_mesh(c.mesh)
   model, tx = build_model(c), create_optimizer(c.optim)
@@ -115,7 +115,7 @@ def test_data_parallel_accumulation_all_reduces_once_per_update():
 def test_microbatches_split_within_each_device():
   """Microbatch i holds examples i, i + k, ...: on 8 devices each microbatch takes an equal share of every device's
   rows, so the split is local (each device's output rows are its own input rows)."""
-  mesh = sharding_lib.create_mesh(validate_config(tiny_unet_config()).mesh)  # 8 x 1
+  mesh = sharding_lib.create_mesh(validate_config(tiny_unet_config(mesh__num_devices=-1)).mesh)  # 8 x 1
   x = jax.device_put(jnp.arange(64.0), sharding_lib.batch_sharding(mesh))
   split = jax.jit(lambda x: training_step.microbatches(x, 4, sharding_lib.batch_sharding(mesh, stacked=True)))(x)
   np.testing.assert_array_equal(split, np.arange(64.0).reshape(16, 4).T)
@@ -159,6 +159,7 @@ def test_bad_accumulation_is_refused_with_the_numbers():
   with pytest.raises(ValueError, match=r'config\.train\.grad_accum_steps=0 must be positive'):
     validate_config(c)
   c = validate_config(unet_config())
+  c.mesh.num_devices = -1
   c.train.grad_accum_steps = 8  # divides 32, but not the 4 rows of each of 8 devices
   mesh = sharding_lib.create_mesh(c.mesh)
   with pytest.raises(
@@ -177,6 +178,7 @@ def test_accumulation_inside_several_steps_per_call():
   def run(accum, stacked):
     c = tiny_dit_config()
     c.train.grad_accum_steps, c.mesh.data, c.mesh.fsdp, c.optim.warmup_steps = accum, 2, 4, 0
+    c.mesh.num_devices = -1
     c = validate_config(c)
     mesh = sharding_lib.create_mesh(c.mesh)
     model, tx = build_model(c), optax.sgd(0.1)

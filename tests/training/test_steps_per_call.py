@@ -89,7 +89,7 @@ def test_step_chunks_end_on_multiples_of_k():
 
 def test_stacked_batch_splits_the_batch_axis_on_8_devices():
   c = tiny_unet_config()
-  c.mesh.data, c.mesh.fsdp = 2, 4
+  c.mesh.num_devices, c.mesh.data, c.mesh.fsdp = -1, 2, 4
   mesh = sharding_lib.create_mesh(c.mesh)
   host = {'image': np.zeros((3, 16, 8, 8, 1), np.float32), 'label': np.zeros((3, 16), np.int32)}
   batches = sharding_lib.host_batch_to_global(host, mesh, stacked=True)

@@ -11,6 +11,7 @@ from training import sharding as sharding_lib
 from jobs import train
 from training import step as training_step
 from input_pipeline import StepBatcher, create_source
+from configs.validate import validate_config
 from models import build_model
 from tests.tiny import tiny_unet_config
 from training.state import create_optimizer, create_state, state_shardings
@@ -59,7 +60,7 @@ def test_step_on_8_devices_equals_1_device(mesh):
 
 def test_fsdp_shards_large_parameters():
   c = tiny_unet_config()
-  c.mesh.data, c.mesh.fsdp = 2, 4
+  c.mesh.num_devices, c.mesh.data, c.mesh.fsdp = -1, 2, 4
   mesh = sharding_lib.create_mesh(c.mesh)
   model, tx = build_model(c), create_optimizer(c.optim)
   _, shardings = state_shardings(c, model, tx, mesh)
@@ -68,6 +69,23 @@ def test_fsdp_shards_large_parameters():
   assert sharding_lib.param_partition_spec((16,), 4) == jax.sharding.PartitionSpec()
   with pytest.raises(ValueError, match='needs 12 devices'):
     sharding_lib.mesh_shape(type('M', (), {'data': 3, 'fsdp': 4})(), 8)
+
+
+def test_num_devices_takes_the_first_devices_and_bad_counts_are_refused():
+  c = tiny_unet_config(mesh__num_devices=2)
+  mesh = sharding_lib.create_mesh(c.mesh)
+  assert mesh.shape == {'data': 2, 'fsdp': 1} and list(mesh.devices.flat) == jax.devices()[:2]
+  assert sharding_lib.create_mesh(tiny_unet_config(mesh__num_devices=-1).mesh).size == 8
+  c.mesh.fsdp = 4
+  with pytest.raises(ValueError, match=r"the mesh's 2 devices \(config.mesh.num_devices=2 of 8\) cannot be split"):
+    sharding_lib.create_mesh(c.mesh)
+  c.mesh.data = 1
+  with pytest.raises(ValueError, match=r'needs 4 devices, but the mesh has 2 devices \(config.mesh.num_devices=2'):
+    sharding_lib.create_mesh(c.mesh)
+  with pytest.raises(ValueError, match=r'config.mesh.num_devices=9, but 8 devices are present'):
+    sharding_lib.create_mesh(tiny_unet_config(mesh__num_devices=9).mesh)
+  with pytest.raises(ValueError, match=r'config.mesh.num_devices=0 must be a positive size or -1'):
+    validate_config(tiny_unet_config(mesh__num_devices=0))
 
 
 def read_metrics(workdir, name):
@@ -96,7 +114,8 @@ def read_event_tags(workdir):
 
 def test_loss_falls_and_outputs_are_written(tmp_path):
   c = tiny_unet_config(train__num_steps=60, train__log_every=20, train__checkpoint_every=30, train__sample_grid=8,
-                       train__profile_steps=3)
+                       train__profile_steps=3,
+                       mesh__num_devices=-1)  # XLA:CPU traces executions of multi-device programs
   c.optim.learning_rate = 3e-3
   train.train_and_evaluate(c, str(tmp_path))
   losses = [v for _, v in read_metrics(tmp_path, 'loss')]
@@ -151,7 +170,7 @@ def test_tensorflow_without_tensorboard_writes_events_through_tensorboardx(tmp_p
 def test_checkpoint_restores_under_another_mesh(tmp_path):
   from training.checkpoints import CheckpointStore
   c = tiny_unet_config(train__num_steps=2, train__checkpoint_every=2)
-  c.mesh.data, c.mesh.fsdp = 8, 1
+  c.mesh.num_devices, c.mesh.data, c.mesh.fsdp = -1, 8, 1
   train.train_and_evaluate(c, str(tmp_path))
   restored = {}
   for shape in [(8, 1), (2, 4), (1, 8)]:
