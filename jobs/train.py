@@ -155,7 +155,7 @@ def train_and_evaluate(config, workdir):
     store.close()
     return state
   if state is None:
-    state, start_step = create_state(config, model, tx, mesh), 0
+    state, start_step = create_state(config, model, tx, mesh, shardings), 0
     logging.info('starting from scratch: %s with %.2fM parameters on a %s mesh', config.model.name,
                  count_params(state.params) / 1e6, dict(mesh.shape))
   else:

@@ -84,10 +84,12 @@ def state_shardings(config, model, tx, mesh):
   return abstract_with_shardings(abstract, shardings), shardings
 
 
-def create_state(config, model, tx, mesh):
-  """A fresh state, initialised on the devices in its final sharding; a pretrained text encoder
-  (config.text.encoder='clip') replaces its random initialisation."""
-  _, shardings = state_shardings(config, model, tx, mesh)
+def create_state(config, model, tx, mesh, shardings=None):
+  """A fresh state, initialised on the devices in its final sharding (`shardings`: state_shardings' second value,
+  computed here if not given); a pretrained text encoder (config.text.encoder='clip') replaces its random
+  initialisation."""
+  if shardings is None:
+    _, shardings = state_shardings(config, model, tx, mesh)
   state = jax.jit(lambda: init_state(config, model, tx, config.seed), out_shardings=shardings)()
   pretrained = pretrained_text_params(config)
   if pretrained is not None:
