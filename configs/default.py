@@ -167,7 +167,7 @@ def base_config():
   c.sample.output = 'samples.npz'  # relative to the workdir
 
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.num_devices = -1  # -1: every device; N: the first N (one process only), e.g. one GPU of a node for a debug run
+  c.mesh.num_devices = -1  # -1: every device; N: the first N of a single process (the evaluators still use all)
   c.mesh.data = -1  # -1: all devices of the mesh not used by the other axis
   c.mesh.fsdp = 1
   c.mesh.min_shard_size = 2**14  # parameters smaller than this stay replicated under fsdp
