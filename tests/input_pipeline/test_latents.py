@@ -24,20 +24,25 @@ from tests.tiny import tiny_unet_config
 NUM_PER_CLASS = 5  # 2 classes -> 10 images -> shards of 4, 4, 2
 
 
-@pytest.fixture(scope='module')
-def files(tmp_path_factory):
-  """An image folder (2 classes of 16x16 RGB images) and a tiny random VAE saved as msgpack."""
-  root = tmp_path_factory.mktemp('latents')
-  rng = np.random.default_rng(0)
-  for label, name in enumerate(['circles', 'stripes']):
+def write_images_and_vae(root, class_names, per_class, seed, band):
+  """An image folder of 16x16 RGB images, `per_class` of each class, whose left `band` columns tell the class (so
+  flips differ from originals), and a tiny random VAE saved as msgpack beside it; returns root."""
+  rng = np.random.default_rng(seed)
+  for label, name in enumerate(class_names):
     os.makedirs(root / 'images' / name)
-    for i in range(NUM_PER_CLASS):
+    for i in range(per_class):
       img = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-      img[:, :8] = 255 * label  # left half tells the class, so flips differ from originals
+      img[:, :band] = 255 * label
       Image.fromarray(img).save(root / 'images' / name / f'{i}.png')
   vae = build_vae(TINY_VAE_CONFIG)
   save_params_msgpack(init_vae_params(vae, jax.random.PRNGKey(0), image_size=16), str(root / 'tiny_vae.msgpack'))
   return root
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+  """2 classes of 16x16 RGB images and a tiny random VAE."""
+  return write_images_and_vae(tmp_path_factory.mktemp('latents'), ['circles', 'stripes'], NUM_PER_CLASS, seed=0, band=8)
 
 
 def latent_config(files, out='latents'):

@@ -17,9 +17,7 @@ from jobs import train
 from jobs.encode import encode_dataset
 from models import build_model
 from models.dinov2 import DINOv2
-from models.vae import TINY_VAE_CONFIG, build_vae, init_vae_params
-from models.vae_convert import save_params_msgpack
-from tests.input_pipeline.test_latents import latent_config
+from tests.input_pipeline.test_latents import latent_config, write_images_and_vae
 from training import sharding as sharding_lib
 from training import step as training_step
 from training.repa import dinov2_tokens_fn, encoder_images
@@ -29,17 +27,7 @@ from training.state import create_optimizer, create_state, state_shardings
 @pytest.fixture(scope='module')
 def files(tmp_path_factory):
   """An image folder of 2 classes x 2 16x16 RGB images (their mirrors differ) and a tiny random VAE."""
-  root = tmp_path_factory.mktemp('repa_latents')
-  rng = np.random.default_rng(1)
-  for label, name in enumerate(['a', 'b']):
-    os.makedirs(root / 'images' / name)
-    for i in range(2):
-      img = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-      img[:, :4] = 255 * label
-      Image.fromarray(img).save(root / 'images' / name / f'{i}.png')
-  save_params_msgpack(init_vae_params(build_vae(TINY_VAE_CONFIG), jax.random.PRNGKey(0), image_size=16),
-                      str(root / 'tiny_vae.msgpack'))
-  return root
+  return write_images_and_vae(tmp_path_factory.mktemp('repa_latents'), ['a', 'b'], 2, seed=1, band=4)
 
 
 def repa_config(files, out, repa=True):
