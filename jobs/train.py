@@ -4,7 +4,9 @@ grids, evaluators and the held-out loss.
 It runs `config.train.steps_per_call` steps per jitted call, resumes from the newest checkpoint in the workdir,
 stops cleanly on SIGTERM/SIGINT, refuses non-finite updates and writes TensorBoard events.
 """
+import collections
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -28,13 +30,54 @@ from training import ema as ema_lib
 from training import sharding as sharding_lib
 from training.checkpoints import model_signature
 from training.heldout import VAL_SEED, HeldOutLoss
-from training.state import count_params, create_state
+from training.state import count_params, create_state, make_init
 from training.step import check_batch_sizes, make_train_step
 from training.writers import ProfileWindow, create_writer
 
 
+# The config fields that shape neither of a run's programs (the state's init and the train step): a run whose config
+# differs from a recent one of this process only in them, on the same mesh, reuses that run's traced and compiled
+# programs, as a sweep over seeds in ablate.py or a resume does. tests/training/test_train.py changes each of them and
+# checks that both programs lower to the same text.
+HOST_ONLY_FIELDS = ('seed', 'train.num_steps', 'train.log_every', 'train.checkpoint_every', 'train.keep_checkpoints',
+                    'train.nonfinite', 'train.profile_steps', 'train.sample_every', 'train.sample_grid',
+                    'train.steps_per_call', 'train.ema_snapshot_every', 'data.path', 'data.prefetch',
+                    'data.num_workers', 'sample', 'evals', 'val', 'encode')
+_RECENT_PROGRAMS = collections.OrderedDict()  # programs_key -> (init, step_fn), the newest last
+KEEP_PROGRAMS = 4
+
+
 class NonFiniteError(RuntimeError):
   pass
+
+
+def programs_key(config, mesh):
+  """What a run's programs depend on: its config less HOST_ONLY_FIELDS, and the mesh."""
+  fields = config.to_dict()
+  for name in HOST_ONLY_FIELDS:
+    *sections, last = name.split('.')
+    parent = fields
+    for section in sections:
+      parent = parent[section]
+    del parent[last]
+  return json.dumps(fields, sort_keys=True, default=repr), mesh
+
+
+def training_programs(config, model, tx, mesh, shardings, repa_encoder):
+  """(init, step_fn): the state's init (training/state.make_init) and the stacked train step, those of a recent run of
+  this process when only HOST_ONLY_FIELDS differ. A REPA run's step holds its encoder, loaded anew each run."""
+  key = None if repa_encoder is not None else programs_key(config, mesh)
+  if key in _RECENT_PROGRAMS:
+    _RECENT_PROGRAMS.move_to_end(key)
+    return _RECENT_PROGRAMS[key]
+  programs = (make_init(config, model, tx, shardings),
+              make_train_step(config, model, tx, mesh, shardings, stacked=True, null_tokens=null_tokens(config),
+                              repa_tokens=repa_encoder and repa_encoder.tokens))
+  if key is not None:
+    _RECENT_PROGRAMS[key] = programs
+    while len(_RECENT_PROGRAMS) > KEEP_PROGRAMS:
+      _RECENT_PROGRAMS.popitem(last=False)
+  return programs
 
 
 class PreemptionFlag:
@@ -154,8 +197,10 @@ def train_and_evaluate(config, workdir):
         '(raise --config.train.num_steps to continue)', store.directory, start_step, config.train.num_steps)
     store.close()
     return state
+  repa_encoder = load_repa_encoder(config, mesh)  # REPA's frozen encoder: an input of each step, never trained
+  init, step_fn = training_programs(config, model, tx, mesh, shardings, repa_encoder)
   if state is None:
-    state, start_step = create_state(config, model, tx, mesh, shardings), 0
+    state, start_step = create_state(config, model, tx, mesh, shardings, init), 0
     logging.info('starting from scratch: %s with %.2fM parameters on a %s mesh', config.model.name,
                  count_params(state.params) / 1e6, dict(mesh.shape))
   else:
@@ -164,9 +209,6 @@ def train_and_evaluate(config, workdir):
   if is_main:
     write_config(config, workdir)
 
-  repa_encoder = load_repa_encoder(config, mesh)  # REPA's frozen encoder: an input of each step, never trained
-  step_fn = make_train_step(config, model, tx, mesh, shardings, stacked=True, null_tokens=null_tokens(config),
-                            repa_tokens=repa_encoder and repa_encoder.tokens)
   frozen_inputs = () if repa_encoder is None else (repa_encoder.params,)
   generate_fn = make_generate_fn(config, model, mesh, classifier)
   batcher = StepBatcher(source, config.train.batch_size, config.seed, config.data.random_flip, jax.process_index(),

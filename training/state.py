@@ -61,9 +61,11 @@ def create_optimizer(optim_config, frozen=()):
   return adamw
 
 
-def init_state(config, model, tx, seed):
+def init_state(config, model, tx, key):
+  """Step 0 of a run: random params (the EMAs copies of them) and a fresh optimizer state, drawn from `key`
+  (jax.random.PRNGKey(config.seed))."""
   x, t, cond = dummy_inputs(config)
-  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
+  init_rng, state_rng = jax.random.split(key)
   return state_from_params(
       model.init(init_rng, x, t, **cond)['params'], tx, state_rng, len(config.optim.ema_sigma_rels))
 
@@ -79,18 +81,25 @@ def state_from_params(params, tx, rng, num_power_emas=0):
 
 def state_shardings(config, model, tx, mesh):
   """(abstract state with shardings, sharding pytree) without allocating anything."""
-  abstract = jax.eval_shape(lambda: init_state(config, model, tx, config.seed))
+  abstract = jax.eval_shape(lambda: init_state(config, model, tx, jax.random.PRNGKey(config.seed)))
   shardings = sharding_lib.tree_shardings(mesh, abstract, config.mesh.min_shard_size)
   return abstract_with_shardings(abstract, shardings), shardings
 
 
-def create_state(config, model, tx, mesh, shardings=None):
-  """A fresh state, initialised on the devices in its final sharding (`shardings`: state_shardings' second value,
-  computed here if not given); a pretrained text encoder (config.text.encoder='clip') replaces its random
-  initialisation."""
+def make_init(config, model, tx, shardings):
+  """The jitted init_state(key) -> state, placed as `shardings`: the key is an argument, so runs of other seeds reuse
+  the program."""
+  return jax.jit(lambda key: init_state(config, model, tx, key), out_shardings=shardings)
+
+
+def create_state(config, model, tx, mesh, shardings=None, init=None):
+  """A fresh state of config.seed, initialised on the devices in its final sharding (`shardings`: state_shardings'
+  second value, computed here if not given; `init`: make_init's program, made here if not given); a pretrained text
+  encoder (config.text.encoder='clip') replaces its random initialisation."""
   if shardings is None:
     _, shardings = state_shardings(config, model, tx, mesh)
-  state = jax.jit(lambda: init_state(config, model, tx, config.seed), out_shardings=shardings)()
+  init = make_init(config, model, tx, shardings) if init is None else init
+  state = init(jax.random.PRNGKey(config.seed))
   pretrained = pretrained_text_params(config)
   if pretrained is not None:
     state = state.replace(

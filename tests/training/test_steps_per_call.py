@@ -8,7 +8,6 @@ import pytest
 
 from training import sharding as sharding_lib
 from jobs import train
-from training import step as training_step
 from configs.validate import validate_config
 from configs.quickstart import get_config as quickstart_config
 from input_pipeline import StepBatcher
@@ -63,13 +62,13 @@ def test_resume_off_the_call_grid_and_sigterm_mid_call(one_step_per_call, tmp_pa
   arrives (while step 5's batch is read); the call finishes and step 8 is saved, matching 8 single steps."""
   reference, _ = one_step_per_call
   train.train_and_evaluate(config(1, train__num_steps=3), str(tmp_path))
-  calls, make_train_step = [], training_step.make_train_step
+  calls, training_programs = [], train.training_programs
 
-  def recording_make_train_step(*args, **kwargs):
-    fn = make_train_step(*args, **kwargs)
-    return lambda state, batches: calls.append(batches['image'].shape[0]) or fn(state, batches)
+  def recording_training_programs(*args, **kwargs):
+    init, fn = training_programs(*args, **kwargs)
+    return init, lambda state, batches: calls.append(batches['image'].shape[0]) or fn(state, batches)
 
-  monkeypatch.setattr(train, 'make_train_step', recording_make_train_step)
+  monkeypatch.setattr(train, 'training_programs', recording_training_programs)
   monkeypatch.setattr(train, 'StepBatcher', SigtermAtStep5)
   with caplog.at_level('INFO'):
     state = train.train_and_evaluate(config(4, train__num_steps=12, train__checkpoint_every=12), str(tmp_path))

@@ -4,10 +4,12 @@ import os
 import re
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 from training import sharding as sharding_lib
+from jobs import restore as restore_job
 from jobs import train
 from training import step as training_step
 from input_pipeline import StepBatcher, create_source
@@ -190,3 +192,58 @@ def test_checkpoint_restores_under_another_mesh(tmp_path):
   for shape in [(2, 4), (1, 8)]:
     for a, b in zip(jax.tree.leaves(restored[(8, 1)]), jax.tree.leaves(restored[shape])):
       np.testing.assert_array_equal(a, b)
+
+
+def perturb(parent, key):
+  """parent[key] changed to another value of its kind; every leaf of a section."""
+  value = parent[key]
+  if isinstance(value, ml_collections.ConfigDict):
+    if not value:  # no evaluators: one
+      parent[key] = {'digits': {'every_steps': 2, 'num_samples': 16}}
+    for name in list(parent[key].keys()):
+      perturb(parent[key], name)
+  elif isinstance(value, bool):
+    parent[key] = not value
+  elif isinstance(value, (int, float)):
+    parent[key] = value + 3
+  elif isinstance(value, str):
+    parent[key] = value + '_other'
+  elif isinstance(value, tuple):
+    parent[key] = value[:-1] if value else (2,)
+  else:
+    assert value is None, (key, value)
+    parent[key] = 'other'
+
+
+def lowered_programs(config, workdir):
+  """The lowered text of the init and the stacked train step that train_and_evaluate would run for config."""
+  model, tx, mesh, abstract, shardings, store = restore_job.setup(config, str(workdir))
+  store.close()
+  train._RECENT_PROGRAMS.clear()
+  init, step_fn = train.training_programs(config, model, tx, mesh, shardings, repa_encoder=None)
+  image = jax.ShapeDtypeStruct((2, config.train.batch_size, 8, 8, 1), np.float32)
+  batch = {'image': image, 'label': jax.ShapeDtypeStruct(image.shape[:2], np.int32)}
+  return init.lower(jax.random.PRNGKey(0)).as_text(), step_fn.lower(abstract, batch).as_text()
+
+
+def test_host_only_fields_shape_no_program_so_runs_that_differ_in_them_share_programs(tmp_path):
+  """Every field of train.HOST_ONLY_FIELDS changed at once leaves the lowered init and train step as they were, so a
+  later run of this process may reuse them; a change in any other field, or another mesh, makes new ones."""
+  base = tiny_unet_config()
+  other = tiny_unet_config()
+  for name in train.HOST_ONLY_FIELDS:
+    *sections, last = name.split('.')
+    parent = other
+    for section in sections:
+      parent = parent[section]
+    perturb(parent, last)
+  assert other.seed != base.seed and other.sample.num_steps != base.sample.num_steps and other.evals
+  assert lowered_programs(base, tmp_path / 'a') == lowered_programs(other, tmp_path / 'b')
+
+  mesh = sharding_lib.create_mesh(base.mesh)
+  assert train.programs_key(base, mesh) == train.programs_key(other, mesh)
+  for changed in (tiny_unet_config(optim__learning_rate=1e-3), tiny_unet_config(train__grad_accum_steps=2),
+                  tiny_unet_config(diffusion__objective='v')):
+    assert train.programs_key(changed, mesh) != train.programs_key(base, mesh)
+  base.mesh.num_devices = 2
+  assert train.programs_key(base, sharding_lib.create_mesh(base.mesh)) != train.programs_key(other, mesh)
