@@ -78,10 +78,17 @@ def gaussian_posterior_means(x, alpha, sigma):
   return MU + alpha * STD**2 / var * centred, sigma / var * centred
 
 
+def batch_sigma(alphas_cumprod, t):
+  """[B, 1] VE sigmas at the timesteps t of a batch that the samplers evaluate at one time: the log-sigma
+  interpolation is taken once (for 200k samples it was half of a sampling loop's time); a batch of mixed times would
+  be denoised at the first one's noise level and fail the tests."""
+  return jnp.broadcast_to(sigma_at_timestep(alphas_cumprod, t[:1]), t.shape)[:, None]
+
+
 def exact_vp_model(objective, alphas_cumprod):
   """The ideal network of `objective` at (fractional) timesteps: sigma by log-sigma interpolation."""
   def model_fn(x, t):
-    ve = sigma_at_timestep(alphas_cumprod, t)[:, None]
+    ve = batch_sigma(alphas_cumprod, t)
     alpha, sigma = 1 / jnp.sqrt(1 + ve**2), ve / jnp.sqrt(1 + ve**2)
     x0, eps = gaussian_posterior_means(x, alpha, sigma)
     return {'eps': eps, 'x0': x0, 'v': alpha * eps - sigma * x0}[objective]
@@ -98,7 +105,7 @@ def exact_flow_model(x, t):
 def exact_edm_network(alphas_cumprod, sigma_data):
   """The ideal preconditioned network F(c_in x, t) = (E[x_0 | x] - c_skip x) / c_out."""
   def network_fn(net_input, t):
-    ve = sigma_at_timestep(alphas_cumprod, t)[:, None]
+    ve = batch_sigma(alphas_cumprod, t)
     c_skip, c_out, c_in = edm_scalings(ve, sigma_data)
     x = net_input / c_in
     x0, _ = gaussian_posterior_means(x, 1.0, ve)
