@@ -119,7 +119,7 @@ def test_a_digit_upsampler_learns_to_agree_with_its_input(tmp_path):
   low_uint8 = np.clip(np.round((low + 1) * 127.5), 0, 255).astype(np.uint8)
   path = write_base_samples(tmp_path / 'base.npz', low_uint8, digits['label'][held_out])
   c = sr_config(low_res_samples=path, num_samples=64, batch_size=64, num_steps=10)
-  c.model.update(base_channels=16, num_groups=4)
+  c.model.update(base_channels=16, num_groups=4, attn_resolutions=())  # no attention: 11 s less, as good (0.112, 0.348)
   c.train.update(num_steps=150, batch_size=64, log_every=50, checkpoint_every=150, sample_grid=0)
   c.data.prefetch = 0
   c.evals = {}
