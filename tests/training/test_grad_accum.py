@@ -1,4 +1,6 @@
 """Gradient accumulation (config.train.grad_accum_steps): k microbatches make the update of the whole batch."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,9 +38,8 @@ def tiny_classifier_config():
 
 
 def unet_config():
-  c = tiny_unet_config()
+  c = tiny_unet_config()  # one level, with the middle block's attention
   c.train.batch_size = 32
-  c.model.channel_mult, c.model.attn_resolutions = (1,), (8,)  # one level: a third of the compile time
   c.model.dropout = 0.0  # microbatches draw other dropout masks than the whole batch; everything else is the same
   return c
 
@@ -55,7 +56,7 @@ def one_step_gradient(config, devices, mesh_shape, accum):
   mesh = sharding_lib.create_mesh(config.mesh, devices)
   model, tx = build_model(config), optax.sgd(1.0)
   _, shardings = state_shardings(config, model, tx, mesh)
-  state = create_state(config, model, tx, mesh)
+  state = create_state(config, model, tx, mesh, shardings)
   before = jax.device_get(state.params)
   step_fn = training_step.make_train_step(config, model, tx, mesh, shardings)
   batch = StepBatcher(create_source(config.data), config.train.batch_size, config.seed).batch(0)
@@ -63,11 +64,17 @@ def one_step_gradient(config, devices, mesh_shape, accum):
   return jax.tree.map(np.subtract, before, jax.device_get(state.params)), jax.device_get(metrics)
 
 
+@functools.lru_cache(maxsize=None)
+def whole_batch_on_one_device(name):
+  """The reference of both tests below: (gradient, metrics) of the whole batch on one device."""
+  return one_step_gradient(CONFIGS[name](), jax.devices()[:1], (1, 1), accum=1)
+
+
 @pytest.mark.parametrize('name', sorted(CONFIGS))
 def test_accumulated_microbatches_update_as_the_whole_batch(name):
   """One device and the whole batch vs 8 devices (2 x 4 mesh, parameters sharded) and 4 microbatches of 8: the
   same loss, metrics and gradient within float32 tolerance."""
-  grads_1, metrics_1 = one_step_gradient(CONFIGS[name](), jax.devices()[:1], (1, 1), accum=1)
+  grads_1, metrics_1 = whole_batch_on_one_device(name)
   grads_k, metrics_k = one_step_gradient(CONFIGS[name](), jax.devices(), (2, 4), accum=4)
   assert set(metrics_1) == set(metrics_k)
   for key in metrics_1:
@@ -84,7 +91,7 @@ def test_accumulated_microbatches_update_as_the_whole_batch(name):
 @pytest.mark.parametrize('name', ['unet', 'dit_learned_sigma'])
 def test_data_parallel_accumulation_updates_as_the_whole_batch(name):
   """8 x 1 (the shard_map path: each device accumulates its own rows, one all-reduce per update)."""
-  grads_1, metrics_1 = one_step_gradient(CONFIGS[name](), jax.devices()[:1], (1, 1), accum=1)
+  grads_1, metrics_1 = whole_batch_on_one_device(name)
   grads_k, metrics_k = one_step_gradient(CONFIGS[name](), jax.devices(), (8, 1), accum=2)
   np.testing.assert_allclose(metrics_k['loss'], metrics_1['loss'], rtol=2e-5)
   np.testing.assert_allclose(metrics_k['grad_norm'], metrics_1['grad_norm'], rtol=2e-5)
