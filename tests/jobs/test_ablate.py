@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import ablate
-from jobs import sweep_report, sweeps
+from jobs import sweep_report, sweeps, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -183,27 +183,32 @@ def test_print_commands(tmp_path):
   assert lines[1].endswith('--model_workdir=runs/m --only=steps=2')
 
 
-def test_train_then_sample_sweeps_end_to_end(tmp_path):
-  """Real runs: two 2-step tiny trainings, then a guidance sweep on the first (one compilation)."""
+def test_train_then_sample_sweeps_end_to_end(tmp_path, monkeypatch):
+  """Real runs: two 2-step tiny trainings of two seeds (one compiled train step), then a guidance sweep on the first
+  (one compiled sampler)."""
   root = str(tmp_path / 'runs')
   train_sweep = ablate.load_sweep(
-      write_sweep(tmp_path, axes="{'lr': {'optim.learning_rate': [1e-3, 2e-3]}}", series=None), ['train.num_steps=2'])
-  assert ablate.run_sweep(train_sweep, root) == ['lr=0.001', 'lr=0.002']
-  result = json.load(open(os.path.join(root, 'tiny', 'lr=0.001', 'result.json')))['metrics']
+      write_sweep(tmp_path, axes="{'seed': {'seed': [1, 2]}}", x='seed', series=None), ['train.num_steps=2'])
+  steps_made, make_train_step = [], train.make_train_step
+  monkeypatch.setattr(train, 'make_train_step', lambda *a, **k: steps_made.append(1) or make_train_step(*a, **k))
+  train._RECENT_PROGRAMS.clear()  # pylint: disable=protected-access
+  assert ablate.run_sweep(train_sweep, root) == ['seed=1', 'seed=2']
+  assert len(steps_made) == 1  # the second seed reuses the first one's programs (jobs/train.HOST_ONLY_FIELDS)
+  result = json.load(open(os.path.join(root, 'tiny', 'seed=1', 'result.json')))['metrics']
   assert result['step'] == 2 and 0 <= result['digits_accuracy'] <= 1 and result['digits_fd'] > 0
   assert result['gflops'] == result['xla_gflops'] > 0 and 0 < result['params_m'] < 1
   # Killed after the last checkpoint but before its evaluation: the rerun evaluates it, without training.
-  interrupted = os.path.join(root, 'tiny', 'lr=0.002')
+  interrupted = os.path.join(root, 'tiny', 'seed=2')
   os.remove(os.path.join(interrupted, 'result.json'))
   lines = open(os.path.join(interrupted, 'metrics.jsonl')).read().splitlines()
   open(os.path.join(interrupted, 'metrics.jsonl'),
        'w').write(''.join(line + '\n' for line in lines if 'eval/' not in line))
-  assert ablate.run_sweep(train_sweep, root) == ['lr=0.002']
+  assert ablate.run_sweep(train_sweep, root) == ['seed=2']
   redone = json.load(open(os.path.join(interrupted, 'result.json')))['metrics']
   assert redone['step'] == 2 and 'digits_fd' in redone
   after = open(os.path.join(interrupted, 'metrics.jsonl')).read().splitlines()
   assert [line for line in after if 'eval/' not in line] == [line for line in lines if 'eval/' not in line]
-  model_workdir = os.path.join(root, 'tiny', 'lr=0.001')
+  model_workdir = os.path.join(root, 'tiny', 'seed=1')
   sample_sweep = ablate.load_sweep(
       write_sweep(tmp_path, 'tiny_guidance', kind='sample', model_workdir=model_workdir,
                   axes="{'guidance': {'sample.guidance_scale': [1.0, 3.0]}}", x='guidance', series=None),
