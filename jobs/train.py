@@ -34,7 +34,6 @@ from training.state import count_params, create_state, make_init
 from training.step import check_batch_sizes, make_train_step
 from training.writers import ProfileWindow, create_writer
 
-
 # The config fields that shape neither of a run's programs (the state's init and the train step): a run whose config
 # differs from a recent one of this process only in them, on the same mesh, reuses that run's traced and compiled
 # programs, as a sweep over seeds in ablate.py or a resume does. tests/training/test_train.py changes each of them and

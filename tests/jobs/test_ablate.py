@@ -187,8 +187,8 @@ def test_train_then_sample_sweeps_end_to_end(tmp_path, monkeypatch):
   """Real runs: two 2-step tiny trainings of two seeds (one compiled train step), then a guidance sweep on the first
   (one compiled sampler)."""
   root = str(tmp_path / 'runs')
-  train_sweep = ablate.load_sweep(
-      write_sweep(tmp_path, axes="{'seed': {'seed': [1, 2]}}", x='seed', series=None), ['train.num_steps=2'])
+  train_sweep = ablate.load_sweep(write_sweep(tmp_path, axes="{'seed': {'seed': [1, 2]}}", x='seed', series=None),
+                                  ['train.num_steps=2'])
   steps_made, make_train_step = [], train.make_train_step
   monkeypatch.setattr(train, 'make_train_step', lambda *a, **k: steps_made.append(1) or make_train_step(*a, **k))
   train._RECENT_PROGRAMS.clear()  # pylint: disable=protected-access
