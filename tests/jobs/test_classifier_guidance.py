@@ -198,7 +198,7 @@ def noisy_digit_accuracy(workdir, t_max):
   t = rng.integers(0, t_max, len(images))
   a = ALPHAS_CUMPROD[t].reshape(-1, 1, 1, 1)
   x_t = np.sqrt(a) * images + np.sqrt(1 - a) * rng.standard_normal(images.shape).astype(np.float32)
-  logits = model.apply({'params': params}, jnp.asarray(x_t), jnp.asarray(t, jnp.float32))
+  logits = jax.jit(model.apply)({'params': params}, jnp.asarray(x_t), jnp.asarray(t, jnp.float32))
   return float(np.mean(np.argmax(logits, -1) == labels))
 
 
