@@ -39,7 +39,7 @@ from input_pipeline.files import atomic_write, load_samples_npz, refuse_existing
 from input_pipeline.images import center_crop_resize, image_files, image_grid, resize_images, to_uint8
 from jobs.guided import guided_model, load_classifier, load_guide
 from jobs.restore import restore_for_inference
-from jobs.sample import SAMPLER_COMPILER_OPTIONS, gather_to_host, latent_decoder
+from jobs.sample import gather_to_host, latent_decoder, sampler_compiler_options
 from jobs.vae import load_vae, vae_config_for
 from models.conditioning import uses_labels, uses_text
 from models.vae import encode_to_latents
@@ -161,7 +161,7 @@ def make_edit_fn(config, model, classifier=None, guide=None):
   guide = load_guide(config) if guide is None else guide
   guide_inputs = None if guide is None else (guide.params, np.float32(config.sample.autoguidance_scale))
 
-  @functools.partial(jax.jit, static_argnames=('strength',), compiler_options=SAMPLER_COMPILER_OPTIONS)
+  @functools.partial(jax.jit, static_argnames=('strength',), compiler_options=sampler_compiler_options(config.sample))
   def edit_fn(params, classifier_inputs, guide_inputs, cond, x0, rng, guidance_scale, strength=1.0, mask=None):
     guided = guided_model(config, model, params, cond, guidance_scale, classifier, classifier_inputs, guide,
                           guide_inputs)

@@ -20,10 +20,18 @@ from jobs.restore import restore_for_inference
 from jobs.vae import make_latent_decoder
 from training import sharding as sharding_lib
 
-# A sampler is one long lax loop whose run time, not its compile time, dominates: it compiles at XLA's full backend
-# optimisation (the default) even where XLA_FLAGS lower it for fast compiles of train steps, as the test suite does
-# (at level 0 XLA:CPU ran the loops ~10x slower).
-SAMPLER_COMPILER_OPTIONS = {'xla_backend_optimization_level': 3}
+# A sampler is one lax loop of model calls. From LONG_SAMPLING_LOOP of them on, its run time, not its compile time,
+# dominates: it compiles at XLA's full backend optimisation (the default) even where XLA_FLAGS lower it for fast
+# compiles of train steps, as the test suite does (at level 0 XLA:CPU ran a 500-step loop ~10x slower; a 10-step loop
+# of a tiny U-Net compiled in 5 s at level 3 and ran in a fraction of that at level 0).
+LONG_SAMPLING_LOOP = 50
+
+
+def sampler_compiler_options(sample_config):
+  """XLA compiler options for the sampling loop of `sample_config`: full optimisation for a long loop (an adaptive
+  one counts its most steps), else none (the process's XLA_FLAGS)."""
+  steps = sample_config.max_adaptive_steps if sample_config.sampler == 'ode_dopri5' else sample_config.num_steps
+  return {'xla_backend_optimization_level': 3} if steps >= LONG_SAMPLING_LOOP else None
 
 
 def initial_noise(seed, start_index, count, shape):
@@ -57,7 +65,7 @@ def make_generate_fn(config, model, mesh, classifier=None, guide=None):
 
   replicated = NamedSharding(mesh, P())
   jitted = jax.jit(generate, in_shardings=(None, None, None, batch_sharding, batch_sharding, replicated, replicated),
-                   out_shardings=batch_sharding, compiler_options=SAMPLER_COMPILER_OPTIONS)
+                   out_shardings=batch_sharding, compiler_options=sampler_compiler_options(config.sample))
   classifier_inputs = None if classifier is None else (classifier.params, np.float32(config.sample.classifier_scale))
 
   def guide_inputs(autoguidance_scale=None):

@@ -19,7 +19,7 @@ from diffusion.samplers import ddim_sample, run_sampler
 from diffusion.transport import Transport, default_eps
 from diffusion.schedules import (cosine_alphas_cumprod, linear_alphas_cumprod, sigma_at_timestep,
                                  sigmas_from_alphas_cumprod, timestep_at_sigma, timestep_spacing)
-from jobs.sample import make_generate_fn
+from jobs.sample import LONG_SAMPLING_LOOP, make_generate_fn, sampler_compiler_options
 from tests.processes import FULL_OPTIMISATION
 
 SCHEDULES = {'linear': linear_alphas_cumprod(), 'cosine': cosine_alphas_cumprod()}
@@ -447,6 +447,16 @@ def test_generate_fn_compiled_ahead_is_the_same_function_and_the_sampler_table_r
   images, labels, seconds, compile_seconds = time_cell(c, ToyModel(), {}, mesh, 8, seed=0)
   assert images.shape[:3] == (8, 2, 2) and images.dtype == np.uint8 and labels.shape == (8,)
   assert seconds > 0 and compile_seconds > 0
+
+
+def test_long_sampling_loops_compile_at_full_optimisation_and_short_ones_at_the_process_flags():
+  c = base_config().sample
+  c.sampler, c.num_steps = 'ddim', LONG_SAMPLING_LOOP - 1
+  assert sampler_compiler_options(c) is None  # the tests' fast-compile level 0 (tests/processes.py)
+  c.num_steps = LONG_SAMPLING_LOOP
+  assert sampler_compiler_options(c) == {'xla_backend_optimization_level': 3}
+  c.sampler, c.num_steps, c.max_adaptive_steps = 'ode_dopri5', 10, LONG_SAMPLING_LOOP  # counts its most steps
+  assert sampler_compiler_options(c) == {'xla_backend_optimization_level': 3}
 
 
 # ----------------------------------------------------------------------------------------------
