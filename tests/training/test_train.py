@@ -170,8 +170,8 @@ def test_tensorflow_without_tensorboard_writes_events_through_tensorboardx(tmp_p
 def test_checkpoint_restores_under_another_mesh(tmp_path):
   from training.checkpoints import CheckpointStore
   c = tiny_unet_config(train__num_steps=2, train__checkpoint_every=2)
-  c.mesh.num_devices, c.mesh.data, c.mesh.fsdp = -1, 8, 1
-  train.train_and_evaluate(c, str(tmp_path))
+  train.train_and_evaluate(c, str(tmp_path))  # on one device
+  c.mesh.num_devices = -1  # restored on all 8, replicated or split
   restored = {}
   for shape in [(8, 1), (2, 4), (1, 8)]:
     c.mesh.data, c.mesh.fsdp = shape
