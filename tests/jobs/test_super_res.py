@@ -54,7 +54,7 @@ def test_the_model_asks_for_its_low_resolution_input():
   config = validate_config(sr_config())
   model = build_model(config)
   x, t = jnp.zeros((2, 8, 8, 1)), jnp.zeros((2,))
-  params = jax.jit(model.init)(jax.random.PRNGKey(0), x, t, y=jnp.zeros(2, jnp.int32), low_res=jnp.zeros((2, 4, 4, 1)))
+  params = model.init(jax.random.PRNGKey(0), x, t, y=jnp.zeros(2, jnp.int32), low_res=jnp.zeros((2, 4, 4, 1)))
   assert params['params']['conv_in']['kernel'].shape[2] == 2  # the image and its upsampled low-resolution version
   with pytest.raises(ValueError, match=r'super-resolution model: pass low_res=\[B, 4, 4, 1\] images, got None'):
     model.apply(params, x, t, y=jnp.zeros(2, jnp.int32))

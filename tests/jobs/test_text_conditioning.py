@@ -39,7 +39,7 @@ def tiny_text_config(model='unet', **overrides):
 def init_params(config, batch=2):
   model = build_model(config)
   x, t = jnp.zeros((batch, 8, 8, 1)), jnp.zeros((batch,))
-  return model, jax.jit(model.init)(jax.random.PRNGKey(0), x, t, **dummy_condition(config, batch))['params']
+  return model, model.init(jax.random.PRNGKey(0), x, t, **dummy_condition(config, batch))['params']
 
 
 def randomized(params, scale=0.3):
