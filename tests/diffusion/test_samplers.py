@@ -451,11 +451,11 @@ def test_generate_fn_compiled_ahead_is_the_same_function_and_the_sampler_table_r
 
 def test_long_sampling_loops_compile_at_full_optimisation_and_short_ones_at_the_process_flags():
   c = base_config().sample
-  c.sampler, c.num_steps = 'ddim', LONG_SAMPLING_LOOP - 1
+  c.sampler, c.num_steps, c.batch_size = 'ddim', 4, LONG_SAMPLING_LOOP // 4 - 1
   assert sampler_compiler_options(c) is None  # the tests' fast-compile level 0 (tests/processes.py)
-  c.num_steps = LONG_SAMPLING_LOOP
+  c.batch_size = LONG_SAMPLING_LOOP // 4
   assert sampler_compiler_options(c) == {'xla_backend_optimization_level': 3}
-  c.sampler, c.num_steps, c.max_adaptive_steps = 'ode_dopri5', 10, LONG_SAMPLING_LOOP  # counts its most steps
+  c.sampler, c.num_steps, c.batch_size, c.max_adaptive_steps = 'ode_dopri5', 1, 1, LONG_SAMPLING_LOOP  # its most
   assert sampler_compiler_options(c) == {'xla_backend_optimization_level': 3}
 
 
