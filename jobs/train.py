@@ -26,6 +26,7 @@ from jobs.guided import load_classifier
 from jobs.repa import load_repa_encoder
 from jobs.restore import setup, toggled_clip_layout, write_config
 from jobs.sample import generate_samples, make_generate_fn
+from jobs.sweeps import get_field
 from training import ema as ema_lib
 from training import sharding as sharding_lib
 from training.checkpoints import model_signature
@@ -54,11 +55,8 @@ def programs_key(config, mesh):
   """What a run's programs depend on: its config less HOST_ONLY_FIELDS, and the mesh."""
   fields = config.to_dict()
   for name in HOST_ONLY_FIELDS:
-    *sections, last = name.split('.')
-    parent = fields
-    for section in sections:
-      parent = parent[section]
-    del parent[last]
+    parent, _, last = name.rpartition('.')
+    del (get_field(fields, parent) if parent else fields)[last]
   return json.dumps(fields, sort_keys=True, default=repr), mesh
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from training import sharding as sharding_lib
 from jobs import restore as restore_job
-from jobs import train
+from jobs import sweeps, train
 from training import step as training_step
 from input_pipeline import StepBatcher, create_source
 from configs.validate import validate_config
@@ -230,11 +230,8 @@ def test_host_only_fields_shape_no_program_so_runs_that_differ_in_them_share_pro
   base = tiny_unet_config()
   other = tiny_unet_config()
   for name in train.HOST_ONLY_FIELDS:
-    *sections, last = name.split('.')
-    parent = other
-    for section in sections:
-      parent = parent[section]
-    perturb(parent, last)
+    parent, _, last = name.rpartition('.')
+    perturb(sweeps.get_field(other, parent) if parent else other, last)
   assert other.seed != base.seed and other.sample.num_steps != base.sample.num_steps and other.evals
   assert lowered_programs(base, tmp_path / 'a') == lowered_programs(other, tmp_path / 'b')
 
