@@ -80,8 +80,8 @@ def test_tiny_dit_trains_with_repa_and_compiles_once():
   c = tiny_repa_config(stop_step=6)
   encoder = ADMClassifier(8, 1, 10, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
                           num_head_channels=8, num_groups=4)
-  encoder_params = jax.jit(encoder.init)(jax.random.PRNGKey(1), jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,),
-                                                                                                   jnp.int32))['params']
+  x, y = jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,), jnp.int32)
+  encoder_params = jax.jit(encoder.init)(jax.random.PRNGKey(1), x, y)['params']
   mesh = sharding_lib.create_mesh(c.mesh, jax.devices()[:1])
   model, tx = build_model(c), create_optimizer(c.optim)
   _, shardings = state_shardings(c, model, tx, mesh)
