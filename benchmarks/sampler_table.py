@@ -24,6 +24,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from configs.validate import validate_config
 from evaluation.digits import digits_metrics
+from input_pipeline.sources import load_digits
 from jobs.sample import generate_samples, initial_noise, make_generate_fn
 from jobs.restore import restore_for_inference
 from jobs.conditions import default_conditions, model_condition
@@ -59,11 +60,10 @@ def sampler_label(config, sampler):
 
 def real_digits_row(num_samples, seed):
   """Scores num_samples real digits (8x8, as the quickstart sees them) drawn with replacement."""
-  from sklearn.datasets import load_digits
-  digits = load_digits()
-  idx = np.random.default_rng(seed).choice(len(digits.target), num_samples, replace=True)
-  images = np.round(digits.images[idx] / 16.0 * 255).astype(np.uint8)[..., None]
-  return digits_metrics(images, digits.target[idx])
+  digits, labels = load_digits()
+  idx = np.random.default_rng(seed).choice(len(labels), num_samples, replace=True)
+  images = np.round(digits[idx] / 16.0 * 255).astype(np.uint8)[..., None]
+  return digits_metrics(images, labels[idx])
 
 
 def time_cell(config, model, params, mesh, num_samples, seed):

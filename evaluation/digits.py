@@ -12,17 +12,17 @@ import logging
 import numpy as np
 
 from evaluation.frechet import feature_statistics, frechet_distance
+from input_pipeline.sources import load_digits
 
 
 @functools.lru_cache(maxsize=1)
 def digits_classifier():
   """The fitted classifier and the (mu, sigma) of its features on all real digits; cached per process."""
-  from sklearn.datasets import load_digits
   from sklearn.neural_network import MLPClassifier
-  digits = load_digits()
-  x = digits.images.reshape(-1, 64) / 16.0
+  images, labels = load_digits()
+  x = images.reshape(-1, 64) / 16.0
   clf = MLPClassifier(hidden_layer_sizes=(128,), alpha=1e-3, max_iter=1000, random_state=0)
-  clf.fit(x, digits.target)
+  clf.fit(x, labels)
   return clf, feature_statistics(hidden_features(clf, x))
 
 
@@ -46,9 +46,8 @@ def to_digit_inputs(images_uint8):
 def real_digits_fd(count, seed=0):
   """The Fréchet distance of `count` real digits (a fixed random subset; drawn with replacement beyond the 1,797)
   to all of them: the floor of `digits_fd` at that sample size."""
-  from sklearn.datasets import load_digits
   clf, (mu_real, sigma_real) = digits_classifier()
-  x = load_digits().images.reshape(-1, 64) / 16.0
+  x = load_digits()[0].reshape(-1, 64) / 16.0
   chosen = np.random.default_rng(seed).choice(len(x), count, replace=count > len(x))
   mu, sigma = feature_statistics(hidden_features(clf, x[chosen]))
   return frechet_distance(mu, sigma, mu_real, sigma_real)

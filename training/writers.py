@@ -8,6 +8,7 @@ import importlib.util
 import json
 import logging
 import os
+import sys
 
 import numpy as np
 
@@ -45,10 +46,24 @@ class JsonlWriter:
     pass
 
 
+def import_summary_writer():
+  """tensorboardX's SummaryWriter. tensorboardX imports PyTorch whenever it is installed, only to accept its tensors
+  (2 s of every run's start-up on a CPU machine); the values written here are numpy, so PyTorch is hidden during that
+  import unless it is loaded already."""
+  hide = 'torch' not in sys.modules
+  if hide:
+    sys.modules['torch'] = None  # `import torch` raises ImportError, which tensorboardX takes as "not installed"
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    if hide:
+      del sys.modules['torch']
+  return SummaryWriter
+
+
 class TensorboardXWriter:
   def __init__(self, logdir):
-    from tensorboardX import SummaryWriter
-    self.writer = SummaryWriter(logdir)
+    self.writer = import_summary_writer()(logdir)
 
   def write_scalars(self, step, scalars):
     for k, v in scalars.items():

@@ -1,7 +1,10 @@
 """The training step and loop: sharding equivalence, loss that falls, outputs, mesh changes."""
 import functools
+import importlib.util
 import os
 import re
+import subprocess
+import sys
 
 import jax
 import ml_collections
@@ -17,6 +20,8 @@ from configs.validate import validate_config
 from models import build_model
 from tests.tiny import tiny_unet_config
 from training.state import create_optimizer, create_state, state_shardings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def one_step(config, devices):
@@ -165,6 +170,21 @@ def test_tensorflow_without_tensorboard_writes_events_through_tensorboardx(tmp_p
   writer.close()
   assert read_metrics(tmp_path, 'loss') == [(3, 0.5)]
   assert read_event_tags(tmp_path) >= {'loss'}
+
+
+@pytest.mark.skipif(importlib.util.find_spec('torch') is None, reason='PyTorch is not installed: nothing to hide')
+def test_a_run_starts_without_importing_pytorch_or_scikit_learn(tmp_path):
+  """tensorboardX imports PyTorch when installed (2 s), scikit-learn's digits loader all of scikit-learn (1.6 s): a
+  training run's writer and digits read neither, and PyTorch still imports afterwards."""
+  code = ('import sys; from training.writers import create_writer; from input_pipeline import create_source; '
+          'from tests.tiny import tiny_unet_config; '
+          f'w = create_writer({str(tmp_path)!r}); w.write_scalars(1, {{"loss": 0.5}}); w.close(); '
+          'source = create_source(tiny_unet_config().data); '
+          'print(len(source), sorted(m for m in ("torch", "sklearn") if m in sys.modules)); import torch')
+  result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split('\n')[-2] == '1797 []'
+  assert read_event_tags(tmp_path) == {'loss'}
 
 
 def test_checkpoint_restores_under_another_mesh(tmp_path):
