@@ -120,7 +120,8 @@ def test_a_digit_upsampler_learns_to_agree_with_its_input(tmp_path):
   path = write_base_samples(tmp_path / 'base.npz', low_uint8, digits['label'][held_out])
   c = sr_config(low_res_samples=path, num_samples=64, batch_size=64, num_steps=10)
   c.model.update(base_channels=16, num_groups=4, attn_resolutions=())  # no attention: 11 s less, as good (0.112, 0.348)
-  c.train.update(num_steps=150, batch_size=64, log_every=50, checkpoint_every=150, sample_grid=0)
+  c.train.update(num_steps=150, batch_size=32, log_every=50, checkpoint_every=150, sample_grid=0)
+  c.optim.warmup_steps = 20  # batch 32 with a short warmup: half the compute of batch 64's, as good (0.102, 0.343)
   c.data.prefetch = 0
   c.evals = {}
   workdir = str(tmp_path / 'run')
@@ -134,4 +135,4 @@ def test_a_digit_upsampler_learns_to_agree_with_its_input(tmp_path):
   target = low_uint8.astype(np.float32) / 127.5 - 1
   match, mismatch = np.abs(got - target).mean(), np.abs(got - np.roll(target, 1, axis=0)).mean()
   print(f'mean |downsampled sample - its input| {match:.3f}, - another input {mismatch:.3f}')
-  assert match < 0.15 and mismatch > 2.5 * match  # measured: 0.111 and 0.347
+  assert match < 0.15 and mismatch > 2.5 * match  # measured: 0.102 and 0.343
