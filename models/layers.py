@@ -144,7 +144,7 @@ def attention(q, k, v, implementation=None, kv_lengths=None):
       return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=kv_lengths, implementation='cudnn')
     except (RuntimeError, ValueError) as e:  # backend, dtype or shape unsupported: the XLA path computes the same
       # Without cuDNN (any CPU run) the call raises RuntimeError, which is expected there.
-      # An unsupported dtype or shape raises NotImplementedError or ValueError, also when a test lowers for CUDA.
+      # A dtype or shape the kernel lacks raises ValueError or a RuntimeError subclass, also when lowered for CUDA.
       if type(e) is RuntimeError and jax.default_backend() == 'cpu':  # pylint: disable=unidiomatic-typecheck
         _warn_cudnn_fallback('no GPU', logging.INFO)
       else:
